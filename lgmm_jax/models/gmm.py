@@ -1,0 +1,176 @@
+"""The latent Gaussian mixture: class-conditional densities p(z|y) with diagonal Gaussians (Eq. 4).
+
+Shapes used throughout:
+  z            [B, D]     latents
+  means        [C, K, D]  component means mu_yk
+  scales       [C, K, D]  component standard deviations sigma_yk (not variances)
+  log_weights  [C, K]     log pi_yk, each row normalised (logsumexp over k is 0)
+
+Everything here computes in float32 whatever the caller's dtype. The squared Mahalanobis distance is
+expanded into two matmuls (`z^2 @ (1/sigma^2)^T - 2 z @ (mu/sigma^2)^T + sum(mu^2/sigma^2)`) at HIGHEST
+precision, so no `[B, C*K, D]` tensor is ever built (DESIGN.md section 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+HIGHEST = jax.lax.Precision.HIGHEST
+REDUCTIONS = ("logsumexp", "max")
+
+
+def component_log_prob(z: jax.Array, means: jax.Array, scales: jax.Array) -> jax.Array:
+    """log N(z; mu_yk, diag(sigma_yk^2)) for every class y and component k: [B, C, K].
+
+    log N = -D/2 log 2pi - sum_d log sigma_d - 1/2 sum_d (z_d - mu_d)^2 / sigma_d^2   (Eq. 4's Gaussians)
+    """
+    chex.assert_rank(z, 2)
+    chex.assert_rank(means, 3)
+    chex.assert_equal_shape([means, scales])
+    num_classes, num_components, dim = means.shape
+    chex.assert_axis_dimension(z, 1, dim)
+    z = z.astype(jnp.float32)
+    means = means.reshape(-1, dim).astype(jnp.float32)
+    scales = scales.reshape(-1, dim).astype(jnp.float32)
+    inv_var = 1.0 / jnp.square(scales)
+    squared_distance = (
+        jnp.matmul(jnp.square(z), inv_var.T, precision=HIGHEST)
+        - 2.0 * jnp.matmul(z, (means * inv_var).T, precision=HIGHEST)
+        + jnp.sum(jnp.square(means) * inv_var, axis=-1)
+    )
+    # The expansion can dip just below zero through rounding; the true distance cannot.
+    squared_distance = jnp.maximum(squared_distance, 0.0)
+    log_det = jnp.sum(jnp.log(scales), axis=-1)
+    log_prob = -0.5 * dim * math.log(2.0 * math.pi) - log_det - 0.5 * squared_distance
+    return log_prob.reshape(z.shape[0], num_classes, num_components)
+
+
+def mixture_log_likelihood(
+    component_log_probs: jax.Array, log_weights: jax.Array, reduction: str = "logsumexp"
+) -> jax.Array:
+    """log p(z|y) from component log-densities [B, C, K] and log pi [C, K]: [B, C] (Eq. 4).
+
+    `reduction="max"` is Appendix G's pseudo-code, which takes the best component instead of the sum.
+    """
+    joint = component_log_probs + log_weights.astype(jnp.float32)[None]
+    if reduction == "logsumexp":
+        return jax.nn.logsumexp(joint, axis=-1)
+    if reduction == "max":
+        return jnp.max(joint, axis=-1)
+    raise ValueError(f"unknown mixture reduction {reduction!r}: use one of {REDUCTIONS}")
+
+
+def log_likelihood(
+    z: jax.Array,
+    means: jax.Array,
+    scales: jax.Array,
+    log_weights: jax.Array,
+    reduction: str = "logsumexp",
+) -> jax.Array:
+    """log p(z|y) = logsumexp_k(log pi_yk + log N(z; mu_yk, sigma_yk)) for every class: [B, C] (Eq. 4)."""
+    return mixture_log_likelihood(component_log_prob(z, means, scales), log_weights, reduction)
+
+
+def log_posterior(
+    z: jax.Array,
+    means: jax.Array,
+    scales: jax.Array,
+    log_weights: jax.Array,
+    reduction: str = "logsumexp",
+) -> jax.Array:
+    """log p(y|z) under a uniform class prior: log_softmax_y log p(z|y), [B, C] (Eq. 1 and 7)."""
+    return jax.nn.log_softmax(log_likelihood(z, means, scales, log_weights, reduction), axis=-1)
+
+
+def responsibilities(component_log_probs: jax.Array, log_weights: jax.Array) -> jax.Array:
+    """p(k|z, y) = pi_yk N(z; mu_yk, sigma_yk) / sum_k' (...), over the last axis (Eq. 6's assignments).
+
+    component_log_probs [..., K] and log_weights broadcastable to it.
+    """
+    return jax.nn.softmax(component_log_probs + log_weights, axis=-1)
+
+
+def scales_from_raw(raw_scales: jax.Array, scale_floor: float) -> jax.Array:
+    """sigma = floor + softplus(rho): a scale can approach the floor but never collapse to zero."""
+    return scale_floor + jax.nn.softplus(raw_scales.astype(jnp.float32))
+
+
+def raw_from_scale(scale: float, scale_floor: float) -> float:
+    """The rho with floor + softplus(rho) = scale (inverse of `scales_from_raw`)."""
+    if scale <= scale_floor:
+        raise ValueError(f"initial scale {scale} must exceed the scale floor {scale_floor}")
+    excess = scale - scale_floor
+    return math.log(math.expm1(excess))
+
+
+def uniform_log_weights(num_classes: int, num_components: int) -> jax.Array:
+    """log pi_yk = -log K for every class: where counting starts before anything is remembered."""
+    return jnp.full((num_classes, num_components), -math.log(num_components), jnp.float32)
+
+
+def unit_sphere_means(key: jax.Array, num_classes: int, num_components: int, dim: int) -> jax.Array:
+    """Random means on the unit sphere, where L2-normalised latents live."""
+    means = jax.random.normal(key, (num_classes, num_components, dim), jnp.float32)
+    return means / jnp.linalg.norm(means, axis=-1, keepdims=True)
+
+
+class GMMHead(nn.Module):
+    """The density head theta: owns means and scales (trained by gradient) and the mixture weights.
+
+    Parameters (collection "params"): `means` [C, K, D] and `raw_scales` [C, K or 1, D] with
+    sigma = scale_floor + softplus(raw_scales). With `share_scale=True` the K components of a class share
+    one diagonal scale (DESIGN.md: a per-component scale lets the winning component shrink and take every
+    point back). Mixture weights live in the "mixture" collection as `log_weights` [C, K]: they are
+    estimated by counting (Section 2.2), never by gradient.
+
+    Calling the head returns the class log-likelihoods log p(z|y) [B, C] (Eq. 4) in float32.
+    """
+
+    num_classes: int
+    num_components: int = 3
+    latent_dim: int = 128
+    init_scale: float = 0.1
+    scale_floor: float = 0.05
+    share_scale: bool = True
+    reduction: str = "logsumexp"
+
+    def setup(self):
+        shape = (self.num_classes, self.num_components, self.latent_dim)
+        scale_shape = (self.num_classes, 1 if self.share_scale else self.num_components, self.latent_dim)
+        raw_init = raw_from_scale(self.init_scale, self.scale_floor)
+        self.means = self.param("means", lambda key: unit_sphere_means(key, *shape))
+        self.raw_scales = self.param(
+            "raw_scales", lambda key: jnp.full(scale_shape, raw_init, jnp.float32)
+        )
+        self.log_weights = self.variable(
+            "mixture",
+            "log_weights",
+            lambda: uniform_log_weights(self.num_classes, self.num_components),
+        )
+
+    def gaussians(self) -> tuple[jax.Array, jax.Array]:
+        """(means, scales), both [C, K, D] float32."""
+        params = {"means": self.means, "raw_scales": self.raw_scales}
+        return head_gaussians(params, self.scale_floor, self.num_components)
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        means, scales = self.gaussians()
+        return log_likelihood(z, means, scales, self.log_weights.value, self.reduction)
+
+
+def broadcast_scales(scales: jax.Array, num_components: int) -> jax.Array:
+    """[C, 1, D] shared scales (or [C, K, D]) to [C, K, D]."""
+    return jnp.broadcast_to(scales, (scales.shape[0], num_components, scales.shape[2]))
+
+
+def head_gaussians(
+    head_params: dict, scale_floor: float, num_components: int
+) -> tuple[jax.Array, jax.Array]:
+    """(means, scales) [C, K, D] from the head's parameter dict, as pure functions need them."""
+    scales = scales_from_raw(head_params["raw_scales"], scale_floor)
+    return head_params["means"].astype(jnp.float32), broadcast_scales(scales, num_components)

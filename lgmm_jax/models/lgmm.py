@@ -1,0 +1,102 @@
+"""L-GMM: an encoder f_phi, a projection to the latent z, and the Gaussian mixture head theta (Fig. 2).
+
+Section 5.1 projects the backbone's features to a 128-dimensional latent with a 1x1 convolution. A 1x1
+convolution followed by global average pooling equals pooling followed by a Dense layer, so the projection
+here is a Dense layer on the pooled features. Latents are L2-normalised by default (DESIGN.md section 1:
+with raw latents their norm grows while the means lag behind, and unknown classes end up closer to the
+means than known ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lgmm_jax.models.backbones import create_backbone
+from lgmm_jax.models.gmm import GMMHead
+
+LATENT_NORMALIZATIONS = ("l2", "none", "layernorm_l2")
+
+
+def l2_normalize(z: jax.Array, epsilon: float = 1e-6) -> jax.Array:
+    """z / |z|, safe at z = 0."""
+    return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(z), axis=-1, keepdims=True), epsilon**2))
+
+
+class LGMMModel(nn.Module):
+    """Backbone + projection + latent normalisation + GMM head.
+
+    `__call__(images, train)` returns (latents [B, D], class log-likelihoods log p(z|y) [B, C]);
+    `encode(images, train)` returns the latents alone (what the train step differentiates through).
+    """
+
+    backbone: nn.Module
+    num_classes: int
+    num_components: int = 3
+    latent_dim: int = 128
+    latent_normalization: str = "l2"
+    init_scale: float = 0.1
+    scale_floor: float = 0.05
+    share_scale: bool = True
+    reduction: str = "logsumexp"
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        if self.latent_normalization not in LATENT_NORMALIZATIONS:
+            raise ValueError(
+                f"unknown latent normalization {self.latent_normalization!r}: "
+                f"use one of {LATENT_NORMALIZATIONS}"
+            )
+        self.projection = nn.Dense(self.latent_dim, dtype=self.dtype, param_dtype=jnp.float32)
+        if self.latent_normalization == "layernorm_l2":
+            self.latent_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
+        self.head = GMMHead(
+            num_classes=self.num_classes,
+            num_components=self.num_components,
+            latent_dim=self.latent_dim,
+            init_scale=self.init_scale,
+            scale_floor=self.scale_floor,
+            share_scale=self.share_scale,
+            reduction=self.reduction,
+        )
+
+    def features(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """The backbone's pooled features [B, F], before the projection."""
+        return self.backbone(images, train=train)
+
+    def encode(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """z = f_phi(x) [B, D] in float32, normalised as configured."""
+        z = self.projection(self.features(images, train)).astype(jnp.float32)
+        if self.latent_normalization == "layernorm_l2":
+            z = self.latent_norm(z)
+        if self.latent_normalization in ("l2", "layernorm_l2"):
+            z = l2_normalize(z)
+        return z
+
+    def __call__(self, images: jax.Array, train: bool = False):
+        z = self.encode(images, train)
+        return z, self.head(z)
+
+
+def create_lgmm(
+    name: str,
+    num_classes: int,
+    num_components: int = 3,
+    latent_dim: int = 128,
+    *,
+    dtype=jnp.float32,
+    backbone_kwargs: dict | None = None,
+    **head_kwargs,
+) -> LGMMModel:
+    """The backbone `name` with its classifier removed, a projection to `latent_dim`, and the GMM head."""
+    return LGMMModel(
+        backbone=create_backbone(name, dtype=dtype, **(backbone_kwargs or {})),
+        num_classes=num_classes,
+        num_components=num_components,
+        latent_dim=latent_dim,
+        dtype=dtype,
+        **head_kwargs,
+    )

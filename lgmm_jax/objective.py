@@ -1,0 +1,166 @@
+"""The collaborative training objective of L-GMM (Section 2.1-2.2) as one differentiable function.
+
+`lgmm_objective` returns L_D(phi; stop_gradient(theta)) + L_G(theta; stop_gradient(z)). One
+`jax.value_and_grad` of it over (encoder parameters, head parameters) therefore yields exactly dL_D/dphi
+for the encoder and dL_G/dtheta for the Gaussians, in one encoder pass: the discriminative loss never
+moves the mixture and the generative loss never moves the encoder. The mixture weights pi are not
+parameters at all: they are counted from the memory bank (see `lgmm_jax.mixture`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lgmm_jax import losses, mixture
+from lgmm_jax.memory import MemoryBank, update_memory
+from lgmm_jax.models.gmm import head_gaussians, log_likelihood
+
+VARIANTS = ("equations", "appendix_g")
+TRAINING_MODES = ("collaborative", "generative_only")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """What the paper leaves open, pinned down (DESIGN.md section 1; defaults from the issue-8 study).
+
+    variant: "equations" (Eq. 4-7: logsumexp over components, L_one on responsibilities) or
+      "appendix_g" (Algorithm 1: max over components, L_one pulls the means toward the L2-normalised
+      mean of the remembered latents assigned to them, hard counts).
+    assignment: "sinkhorn" (balanced hard assignments of the remembered latents feed the MLE targets,
+      L_one's one-hot targets and the counts) or "posterior" (k* = argmax p(k|z,y), soft counts).
+    training: "collaborative" (the paper) or "generative_only" (Table 7(a): L_G trains everything).
+    """
+
+    num_components: int = 3
+    scale_floor: float = 0.05
+    lambda_one: float = 0.1
+    lambda_avg: float = 1.0
+    usage_distance: str = "total_variation"
+    responsibility_temperature: float = 1.0
+    assignment: str = "sinkhorn"
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    variant: str = "equations"
+    training: str = "collaborative"
+
+    def __post_init__(self):
+        for name, value, allowed in (
+            ("variant", self.variant, VARIANTS),
+            ("assignment", self.assignment, mixture.ASSIGNMENTS),
+            ("training", self.training, TRAINING_MODES),
+            ("usage_distance", self.usage_distance, losses.USAGE_DISTANCES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"loss.{name}={value!r} is not one of {allowed}")
+
+    @property
+    def reduction(self) -> str:
+        return "max" if self.variant == "appendix_g" else "logsumexp"
+
+
+class ObjectiveOutputs(NamedTuple):
+    """Everything the train step needs besides the gradient."""
+
+    memory: MemoryBank
+    counts: jax.Array  # [C, K] component counts over the bank, for the mixture weights
+    class_present: jax.Array  # [C] classes with remembered latents
+    hard_usage: jax.Array  # [C, K] share of each class's remembered latents assigned to each component
+    class_log_likelihood: jax.Array  # [B, C] log p(z|y) (theta held fixed)
+    terms: dict  # scalar loss terms for logging
+
+
+def take_component(values: jax.Array, components: jax.Array) -> jax.Array:
+    """values[b, components[b]] for values [B, K]."""
+    return jnp.take_along_axis(values, components[:, None], axis=-1)[:, 0]
+
+
+def lgmm_objective(
+    z: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    head_params: dict,
+    log_weights: jax.Array,
+    memory: MemoryBank,
+    config: ObjectiveConfig,
+) -> tuple[jax.Array, ObjectiveOutputs]:
+    """L_D(phi; sg(theta)) + L_G(theta; sg(z)) (Eq. 5-7), the memory bank updated with this batch."""
+    num_components = config.num_components
+    means, scales = head_gaussians(head_params, config.scale_floor, num_components)
+    fixed = jax.lax.stop_gradient
+
+    # L_D (Eq. 7): the encoder learns from the posterior of a mixture it cannot move.
+    class_log_likelihood = log_likelihood(
+        z, fixed(means), fixed(scales), log_weights, config.reduction
+    )
+    discriminative = losses.discriminative_loss(class_log_likelihood, labels, mask)
+
+    # L_G (Eq. 5-6): the mixture learns from latents it cannot move (unless generative-only).
+    generative_z = z if config.training == "generative_only" else fixed(z)
+    memory = update_memory(memory, fixed(z), labels, mask)
+    temperature = config.responsibility_temperature
+    batch_log_prob = mixture.labelled_log_prob(generative_z, labels, means, scales)  # [B, K]
+    batch_joint = batch_log_prob + log_weights[labels]
+    bank_log_prob = mixture.own_class_log_prob(memory.latents, means, scales)  # [C, M, K]
+    bank_joint = bank_log_prob + log_weights[:, None, :]
+    batch_responsibilities = jax.nn.softmax(batch_joint / temperature, axis=-1)
+    bank_responsibilities = jax.nn.softmax(bank_joint / temperature, axis=-1)
+    soft_usage, class_present = mixture.masked_usage(bank_responsibilities, memory.valid)
+
+    if config.assignment == "sinkhorn":
+        potentials = mixture.sinkhorn_log_potentials(
+            fixed(bank_log_prob), memory.valid, config.sinkhorn_epsilon, config.sinkhorn_iterations
+        )
+        eps = config.sinkhorn_epsilon
+        batch_targets = mixture.balanced_assignment(fixed(batch_log_prob), potentials[labels], eps)
+        bank_assignment = mixture.balanced_assignment(fixed(bank_log_prob), potentials[:, None], eps)
+        nll = losses.masked_mean(-take_component(batch_joint, batch_targets), mask)
+    else:
+        batch_targets = jnp.argmax(batch_joint, axis=-1)
+        bank_assignment = jnp.argmax(bank_joint, axis=-1)
+        reduce = jax.nn.logsumexp if config.reduction == "logsumexp" else jnp.max
+        nll = losses.negative_log_likelihood(reduce(batch_joint, axis=-1), mask)
+
+    bank_one_hot = jax.nn.one_hot(bank_assignment, num_components)
+    hard_usage, _ = mixture.masked_usage(bank_one_hot, memory.valid)
+    valid = memory.valid[..., None]
+    if config.assignment == "posterior" and config.variant == "equations":
+        counts = jnp.sum(bank_responsibilities * valid, axis=1)
+    else:
+        counts = jnp.sum(bank_one_hot * valid, axis=1)
+
+    if config.variant == "appendix_g":
+        targets, has_members = mixture.assigned_means(
+            memory.latents, memory.valid, bank_assignment, num_components
+        )
+        squared = jnp.sum(jnp.square(means - fixed(targets)), axis=-1)  # [C, K]
+        one_hot = losses.masked_mean(squared.reshape(-1), has_members.reshape(-1))
+    else:
+        one_hot = losses.one_hot_loss(batch_responsibilities, mask, batch_targets)
+    average = losses.average_usage_loss(soft_usage, class_present, config.usage_distance)
+    generative = losses.generative_loss(nll, one_hot, average, config.lambda_one, config.lambda_avg)
+
+    if config.training == "generative_only":
+        total = generative
+    else:
+        total = discriminative + generative
+    terms = {
+        "loss": total,
+        "discriminative": discriminative,
+        "nll": nll,
+        "one_hot": one_hot,
+        "average_usage": average,
+        "generative": generative,
+    }
+    outputs = ObjectiveOutputs(
+        memory=memory,
+        counts=fixed(counts),
+        class_present=class_present,
+        hard_usage=fixed(hard_usage),
+        class_log_likelihood=fixed(class_log_likelihood),
+        terms=terms,
+    )
+    return total, outputs

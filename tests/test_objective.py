@@ -1,0 +1,123 @@
+"""The gradient split (Section 2.1): L_D trains only phi, L_G trains only theta, in one value_and_grad.
+
+The reference is a second, naive computation: a broadcast [B, C, K, D] Gaussian log-density and two
+separate `jax.grad` calls, one per loss, each w.r.t. its own parameters only.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lgmm_jax.memory import create_memory
+from lgmm_jax.models.gmm import GMMHead
+from lgmm_jax.objective import VARIANTS, ObjectiveConfig, lgmm_objective
+
+C, K, D, F, B = 4, 3, 8, 6, 16
+FLOOR = 0.05
+
+
+def setup():
+    head = GMMHead(num_classes=C, num_components=K, latent_dim=D, scale_floor=FLOOR, share_scale=False)
+    variables = head.init(jax.random.key(0), jnp.zeros((1, D)))
+    theta = variables["params"]
+    theta = {**theta, "raw_scales": theta["raw_scales"] + jax.random.normal(jax.random.key(5), theta["raw_scales"].shape)}
+    log_weights = jnp.log(jax.random.dirichlet(jax.random.key(4), jnp.ones(K), (C,)))
+    phi = jax.random.normal(jax.random.key(1), (F, D))
+    images = jax.random.normal(jax.random.key(2), (B, F))
+    labels = jnp.arange(B) % C
+    return theta, log_weights, phi, images, labels
+
+
+def encode(phi, images):
+    z = images @ phi
+    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+
+
+def naive_log_normal(z, theta):
+    """[B, C, K] by broadcasting, independent of the two-matmul expansion under test."""
+    scales = FLOOR + jax.nn.softplus(theta["raw_scales"])
+    diff = z[:, None, None, :] - theta["means"][None]
+    return (
+        -0.5 * D * math.log(2 * math.pi)
+        - jnp.sum(jnp.log(scales), -1)[None]
+        - 0.5 * jnp.sum(jnp.square(diff / scales[None]), -1)
+    )
+
+
+def naive_discriminative(phi, theta, log_weights, images, labels):
+    log_likelihood = jax.nn.logsumexp(naive_log_normal(encode(phi, images), theta) + log_weights, -1)
+    return -jnp.mean(jax.nn.log_softmax(log_likelihood)[jnp.arange(B), labels])
+
+
+def naive_generative(theta, z, log_weights, labels, lambda_one, lambda_avg):
+    joint = naive_log_normal(z, theta)[jnp.arange(B), labels] + log_weights[labels]  # [B, K]
+    nll = -jnp.mean(jax.nn.logsumexp(joint, -1))
+    r = jax.nn.softmax(joint, -1)
+    one = jnp.mean(jnp.sum(jnp.square(r - jax.nn.one_hot(jnp.argmax(r, -1), K)), -1))
+    usage = jnp.stack([r[labels == c].mean(0) for c in range(C)])  # the bank holds exactly this batch
+    avg = jnp.mean(0.5 * jnp.sum(jnp.abs(usage - 1 / K), -1))
+    return nll + lambda_one * one + lambda_avg * avg
+
+
+def test_one_value_and_grad_equals_two_separate_grads():
+    theta, log_weights, phi, images, labels = setup()
+    config = ObjectiveConfig(num_components=K, scale_floor=FLOOR, assignment="posterior", lambda_one=0.3, lambda_avg=2.0)
+    memory = create_memory(C, B, D)
+
+    def objective(phi, theta):
+        return lgmm_objective(encode(phi, images), labels, jnp.ones(B, bool), theta, log_weights, memory, config)
+
+    (_, outputs), (grad_phi, grad_theta) = jax.jit(jax.value_and_grad(objective, (0, 1), has_aux=True))(phi, theta)
+
+    expected_phi = jax.grad(naive_discriminative)(phi, theta, log_weights, images, labels)
+    z = encode(phi, images)
+    expected_theta = jax.grad(naive_generative)(theta, z, log_weights, labels, 0.3, 2.0)
+    np.testing.assert_allclose(grad_phi, expected_phi, rtol=1e-4, atol=1e-6)
+    for name in ("means", "raw_scales"):
+        np.testing.assert_allclose(grad_theta[name], expected_theta[name], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        outputs.terms["discriminative"], naive_discriminative(phi, theta, log_weights, images, labels), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        outputs.terms["generative"], naive_generative(theta, z, log_weights, labels, 0.3, 2.0), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("assignment", ["posterior", "sinkhorn"])
+def test_no_leak_either_way(variant, assignment):
+    theta, log_weights, phi, images, labels = setup()
+    config = ObjectiveConfig(num_components=K, scale_floor=FLOOR, variant=variant, assignment=assignment)
+    memory = create_memory(C, 5, D)
+
+    def term(name):
+        def f(phi, theta):
+            _, outputs = lgmm_objective(encode(phi, images), labels, jnp.ones(B, bool), theta, log_weights, memory, config)
+            return outputs.terms[name]
+
+        return jax.jit(jax.grad(f, (0, 1)))(phi, theta)
+
+    d_phi, d_theta = term("discriminative")
+    g_phi, g_theta = term("generative")
+    assert float(jnp.abs(d_phi).max()) > 0
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(d_theta))
+    assert float(jnp.abs(g_phi).max()) == 0
+    assert float(jnp.abs(g_theta["means"]).max()) > 0
+
+
+def test_generative_only_training_moves_the_encoder():
+    theta, log_weights, phi, images, labels = setup()
+    config = ObjectiveConfig(num_components=K, scale_floor=FLOOR, training="generative_only")
+    memory = create_memory(C, 5, D)
+
+    def f(phi):
+        return lgmm_objective(encode(phi, images), labels, jnp.ones(B, bool), theta, log_weights, memory, config)[0]
+
+    assert float(jnp.abs(jax.grad(f)(phi)).max()) > 0
+
+
+def test_bad_option_names_the_key():
+    with pytest.raises(ValueError, match="loss.assignment"):
+        ObjectiveConfig(assignment="greedy")
