@@ -1,0 +1,83 @@
+"""Default: a small CNN on scikit-learn's digits (bundled, real), open-set 6/4 split. Minutes on 2 CPUs.
+
+Every other config starts from this one and changes what its experiment needs, so the full list of keys
+lives here. Override any of them on the command line: `--config.model.head=softmax`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Data. A named protocol (lgmm_jax/data/protocols.py) fixes the known classes and the unknown sets;
+    # with protocol='' every class of `dataset` is known and `ood_datasets` ('dataset:split') are unknown.
+    config.dataset = "digits"
+    config.data_dir = config_dict.placeholder(str)  # TFDS data_dir (may be gs://) or the IDX folder
+    config.protocol = "digits_6_4"
+    config.protocol_split = 0  # which of the published class splits (0..4)
+    config.ood_datasets = ()  # extra out-of-distribution sets, e.g. ('mnist_5k:test',)
+    config.train_split = "train"
+    config.validation_split = "validation"  # held-out known data: thresholds, never trained on
+    config.test_split = "test"
+    config.preprocess = ""  # '' = the protocol's preset: none, shift, cifar or imagenet
+
+    # Schedule.
+    config.batch_size = 64  # global, over all devices and hosts
+    config.eval_batch_size = 256
+    config.num_epochs = 40
+    config.num_train_steps = -1  # > 0 overrides num_epochs
+    config.log_every_steps = 20
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 3
+    config.seed = 0
+
+    # Model.
+    config.model = ml_collections.ConfigDict()
+    config.model.encoder = "small_cnn"
+    config.model.head = "lgmm"  # or 'softmax': the discriminative counterpart
+    config.model.num_components = 3  # K, Section 2.2 / Table 7(d)
+    config.model.latent_dim = 128  # D, Section 5.1
+    config.model.latent_normalization = "l2"  # l2, none or layernorm_l2 (DESIGN.md section 1)
+    config.model.init_scale = 0.1  # about 1/sqrt(D): the scale of the unit sphere
+    config.model.scale_floor = 0.05  # sigma = floor + softplus(rho) can never collapse
+    config.model.share_scale = True  # one diagonal scale per class, shared by its K components
+    config.model.variant = "equations"  # or 'appendix_g' (Algorithm 1: max over components)
+    config.model.dtype = "float32"  # compute dtype of the encoder; bfloat16 for mixed precision
+
+    # Memory bank (Appendix B.2): the last `memory_size` latents of each class.
+    config.memory_size = 200
+
+    # Optimiser (optax); the GMM has its own learning rate and no weight decay.
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # sgd, adam or adamw
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.gmm_learning_rate = 1e-3
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.schedule = "cosine"  # constant, cosine, step or poly
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.decay_epochs = ()  # step schedule: epochs where the rate is multiplied
+    config.optimizer.decay_factor = 0.1
+    config.optimizer.power = 1.0  # poly schedule
+
+    # The generative objective (Eq. 5-6) and how the mixture is kept alive (issue 8).
+    config.loss = ml_collections.ConfigDict()
+    config.loss.lambda_one = 0.1
+    config.loss.lambda_avg = 1.0
+    config.loss.usage_distance = "total_variation"  # W1 under the 0/1 metric; or 'kl'
+    config.loss.responsibility_temperature = 1.0
+    config.loss.assignment = "sinkhorn"  # balanced assignments; 'posterior' = argmax p(k|z,y)
+    config.loss.sinkhorn_epsilon = 0.05
+    config.loss.sinkhorn_iterations = 3
+    config.loss.training = "collaborative"  # or 'generative_only' (Table 7(a))
+    config.loss.weight_ema = 0.0  # EMA of the counted mixture weights (0: counts of this step)
+    config.loss.reseed_epochs = (1,)  # re-seed the means by k-means on the memory bank after these epochs
+
+    # Evaluation.
+    config.eval = ml_collections.ConfigDict()
+    config.eval.scores = ()  # () = every score the head has (lgmm_jax/ood/scores.py)
+    config.eval.threshold_tpr = 0.95  # the rejection threshold keeps this share of known data
+    return config

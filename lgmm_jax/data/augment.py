@@ -1,0 +1,123 @@
+"""Per-example image operations on uint8 ``[H, W, C]`` numpy arrays (pillow for resizing).
+
+Random operations take a ``np.random.Generator``; inside the grain pipeline that generator is the one
+grain derives from the pipeline seed and the element's index, so augmentation is deterministic for a seed.
+The geometry follows torchvision (``RandomCrop(padding=...)``, ``RandomResizedCrop``, ``Resize``,
+``CenterCrop``), the de-facto reference for the CIFAR and ImageNet recipes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.ndim != 3:
+        raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
+
+
+def crop(image: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """The ``height x width`` window whose top-left corner is ``(top, left)``."""
+    return image[top:top + height, left:left + width]
+
+
+def random_crop_with_padding(image: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
+    """Zero-pads every side by ``padding`` and crops a random window of the original size."""
+    _check_image(image)
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    top, left = rng.integers(0, 2 * padding + 1, size=2)
+    return crop(padded, int(top), int(left), height, width)
+
+
+def horizontal_flip(image: np.ndarray) -> np.ndarray:
+    """Mirrors the image left-right."""
+    return image[:, ::-1]
+
+
+def random_horizontal_flip(image: np.ndarray, rng: np.random.Generator, probability: float = 0.5) -> np.ndarray:
+    """Mirrors the image left-right with the given probability."""
+    return horizontal_flip(image) if rng.random() < probability else image
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize with pillow (antialiased when shrinking), keeping dtype uint8 and the channel axis."""
+    _check_image(image)
+    if image.shape[:2] == (height, width):
+        return image
+    channels = image.shape[2]
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    out = np.asarray(pil.resize((width, height), resample=Image.BILINEAR))
+    return out[..., None] if channels == 1 else out
+
+
+def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes so that the shorter side is ``size`` and the aspect ratio is kept (torchvision ``Resize(int)``)."""
+    height, width = image.shape[:2]
+    if height <= width:
+        return resize(image, size, int(size * width / height))
+    return resize(image, int(size * height / width), size)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size x size`` window (torchvision rounding of the offsets)."""
+    height, width = image.shape[:2]
+    if height < size or width < size:
+        raise ValueError(f"cannot center-crop {size}x{size} from an image of {height}x{width}: resize first")
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return crop(image, top, left, size, size)
+
+
+def random_resized_crop_window(height: int, width: int, rng: np.random.Generator,
+                               scale: Sequence[float] = (0.08, 1.0),
+                               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of a random window covering ``scale`` of the area with aspect ``ratio``.
+
+    torchvision's ``RandomResizedCrop.get_params``: ten tries, then a central crop with the aspect
+    ratio clamped to ``ratio``.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                        scale: Sequence[float] = (0.08, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Inception-style crop: a random window (`random_resized_crop_window`) resized to ``size x size``."""
+    _check_image(image)
+    top, left, h, w = random_resized_crop_window(image.shape[0], image.shape[1], rng, scale, ratio)
+    return resize(crop(image, top, left, h, w), size, size)
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 ``[H, W, C]`` -> float32 ``(image / 255 - mean) / std`` with per-channel ``mean`` / ``std``."""
+    _check_image(image)
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    if mean.size not in (1, image.shape[-1]) or std.size != mean.size:
+        raise ValueError(
+            f"normalisation has {mean.size} mean / {std.size} std values for an image with "
+            f"{image.shape[-1]} channels: pass statistics with one value per channel")
+    return (image.astype(np.float32) / np.float32(255.0) - mean) / std

@@ -1,0 +1,283 @@
+"""One grain pipeline for every source: training iterators (shuffled, augmented, sharded, resumable) and
+evaluation batches (ordered, padded and masked so that no example is dropped).
+
+Batch size convention: ``batch_size`` is always the GLOBAL batch size; each of ``process_count`` processes
+gets ``batch_size // process_count`` examples of every global batch, namely
+``global_batch[process_index::process_count]``. Assembling the per-process parts in process order therefore
+gives the global batch up to a fixed permutation within it, which does not matter to a per-example loss.
+
+Training stream: the example indices (filtered to the known classes through ``source.labels``, no image
+decoded) are shuffled globally with ``seed`` (a new permutation every epoch), repeated, loaded and augmented
+with a per-example generator derived by grain from ``seed`` and the element's position in the global stream
+(so a process count change keeps the same global batches), then sliced per process and batched. Batches
+straddle epoch boundaries; `steps_per_epoch` gives the number of full global batches per epoch.
+
+Preprocessing presets (``preprocess=``):
+
+===========  ==================================================  ====================================
+preset       training                                            evaluation
+===========  ==================================================  ====================================
+``none``     nothing                                             nothing
+``shift``    zero-pad by ``max(1, H // 8)`` px, random crop back  nothing
+``cifar``    zero-pad 4 px, random crop back, horizontal flip    nothing
+``imagenet`` random resized crop 224, scale (0.08, 1), flip      resize shorter side 256, center crop 224
+===========  ==================================================  ====================================
+
+Normalisation: ``(x / 255 - mean) / std`` per channel, from `NORMALIZATION` keyed by dataset name
+(``normalization=None`` uses the source's own name; datasets not in the table get mean 0.5, std 0.5).
+When scoring out-of-distribution data pass the TRAINING dataset's name (e.g. ``normalization=
+"fashion_mnist"`` for MNIST images fed to a Fashion-MNIST model): the model must see every input
+through the same normalisation it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from lgmm_jax.data import augment
+from lgmm_jax.data import protocols
+from lgmm_jax.data.sources import Source
+
+IMAGENET_TRAIN_SIZE = 224
+IMAGENET_EVAL_RESIZE = 256
+CIFAR_PADDING = 4
+PREPROCESS_PRESETS = ("none", "shift", "cifar", "imagenet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and standard deviation of pixel values scaled to [0, 1]."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# Per-channel statistics of the training images in [0, 1].
+NORMALIZATION = {
+    # Population statistics of the 50k CIFAR training images (the often-copied std 0.2023, 0.1994,
+    # 0.2010 is a per-image average, not the dataset std).
+    "cifar10": Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": Normalization((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn_cropped": Normalization((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    # The standard ImageNet values (torchvision).
+    "imagenet2012": Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "mnist": Normalization((0.1307,), (0.3081,)),
+    "mnist_5k": Normalization((0.1307,), (0.3081,)),
+    # Computed here on the bundled training splits (tests recompute them).
+    "fashion_mnist": Normalization((0.2858,), (0.3529,)),
+    "digits": Normalization((0.3065,), (0.3763,)),
+}
+DEFAULT_NORMALIZATION = Normalization((0.5,), (0.5,))
+
+
+def get_normalization(spec: str | Normalization | None, source: Source) -> Normalization:
+    """Resolves ``spec`` (a dataset name, explicit statistics, or None = the source's own dataset)."""
+    if isinstance(spec, Normalization):
+        return spec
+    name = source.name if spec is None else spec
+    base_name = name.split("/")[0].split(":")[0]  # TFDS "name/config:version"
+    return NORMALIZATION.get(base_name, DEFAULT_NORMALIZATION)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full global batches per epoch (training drops the remainder)."""
+    return num_examples // batch_size
+
+
+def num_eval_batches(num_examples: int, batch_size: int) -> int:
+    """Global evaluation batches needed to see every example once (the last one padded)."""
+    return math.ceil(num_examples / batch_size)
+
+
+def indices_of_classes(labels: np.ndarray, classes: Sequence[int] | None) -> np.ndarray:
+    """Sorted indices of the examples whose label is in ``classes`` (all indices when None)."""
+    if classes is None:
+        return np.arange(len(labels))
+    return np.flatnonzero(np.isin(labels, np.asarray(classes, dtype=np.int64)))
+
+
+def count_examples(source: Source, classes: Sequence[int] | None = None) -> int:
+    """Number of examples of ``source`` whose label is in ``classes`` (all when None)."""
+    return len(source) if classes is None else len(indices_of_classes(source.labels, classes))
+
+
+def _check_preprocess(preprocess: str) -> None:
+    if preprocess not in PREPROCESS_PRESETS:
+        raise ValueError(f"unknown preprocess preset {preprocess!r}: use one of {', '.join(PREPROCESS_PRESETS)}")
+
+
+def _check_processes(batch_size: int, process_index: int, process_count: int) -> None:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} must be in 0..process_count-1 ({process_count})")
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
+
+
+def augment_train(image: np.ndarray, preprocess: str, rng: np.random.Generator) -> np.ndarray:
+    """The training augmentation of preset ``preprocess`` (uint8 in, uint8 out)."""
+    if preprocess == "none":
+        return image
+    if preprocess == "shift":
+        return augment.random_crop_with_padding(image, max(1, image.shape[0] // 8), rng)
+    if preprocess == "cifar":
+        image = augment.random_crop_with_padding(image, CIFAR_PADDING, rng)
+        return augment.random_horizontal_flip(image, rng)
+    if preprocess == "imagenet":
+        image = augment.random_resized_crop(image, IMAGENET_TRAIN_SIZE, rng)
+        return augment.random_horizontal_flip(image, rng)
+    raise ValueError(f"unknown preprocess preset {preprocess!r}: use one of {', '.join(PREPROCESS_PRESETS)}")
+
+
+def preprocess_eval(image: np.ndarray, preprocess: str) -> np.ndarray:
+    """The deterministic evaluation transform of preset ``preprocess`` (uint8 in, uint8 out)."""
+    if preprocess == "imagenet":
+        return augment.center_crop(augment.resize_shorter_side(image, IMAGENET_EVAL_RESIZE), IMAGENET_TRAIN_SIZE)
+    _check_preprocess(preprocess)
+    return image
+
+
+def _lookup_table(known_classes: Sequence[int] | None, source: Source) -> np.ndarray | None:
+    if known_classes is None:
+        return None
+    num_labels = max(int(source.num_classes), int(np.max(known_classes, initial=-1)) + 1)
+    return protocols.label_lookup(known_classes, num_labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainExample(grain.transforms.RandomMap):
+    """Source index -> ``{"image": float32 [H, W, C], "label": int32}`` with augmentation."""
+
+    source: Any
+    preprocess: str
+    normalization: Normalization
+    lookup: np.ndarray | None
+
+    def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        example = self.source[int(index)]
+        image = augment_train(np.asarray(example["image"]), self.preprocess, rng)
+        label = example["label"] if self.lookup is None else self.lookup[example["label"]]
+        return {
+            "image": augment.normalize(image, self.normalization.mean, self.normalization.std),
+            "label": np.int32(label),
+        }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalExample(grain.transforms.Map):
+    """Source index (or -1 = padding) -> image, label, original_label, mask."""
+
+    source: Any
+    preprocess: str
+    normalization: Normalization
+    lookup: np.ndarray | None
+    padding_like_index: int
+
+    def map(self, index) -> dict[str, np.ndarray]:
+        index = int(index)
+        is_padding = index < 0
+        example = self.source[self.padding_like_index if is_padding else index]
+        image = augment.normalize(preprocess_eval(np.asarray(example["image"]), self.preprocess),
+                                  self.normalization.mean, self.normalization.std)
+        original = -1 if is_padding else int(example["label"])
+        label = original if (self.lookup is None or is_padding) else int(self.lookup[original])
+        return {
+            "image": np.zeros_like(image) if is_padding else image,
+            "label": np.int32(label),
+            "original_label": np.int32(original),
+            "mask": np.bool_(not is_padding),
+        }
+
+
+def _default_read_options(local_batch_size: int) -> grain.ReadOptions:
+    # Elements are single examples here; keep a few batches in flight, not grain's default 500 elements.
+    return grain.ReadOptions(num_threads=4, prefetch_buffer_size=max(2 * local_batch_size, 16))
+
+
+def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: str,
+                   known_classes: Sequence[int] | None = None, process_index: int = 0, process_count: int = 1,
+                   num_epochs: int | None = None, normalization: str | Normalization | None = None,
+                   read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
+    """Infinite (or ``num_epochs``-long) iterator of this process's part of each global training batch.
+
+    Args:
+      source: a `sources.Source`.
+      batch_size: global batch size, a multiple of ``process_count``.
+      seed: shuffle and augmentation seed (0 <= seed < 2**32).
+      preprocess: a preset of `PREPROCESS_PRESETS`.
+      known_classes: train only on these original classes, relabelled ``0..len-1`` in this order.
+      process_index, process_count: this process's share ``[process_index::process_count]`` of every batch.
+      num_epochs: None repeats forever; otherwise the stream ends after the last full global batch.
+      normalization: dataset name or `Normalization`; None = the source's dataset.
+      read_options: grain threading / prefetch options (default: 4 threads, a few batches ahead).
+    Returns:
+      A grain ``DatasetIterator`` of ``{"image": float32 [b, H, W, C], "label": int32 [b]}`` with
+      ``b = batch_size // process_count``; its ``get_state()`` / ``set_state()`` resume exactly.
+    """
+    _check_preprocess(preprocess)
+    _check_processes(batch_size, process_index, process_count)
+    if known_classes is not None and len(known_classes) == 0:
+        raise ValueError("known_classes is empty: training needs at least one known class")
+    indices = np.arange(len(source)) if known_classes is None else indices_of_classes(source.labels, known_classes)
+    if len(indices) < batch_size:
+        raise ValueError(f"only {len(indices)} training examples for a global batch of {batch_size}")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be None or >= 1, got {num_epochs}")
+
+    stream = grain.MapDataset.source(indices).shuffle(seed=seed).repeat(num_epochs)
+    if num_epochs is not None:
+        stream = stream[: steps_per_epoch(len(stream), batch_size) * batch_size]
+    stream = stream.random_map(
+        TrainExample(source, preprocess, get_normalization(normalization, source),
+                     _lookup_table(known_classes, source)),
+        seed=seed)
+    local_batch_size = batch_size // process_count
+    local = stream[process_index::process_count].to_iter_dataset(
+        read_options or _default_read_options(local_batch_size))
+    return iter(local.batch(local_batch_size, drop_remainder=True))
+
+
+def eval_batches(source: Source, *, batch_size: int, preprocess: str,
+                 known_classes: Sequence[int] | None = None, classes: Sequence[int] | None = None,
+                 process_index: int = 0, process_count: int = 1,
+                 normalization: str | Normalization | None = None,
+                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+    """Ordered evaluation batches: every selected example once over all processes, padding masked.
+
+    Every process gets ``num_eval_batches(n, batch_size)`` batches of ``batch_size // process_count``
+    examples (n = number of selected examples); padding examples have ``mask`` False, ``label`` and
+    ``original_label`` -1 and a zero image.
+
+    Args:
+      source: a `sources.Source`.
+      batch_size: global batch size, a multiple of ``process_count``.
+      preprocess: a preset of `PREPROCESS_PRESETS` (its evaluation transform is used).
+      known_classes: relabel these original classes ``0..len-1``; other classes get ``label`` -1.
+        None keeps the original labels; ``()`` marks every example unknown (out-of-distribution data).
+      classes: evaluate only examples whose original label is in ``classes`` (None = all).
+      process_index, process_count: this process's share ``[process_index::process_count]``.
+      normalization: dataset name or `Normalization`; None = the source's dataset. For OOD data pass
+        the training dataset's name.
+      read_options: grain threading / prefetch options.
+    Returns:
+      A re-iterable grain ``IterDataset`` of ``{"image": float32 [b, H, W, C], "label": int32 [b],
+      "original_label": int32 [b], "mask": bool [b]}``.
+    """
+    _check_preprocess(preprocess)
+    _check_processes(batch_size, process_index, process_count)
+    indices = indices_of_classes(source.labels, classes) if classes is not None else np.arange(len(source))
+    if len(indices) == 0:
+        raise ValueError(f"no examples to evaluate in {source!r} for classes {classes}")
+    padded = np.full(num_eval_batches(len(indices), batch_size) * batch_size, -1, dtype=np.int64)
+    padded[: len(indices)] = indices
+    examples = grain.MapDataset.source(padded).map(
+        EvalExample(source, preprocess, get_normalization(normalization, source),
+                    _lookup_table(known_classes, source), int(indices[0])))
+    local_batch_size = batch_size // process_count
+    local = examples[process_index::process_count].to_iter_dataset(
+        read_options or _default_read_options(local_batch_size))
+    return local.batch(local_batch_size, drop_remainder=True)

@@ -1,0 +1,99 @@
+"""What a config asks to train and evaluate on: the protocol, its sources, and its input streams.
+
+A config either names an open-set protocol (`config.protocol`, see `lgmm_jax.data.protocols`), which fixes
+the known classes and the unknown sets, or trains on every class of `config.dataset` and treats each
+`config.ood_datasets` entry ("dataset:split") as out-of-distribution data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+
+from lgmm_jax.data import pipeline
+from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol
+from lgmm_jax.data.sources import Source, get_source
+
+
+def parse_data_ref(spec: str) -> DataRef:
+    """'dataset:split' -> DataRef (split defaults to 'test')."""
+    dataset, _, split = spec.partition(":")
+    if not dataset:
+        raise ValueError(f"ood_datasets entry {spec!r} is empty: write 'dataset:split', e.g. 'mnist_5k:test'")
+    return DataRef(dataset, split or "test")
+
+
+def resolve_protocol(config: ml_collections.ConfigDict) -> OpenSetProtocol:
+    """The protocol the config describes (a named one, or closed-set training on `config.dataset`)."""
+    if config.protocol:
+        protocol = get_protocol(config.protocol, config.protocol_split)
+        if protocol.dataset != config.dataset:
+            raise ValueError(
+                f"protocol {config.protocol!r} trains on {protocol.dataset!r} but dataset={config.dataset!r}: "
+                f"set --config.dataset={protocol.dataset} or --config.protocol=''"
+            )
+        extra = tuple(parse_data_ref(s) for s in config.ood_datasets)
+        return dataclasses.replace(protocol, unknown=protocol.unknown + extra)
+    return OpenSetProtocol(
+        name=config.dataset,
+        dataset=config.dataset,
+        known_classes=None,
+        unknown=tuple(parse_data_ref(s) for s in config.ood_datasets),
+        train_split=config.train_split,
+        validation_split=config.validation_split,
+        test_split=config.test_split,
+        preprocess=config.preprocess,
+    )
+
+
+def preprocess_preset(config: ml_collections.ConfigDict, protocol: OpenSetProtocol) -> str:
+    """The config's preset, or the protocol's when the config leaves it empty."""
+    return config.preprocess or protocol.preprocess
+
+
+def num_known_classes(protocol: OpenSetProtocol, train_source: Source) -> int:
+    return train_source.num_classes if protocol.known_classes is None else len(protocol.known_classes)
+
+
+def known_label_ids(protocol: OpenSetProtocol, train_source: Source) -> list[int]:
+    """The original label id of each class the model knows, in model order."""
+    if protocol.known_classes is None:
+        return list(range(train_source.num_classes))
+    return list(protocol.known_classes)
+
+
+def data_source(ref_or_name, split: str | None = None, *, config: ml_collections.ConfigDict) -> Source:
+    """get_source with the config's data_dir (bundled Fashion-MNIST folder or TFDS data_dir)."""
+    name = ref_or_name.dataset if isinstance(ref_or_name, DataRef) else ref_or_name
+    split = ref_or_name.split if isinstance(ref_or_name, DataRef) else split
+    return get_source(name, split, config.data_dir or None)
+
+
+def train_stream(config, protocol: OpenSetProtocol, source: Source):
+    """This process's part of each global training batch, resumable through get_state/set_state."""
+    return pipeline.train_iterator(
+        source,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        preprocess=preprocess_preset(config, protocol),
+        known_classes=protocol.known_classes,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        normalization=protocol.dataset,
+    )
+
+
+def eval_stream(config, protocol: OpenSetProtocol, source: Source, classes=None, all_unknown=False):
+    """Padded, masked evaluation batches of this process, normalised as the training data was."""
+    return pipeline.eval_batches(
+        source,
+        batch_size=config.eval_batch_size,
+        preprocess=preprocess_preset(config, protocol),
+        known_classes=() if all_unknown else protocol.known_classes,
+        classes=classes,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        normalization=protocol.dataset,
+    )

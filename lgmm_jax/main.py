@@ -1,0 +1,38 @@
+"""Train and evaluate L-GMM or its softmax counterpart.
+
+    python -m lgmm_jax.main --config=configs/cifar100.py --workdir=/tmp/run --config.batch_size=64
+
+Without --config the default (scikit-learn digits, bundled) runs. A rerun of the same command resumes
+from the latest checkpoint in the workdir.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lgmm_jax import cli
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file", lock_config=True)
+flags.DEFINE_string("workdir", "workdir", "where checkpoints, metrics and results go")
+flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (default: auto-detect a cluster)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
+    cli.quiet_libraries()
+    cli.maybe_initialize_distributed(FLAGS.distributed)
+    from lgmm_jax import train
+
+    return cli.run_guarded(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_app(main))

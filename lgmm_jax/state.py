@@ -1,0 +1,210 @@
+"""Building what a run trains from its config: the model, the optimiser, and the train state.
+
+Shared by training, evaluation and export, so that each rebuilds exactly the same structures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from lgmm_jax.memory import MemoryBank, create_memory
+from lgmm_jax.models import create_classifier, create_lgmm
+from lgmm_jax.objective import ObjectiveConfig
+from lgmm_jax.sharding import class_sharding, replicated
+
+HEADS = ("lgmm", "softmax")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "poly")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped (all of it is checkpointed).
+
+    params: {"backbone", "projection", "head"} for L-GMM (theta = params["head"]), the classifier's
+      parameters for the softmax counterpart. mixture: the counted weights {"head": {"log_weights"}}
+      ({} for softmax). memory: the class-conditional memory bank (None for softmax). rng: the run's
+      base key; each step folds its step number in.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    mixture: Any
+    opt_state: Any
+    memory: MemoryBank | None
+    rng: jax.Array
+
+
+def compute_dtype(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r} is not one of {tuple(DTYPES)}")
+    return DTYPES[name]
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int):
+    """The L-GMM model or its softmax counterpart, as `model_config.head` says."""
+    dtype = compute_dtype(model_config.dtype)
+    if model_config.head == "lgmm":
+        return create_lgmm(
+            model_config.encoder,
+            num_classes,
+            model_config.num_components,
+            model_config.latent_dim,
+            dtype=dtype,
+            latent_normalization=model_config.latent_normalization,
+            init_scale=model_config.init_scale,
+            scale_floor=model_config.scale_floor,
+            share_scale=model_config.share_scale,
+            reduction="max" if model_config.get("variant", "equations") == "appendix_g" else "logsumexp",
+        )
+    if model_config.head == "softmax":
+        return create_classifier(model_config.encoder, num_classes, dtype=dtype)
+    raise ValueError(f"model.head={model_config.head!r} is not one of {HEADS}")
+
+
+def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
+    """The collaborative objective's settings from `config.loss` and `config.model`."""
+    loss = config.loss
+    return ObjectiveConfig(
+        num_components=config.model.num_components,
+        scale_floor=config.model.scale_floor,
+        lambda_one=loss.lambda_one,
+        lambda_avg=loss.lambda_avg,
+        usage_distance=loss.usage_distance,
+        responsibility_temperature=loss.responsibility_temperature,
+        assignment=loss.assignment,
+        sinkhorn_epsilon=loss.sinkhorn_epsilon,
+        sinkhorn_iterations=loss.sinkhorn_iterations,
+        variant=config.model.variant,
+        training=loss.training,
+    )
+
+
+def learning_rate_schedule(
+    optimizer_config: ml_collections.ConfigDict,
+    base_learning_rate: float,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> optax.Schedule:
+    """Warm-up, then constant, cosine, step (x decay_factor at each of decay_epochs) or polynomial."""
+    name = optimizer_config.schedule
+    warmup_steps = int(optimizer_config.warmup_epochs * steps_per_epoch)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if name == "constant":
+        main = optax.constant_schedule(base_learning_rate)
+    elif name == "cosine":
+        main = optax.cosine_decay_schedule(base_learning_rate, decay_steps)
+    elif name == "step":
+        boundaries = {
+            int(epoch * steps_per_epoch) - warmup_steps: optimizer_config.decay_factor
+            for epoch in optimizer_config.decay_epochs
+        }
+        main = optax.piecewise_constant_schedule(base_learning_rate, boundaries)
+    elif name == "poly":
+        main = optax.polynomial_schedule(
+            base_learning_rate, 0.0, optimizer_config.power, decay_steps
+        )
+    else:
+        raise ValueError(f"optimizer.schedule={name!r} is not one of {SCHEDULES}")
+    if warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(0.0, base_learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def base_optimizer(optimizer_config, learning_rate, weight_decay: float):
+    name = optimizer_config.name
+    if name == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(weight_decay),
+            optax.sgd(learning_rate, momentum=optimizer_config.momentum, nesterov=optimizer_config.nesterov),
+        )
+    if name == "adam":
+        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+    if name == "adamw":
+        return optax.adamw(learning_rate, weight_decay=weight_decay)
+    raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
+
+
+def parameter_group(path, _) -> str:
+    """'gmm' for the density head theta, 'encoder' for everything else (phi)."""
+    return "gmm" if getattr(path[0], "key", None) == "head" else "encoder"
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
+    """optax.multi_transform: the encoder and the GMM each with their own learning rate.
+
+    The GMM takes no weight decay: decaying the means would pull every class toward the origin.
+    """
+    opt = config.optimizer
+    encoder_lr = learning_rate_schedule(opt, opt.learning_rate, steps_per_epoch, total_steps)
+    gmm_lr = learning_rate_schedule(opt, opt.gmm_learning_rate, steps_per_epoch, total_steps)
+    transforms = {
+        "encoder": base_optimizer(opt, encoder_lr, opt.weight_decay),
+        "gmm": base_optimizer(opt, gmm_lr, 0.0),
+    }
+    labels = lambda params: jax.tree_util.tree_map_with_path(parameter_group, params)  # noqa: E731
+    return optax.multi_transform(transforms, labels), encoder_lr
+
+
+def initial_variables(model, key: jax.Array, image_shape: tuple[int, ...]) -> dict:
+    """The model's variables for one dummy image of `image_shape` (H, W, C)."""
+    params_key, dropout_key = jax.random.split(key)
+    images = jnp.zeros((1, *image_shape), jnp.float32)
+    return model.init({"params": params_key, "dropout": dropout_key}, images, train=False)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model,
+    optimizer: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+) -> TrainState:
+    """A fresh state: initial parameters, empty memory bank, uniform mixture weights."""
+    key = jax.random.PRNGKey(config.seed)
+    init_key, run_key = jax.random.split(key)
+    variables = initial_variables(model, init_key, image_shape)
+    params = variables["params"]
+    is_lgmm = config.model.head == "lgmm"
+    memory = (
+        create_memory(num_classes, config.memory_size, config.model.latent_dim) if is_lgmm else None
+    )
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        mixture=variables.get("mixture", {}),
+        opt_state=optimizer.init(params),
+        memory=memory,
+        rng=run_key,
+    )
+
+
+def state_shardings(abstract_state: TrainState, mesh, num_classes: int) -> TrainState:
+    """Everything replicated but the memory bank, which is split along its class axis."""
+    shardings = jax.tree.map(lambda _: replicated(mesh), abstract_state)
+    if abstract_state.memory is not None:
+        by_class = class_sharding(mesh, num_classes)
+        shardings = shardings.replace(memory=jax.tree.map(lambda _: by_class, abstract_state.memory))
+    return shardings
+
+
+def create_sharded_train_state(config, model, optimizer, image_shape, num_classes, mesh):
+    """(state, shardings): the state created directly in its shardings by a jitted initialiser."""
+    init = lambda: create_train_state(config, model, optimizer, image_shape, num_classes)  # noqa: E731
+    abstract = jax.eval_shape(init)
+    shardings = state_shardings(abstract, mesh, num_classes)
+    return jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def parameter_count(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,296 @@
+"""Training: the jitted, sharded train steps and the loop with logging, checkpoints and final evaluation.
+
+The L-GMM step runs one encoder pass and one `jax.value_and_grad` of the collaborative objective
+(`lgmm_jax.objective`): dL_D/dphi reaches the encoder, dL_G/dtheta the Gaussians. The memory bank is
+updated inside the step and the mixture weights are re-counted from it after the gradient step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from lgmm_jax import checkpointing, evaluate, experiment, losses
+from lgmm_jax.data import pipeline
+from lgmm_jax.mixture import counted_log_weights, spherical_kmeans
+from lgmm_jax.models.gmm import uniform_log_weights
+from lgmm_jax.models.lgmm import LGMMModel
+from lgmm_jax.objective import ObjectiveConfig, lgmm_objective
+from lgmm_jax.sharding import batch_sharding, check_batch_size, global_batch, make_mesh, replicated
+from lgmm_jax.state import (
+    TrainState,
+    create_model,
+    create_optimizer,
+    create_sharded_train_state,
+    objective_config,
+)
+
+
+def console(message: str) -> None:
+    """A progress line for the person running the job (chief process only)."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """This step's randomness (dropout, drop-path): the run key folded with the step number."""
+    return jax.random.fold_in(state.rng, state.step)
+
+
+def encoder_variables(state: TrainState, params) -> dict:
+    return {"params": params, "batch_stats": state.batch_stats}
+
+
+def lgmm_train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model: LGMMModel,
+    optimizer: optax.GradientTransformation,
+    objective: ObjectiveConfig,
+    weight_ema: float,
+) -> tuple[TrainState, dict]:
+    """One collaborative step (Section 2.1): encoder by L_D, Gaussians by L_G, weights by counting."""
+    log_weights = state.mixture["head"]["log_weights"]
+
+    def loss_fn(params):
+        z, updates = model.apply(
+            encoder_variables(state, params),
+            batch["image"],
+            train=True,
+            method=LGMMModel.encode,
+            mutable=["batch_stats"],
+            rngs={"dropout": step_key(state)},
+        )
+        total, outputs = lgmm_objective(
+            z, batch["label"], batch["mask"], params["head"], log_weights, state.memory, objective
+        )
+        return total, (outputs, updates)
+
+    (_, (outputs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
+    new_log_weights = counted_log_weights(
+        outputs.counts, outputs.class_present, log_weights, ema_decay=weight_ema
+    )
+    correct = jnp.argmax(outputs.class_log_likelihood, -1) == batch["label"]
+    metrics = dict(outputs.terms)
+    metrics["accuracy"] = losses.masked_mean(correct.astype(jnp.float32), batch["mask"])
+    metrics["effective_components"] = losses.masked_mean(
+        losses.effective_components(outputs.hard_usage), outputs.class_present
+    )
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=updates.get("batch_stats", state.batch_stats),
+        mixture={"head": {"log_weights": new_log_weights}},
+        opt_state=opt_state,
+        memory=outputs.memory,
+    )
+    return new_state, metrics
+
+
+def softmax_train_step(
+    state: TrainState, batch: dict, *, model, optimizer: optax.GradientTransformation
+) -> tuple[TrainState, dict]:
+    """The discriminative counterpart: the same encoder with a linear softmax head, cross-entropy."""
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            encoder_variables(state, params),
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": step_key(state)},
+        )
+        loss = losses.softmax_cross_entropy(logits, batch["label"], batch["mask"])
+        return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    correct = jnp.argmax(logits, -1) == batch["label"]
+    metrics = {
+        "loss": loss,
+        "accuracy": losses.masked_mean(correct.astype(jnp.float32), batch["mask"]),
+    }
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, param_updates),
+        batch_stats=updates.get("batch_stats", state.batch_stats),
+        opt_state=opt_state,
+    )
+    return new_state, metrics
+
+
+def reseed_means(state: TrainState, num_components: int) -> TrainState:
+    """Re-place each class's means by spherical k-means on its remembered latents; weights back to uniform.
+
+    Components that lost every latent come back where latents are (DESIGN.md, issue 8 study).
+    """
+    head = state.params["head"]
+    key = jax.random.fold_in(state.rng, -1 - state.step)
+    means = spherical_kmeans(key, state.memory, head["means"])
+    num_classes = means.shape[0]
+    params = {**state.params, "head": {**head, "means": means}}
+    mixture = {"head": {"log_weights": uniform_log_weights(num_classes, num_components)}}
+    return state.replace(params=params, mixture=mixture)
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    if config.num_train_steps > 0:
+        return config.num_train_steps
+    return int(config.num_epochs * steps_per_epoch)
+
+
+def first_non_finite(history: list[dict]) -> tuple[int, str] | None:
+    """(step, metric name) of the first NaN/Inf among the logged step metrics, or None."""
+    for record in history:
+        for name, value in record.items():
+            if not np.isfinite(value):
+                return record["step"], name
+    return None
+
+
+class MetricsWriter:
+    """Step metrics to workdir/metrics.jsonl and TensorBoard event files (tensorboardX, no TensorFlow)."""
+
+    def __init__(self, workdir: str, enabled: bool):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tensorboard = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in record.items():
+            if name != "step":
+                self.tensorboard.add_scalar(f"train/{name}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def make_train_step(config, model, optimizer, shardings, mesh):
+    """The jitted step for the configured head, state donated, batch sharded over `data`."""
+    if config.model.head == "lgmm":
+        step = functools.partial(
+            lgmm_train_step,
+            model=model,
+            optimizer=optimizer,
+            objective=objective_config(config),
+            weight_ema=config.loss.weight_ema,
+        )
+    else:
+        step = functools.partial(softmax_train_step, model=model, optimizer=optimizer)
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train (resuming from the latest checkpoint in `workdir`), then evaluate; returns results.json's dict."""
+    mesh = make_mesh()
+    check_batch_size(config.batch_size, mesh)
+    protocol = experiment.resolve_protocol(config)
+    train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    num_classes = experiment.num_known_classes(protocol, train_source)
+    num_train = pipeline.count_examples(train_source, protocol.known_classes)
+    steps_per_epoch = max(pipeline.steps_per_epoch(num_train, config.batch_size), 1)
+    total_steps = total_train_steps(config, steps_per_epoch)
+    image_shape = tuple(train_source.image_shape)
+    if experiment.preprocess_preset(config, protocol) == "imagenet":
+        image_shape = (pipeline.IMAGENET_TRAIN_SIZE, pipeline.IMAGENET_TRAIN_SIZE, image_shape[-1])
+
+    model = create_model(config.model, num_classes)
+    optimizer, learning_rate = create_optimizer(config, steps_per_epoch, total_steps)
+    state, shardings = create_sharded_train_state(config, model, optimizer, image_shape, num_classes, mesh)
+    train_iter = experiment.train_stream(config, protocol, train_source)
+
+    is_chief = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    checkpoints = checkpointing.open_manager(workdir, config)
+    state = checkpointing.restore_latest(checkpoints, state, shardings, train_iter)
+    start_step = int(state.step)
+    train_step = make_train_step(config, model, optimizer, shardings, mesh)
+    reseed_steps = {int(epoch * steps_per_epoch) for epoch in config.loss.get("reseed_epochs", ())}
+    is_lgmm = config.model.head == "lgmm"
+    writer = MetricsWriter(workdir, enabled=is_chief)
+    console(
+        f"training {config.model.encoder}/{config.model.head} on {protocol.name} ({num_classes} known "
+        f"classes, {num_train} examples, {steps_per_epoch} steps/epoch) for {total_steps} steps "
+        f"from step {start_step}"
+    )
+
+    pending: list[tuple[int, dict]] = []
+    last_log_time, last_log_step, started = time.time(), start_step, time.time()
+    step = start_step
+    with checkpointing.preemption_guard() as preempted:
+        while step < total_steps:
+            local = next(train_iter)
+            local["mask"] = np.ones(local["label"].shape, bool)
+            state, metrics = train_step(state, global_batch(local, mesh))
+            step += 1
+            pending.append((step, metrics))
+            if is_lgmm and step in reseed_steps:
+                state = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)(
+                    state, config.model.num_components
+                )
+            log_now = step % config.log_every_steps == 0 or step == total_steps
+            save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
+            if log_now or save_now or preempted():
+                now = time.time()
+                images_per_second = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
+                history = [
+                    {"step": s, **{k: float(v) for k, v in jax.device_get(m).items()}} for s, m in pending
+                ]
+                pending.clear()
+                bad = first_non_finite(history)
+                if bad is not None:
+                    raise TrainingDivergedError(
+                        f"non-finite {bad[1]} at step {bad[0]}; the last good checkpoint "
+                        f"(step {checkpoints.latest_step()}) is kept: lower the learning rate or check the data"
+                    )
+                record = dict(history[-1])
+                record["learning_rate"] = float(learning_rate(step - 1))
+                record["images_per_second"] = images_per_second
+                writer.write(record)
+                eta = (total_steps - step) * (now - started) / max(step - start_step, 1)
+                console(
+                    f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.1f}) "
+                    f"loss {record['loss']:.4f} acc {record['accuracy']:.3f} "
+                    f"{images_per_second:.0f} img/s ETA {eta:.0f}s"
+                )
+                last_log_time, last_log_step = now, step
+            if save_now or preempted():
+                checkpointing.save(checkpoints, step, state, train_iter)
+            if preempted():
+                checkpoints.wait_until_finished()
+                writer.close()
+                raise checkpointing.Preempted(f"preempted at step {step}: checkpoint saved; rerun the same command")
+    checkpoints.wait_until_finished()
+    writer.close()
+    return evaluate.evaluate_and_write(config, workdir, model, state, protocol, mesh)
