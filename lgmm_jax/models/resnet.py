@@ -15,8 +15,9 @@ Two families share one module:
 Conventions matching torchvision: convolutions without bias, explicit symmetric padding `k // 2` (so that
 stride-2 layers align with PyTorch rather than XLA's "SAME"), BatchNorm with scale and bias, momentum 0.9
 (PyTorch's 0.1), epsilon 1e-5, Kaiming-normal (fan_out) conv init. BatchNorm running statistics live in
-the `batch_stats` collection and are not parameters. BatchNorm has no `axis_name`: under `jax.jit` with a
-batch sharded over devices its statistics are those of the global batch.
+the `batch_stats` collection and are not parameters; the running variance averages the biased batch
+variance (flax), where PyTorch averages the unbiased one (a factor n/(n-1) apart). BatchNorm has no
+`axis_name`: under `jax.jit` with a batch sharded over devices its statistics are those of the global batch.
 
 `dtype` is the compute dtype (e.g. `jnp.bfloat16`); parameters are always stored in float32.
 """

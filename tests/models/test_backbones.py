@@ -173,15 +173,16 @@ def test_swin_drop_path_is_the_only_train_eval_difference():
 
     evaluate = jax.jit(lambda v: with_drop_path.apply(v, images, train=False))(variables)
 
-    def train(model, seed):
-        run = lambda v, key: model.apply(v, images, train=True, rngs={"dropout": key})
-        return jax.jit(run)(variables, jax.random.key(seed))
+    def train(model):
+        run = jax.jit(lambda v, key: model.apply(v, images, train=True, rngs={"dropout": key}))
+        return lambda seed: run(variables, jax.random.key(seed))
 
+    train_with_drop_path, train_without_drop_path = train(with_drop_path), train(without_drop_path)
     assert evaluate.shape == (4, 16)
-    assert not np.allclose(train(with_drop_path, 2), evaluate, atol=1e-4)
-    assert not np.allclose(train(with_drop_path, 2), train(with_drop_path, 3), atol=1e-4)
-    np.testing.assert_array_equal(train(with_drop_path, 2), train(with_drop_path, 2))
-    np.testing.assert_allclose(train(without_drop_path, 2), evaluate, atol=1e-6)
+    assert not np.allclose(train_with_drop_path(2), evaluate, atol=1e-4)
+    assert not np.allclose(train_with_drop_path(2), train_with_drop_path(3), atol=1e-4)
+    np.testing.assert_array_equal(train_with_drop_path(2), train_with_drop_path(2))
+    np.testing.assert_allclose(train_without_drop_path(2), evaluate, atol=1e-6)
 
 
 def _floating_leaves(tree):

@@ -26,7 +26,8 @@ def naive_window_attention(x, params, num_heads, window, shift):
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, head_dim]
     table = np.asarray(params["relative_position_bias_table"], np.float64)  # [(2w-1)^2, heads]
 
-    rows, cols = (grid.reshape(-1) for grid in np.meshgrid(np.arange(height), np.arange(width), indexing="ij"))
+    grid = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    rows, cols = grid[0].reshape(-1), grid[1].reshape(-1)  # original coordinates of the tokens
     window_row, window_col = (rows - shift) % height // window, (cols - shift) % width // window
     row_offset, col_offset = rows[:, None] - rows[None, :], cols[:, None] - cols[None, :]  # query - key
     allowed = (
