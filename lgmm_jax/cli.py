@@ -23,14 +23,45 @@ def fail(message: str, status: int = USAGE_ERROR):
     sys.exit(status)
 
 
+def make_config_package_importable(argv: list[str]) -> None:
+    """Config files import their siblings as `configs.<name>`: put the folder above `configs/` on the path."""
+    for arg in argv:
+        if arg.startswith("--config="):
+            config_dir = os.path.dirname(os.path.abspath(arg.split("=", 1)[1]))
+            sys.path.insert(0, os.path.dirname(config_dir))
+
+
 def parse_flags_or_fail(argv: list[str]) -> list[str]:
     """absl flag parsing (config files included) with a one-line error instead of usage dumps."""
+    make_config_package_importable(argv)
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+        if "config" in flags.FLAGS:
+            flags.FLAGS.config.keys()  # ml_collections defers a bad config file's error to first use
+        return remaining
     except flags.Error as error:
-        fail(f"{error}")
-    except (OSError, ImportError, SyntaxError, AttributeError, KeyError, ValueError, TypeError) as error:
-        fail(f"bad --config: {type(error).__name__}: {error}")
+        fail(config_error_message(error))
+    except OSError as error:
+        fail(f"cannot load --config: {str(error).splitlines()[-1].strip()}")
+    except (ImportError, SyntaxError, AttributeError, KeyError, ValueError, TypeError) as error:
+        fail(config_error_message(error))
+
+
+def define_flags_or_fail(define: Callable[[], None], argv: list[str]) -> None:
+    """Define flags; ml_collections already applies --config.* overrides of the default config here."""
+    make_config_package_importable(argv)
+    try:
+        define()
+    except (flags.Error, ImportError, SyntaxError, AttributeError, KeyError, ValueError, TypeError) as error:
+        fail(config_error_message(error))
+
+
+def config_error_message(error: Exception) -> str:
+    """A config problem in one line; an unknown key is named as such."""
+    text = str(error).strip().strip('"').strip("'")
+    if isinstance(error, (AttributeError, KeyError)) or "has no attribute" in text or "not found" in text:
+        return f"unknown config key {text}: see configs/default.py for every key and its meaning"
+    return f"bad --config: {text}"
 
 
 def run_app(main: Callable) -> int:

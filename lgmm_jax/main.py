@@ -19,9 +19,12 @@ from lgmm_jax import cli
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file", lock_config=True)
-flags.DEFINE_string("workdir", "workdir", "where checkpoints, metrics and results go")
-flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() (default: auto-detect a cluster)")
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file", lock_config=True)
+    flags.DEFINE_string("workdir", "workdir", "where checkpoints, metrics and results go")
+    flags.DEFINE_bool("distributed", None, "jax.distributed.initialize() (default: when a cluster is detected)")
 
 
 def main(argv):
@@ -35,4 +38,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.define_flags_or_fail(define_flags, sys.argv)
     sys.exit(cli.run_app(main))
