@@ -1,0 +1,123 @@
+"""Training end to end: the default config on digits (both heads), resume, the TFDS path on mock data."""
+import json
+import os
+from unittest import mock
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import cifar10, cifar100, default
+from lgmm_jax import train
+from lgmm_jax.ood import scores
+
+
+def small_config(**overrides):
+    config = default.get_config()
+    config.num_train_steps = 30
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 15
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def lgmm_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("lgmm"))
+    return workdir, train.train_and_evaluate(small_config(), workdir)
+
+
+def test_lgmm_default_config_end_to_end(lgmm_run):
+    workdir, results = lgmm_run
+    assert results["closed_set"]["top1"] > 0.5  # 6 known classes: chance is 1/6
+    assert set(results["open_set"]) == {"unknown_classes"}
+    assert set(results["open_set"]["unknown_classes"]) >= set(scores.LGMM_SCORES)
+    likelihood = results["open_set"]["unknown_classes"]["likelihood"]
+    assert set(likelihood) == {"auroc", "fpr95", "fpr95_ood_positive", "aupr_in", "aupr_out", "detection_error"}
+    assert 1.0 <= results["components"]["mean_effective_components"] <= 3.0
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(results))
+    records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert {10, 20, 30} <= {r["step"] for r in records}
+    for name in ("loss", "discriminative", "nll", "one_hot", "average_usage", "generative",
+                 "learning_rate", "images_per_second", "effective_components"):
+        assert all(np.isfinite(r[name]) for r in records), name
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["15", "30"]
+
+
+def test_tensorboard_events_readable_without_tensorflow(lgmm_run):
+    from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401 (tensorboardX writes them)
+    from tensorboard.backend.event_processing import event_accumulator  # noqa: F401
+
+    workdir, _ = lgmm_run
+    events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+    events.Reload()
+    assert "train/loss" in events.Tags()["scalars"]
+
+
+def test_softmax_counterpart_end_to_end(tmp_path):
+    results = train.train_and_evaluate(small_config(**{"model.head": "softmax"}), str(tmp_path))
+    assert results["closed_set"]["top1"] > 0.5
+    assert set(results["open_set"]["unknown_classes"]) >= set(scores.SOFTMAX_SCORES)
+    assert "components" not in results
+
+
+def test_resume_continues_exactly(tmp_path):
+    """10 steps, then the same workdir to 20 steps == 20 steps straight (constant rate: the schedule
+    does not depend on the total)."""
+    overrides = {"optimizer.schedule": "constant", "checkpoint_every_steps": 5, "loss.reseed_epochs": (1,)}
+    straight = train.train_and_evaluate(small_config(num_train_steps=20, **overrides), str(tmp_path / "a"))
+    train.train_and_evaluate(small_config(num_train_steps=10, **overrides), str(tmp_path / "b"))
+    resumed = train.train_and_evaluate(small_config(num_train_steps=20, **overrides), str(tmp_path / "b"))
+    assert resumed == straight
+    last = lambda d: read_jsonl(tmp_path / d / "metrics.jsonl")[-1]  # noqa: E731
+    a, b = last("a"), last("b")
+    for key in ("loss", "nll", "discriminative", "accuracy"):
+        assert a[key] == b[key]
+
+
+@pytest.fixture
+def mock_cifar():
+    """TFDS served from memory: mock_data with records of the right shape, labels from the records."""
+
+    def records_for(num_classes):
+        rng = np.random.default_rng(0)
+        return [
+            {"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "label": int(i % num_classes), "id": str(i)}
+            for i in range(40)
+        ]
+
+    def data_source(builder, split, decoders=None, **kwargs):
+        return records_for(builder.info.features["label"].num_classes)
+
+    with mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+        with tfds.testing.mock_data(as_data_source_fn=data_source):
+            yield
+
+
+@pytest.mark.parametrize("config_module", [cifar10, cifar100], ids=["cifar10", "cifar100"])
+def test_one_step_on_the_tfds_path(mock_cifar, config_module, tmp_path):
+    config = config_module.get_config()
+    config.model.encoder = "small_cnn"  # the config's ResNet-101 is minutes per step on this CPU
+    config.num_train_steps = 1
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.memory_size = 4
+    config.eval.scores = ("likelihood",)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["closed_set"]["num_examples"] == 40
+    assert set(results["open_set"]) == {"svhn_cropped", "cifar100" if config_module is cifar10 else "cifar10"}
+    record = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert record["step"] == 1 and np.isfinite(record["loss"])
