@@ -15,6 +15,7 @@ from absl import app, flags, logging
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
+INTERRUPTED = 130
 
 
 def fail(message: str, status: int = USAGE_ERROR):
@@ -59,6 +60,8 @@ def define_flags_or_fail(define: Callable[[], None], argv: list[str]) -> None:
 def config_error_message(error: Exception) -> str:
     """A config problem in one line; an unknown key is named as such."""
     text = str(error).strip().strip('"').strip("'")
+    if isinstance(error, flags.UnrecognizedFlagError):
+        return f"unknown flag --{error.flagname}: see --helpfull for the flags"
     if isinstance(error, (AttributeError, KeyError)) or "has no attribute" in text or "not found" in text:
         return f"unknown config key {text}: see configs/default.py for every key and its meaning"
     return f"bad --config: {text}"
@@ -77,11 +80,14 @@ def run_guarded(task: Callable[[], object]) -> int:
     try:
         task()
     except Preempted as stop:
-        logging.warning("%s", stop)
         print(str(stop), file=sys.stderr, flush=True)
         return 0
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C): rerun the same command to resume from the last checkpoint", INTERRUPTED)
     except (IncompatibleCheckpointError, DatasetNotAvailableError, FileNotFoundError) as error:
         fail(str(error), RUN_ERROR)
+    except OSError as error:  # an unwritable or full workdir, a file where a folder should be, ...
+        fail(f"{error}: check --workdir and --config.data_dir", RUN_ERROR)
     except ValueError as error:
         fail(str(error), USAGE_ERROR)
     except RuntimeError as error:
@@ -98,32 +104,70 @@ def quiet_libraries() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
-CLUSTER_ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+# JAX's own cluster environments that never start from a plain environment check: k8s needs the
+# `kubernetes` package and warns without it, mpi4py is opt-in. `--distributed` still reaches them.
+NOT_AUTO_DETECTED = ("k8s", "mpi4py")
 
 
-def running_on_cluster() -> bool:
-    """A multi-process launch that jax.distributed can auto-configure (Cloud TPU pod, SLURM, explicit)."""
-    if any(os.environ.get(name) for name in CLUSTER_ENVIRONMENT):
-        hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-        return "," in hosts or "TPU_WORKER_HOSTNAMES" not in os.environ or bool(
-            os.environ.get("JAX_COORDINATOR_ADDRESS")
-        )
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+def detected_cluster() -> str | None:
+    """The multi-process launch this process belongs to, by name; None on one machine.
+
+    Either an explicit coordinator (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and JAX_PROCESS_ID),
+    or one of the environments `jax.distributed.initialize()` configures itself, asked through JAX's own
+    detection: a Cloud TPU pod slice (`gcetpu`: the TPU VM's metadata; `gketpu`: TPU_WORKER_HOSTNAMES;
+    multislice: MEGASCALE_*), SLURM (inside `srun`), Open MPI (`mpirun`) -- when it has more than one
+    process. A single TPU VM or a one-task SLURM job is one machine.
+    """
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return "explicit coordinator (JAX_COORDINATOR_ADDRESS)"
+    from jax._src import clusters  # the detection jax.distributed.initialize() runs (no public API)
+
+    for environment in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+        if environment.opt_in_only_method or environment.name in NOT_AUTO_DETECTED:
+            continue
+        try:
+            if environment.is_env_present() and environment.get_process_count() > 1:
+                return environment.name
+        except (OSError, RuntimeError, ValueError, KeyError) as error:  # half-configured: not a launch
+            logging.warning("ignoring cluster environment %s: %s", environment.name, error)
+    return None
+
+
+def explicit_coordinator() -> dict:
+    """jax.distributed.initialize's arguments from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID."""
+    names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    missing = [name for name in names if not os.environ.get(name)]
+    if missing:
+        fail(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+             "not: set all three "
+             "(host:port of process 0, the number of processes, this process's index 0..N-1)")
+    try:
+        count, index = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    except ValueError:
+        fail("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers")
+    if not 0 <= index < count:
+        fail(f"JAX_PROCESS_ID={index} is not in 0..JAX_NUM_PROCESSES-1 ({count} processes)")
+    return dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"], num_processes=count, process_id=index)
 
 
 def maybe_initialize_distributed(requested: bool | None) -> None:
-    """jax.distributed.initialize() when asked to, or on a detected cluster; a no-op on one machine."""
-    if requested is False or (requested is None and not running_on_cluster()):
+    """jax.distributed.initialize() when asked to (`--distributed`) or on a detected multi-process launch
+    (`detected_cluster`); a no-op on one machine or with `--nodistributed`. Call before anything touches
+    a JAX device."""
+    if requested is False:
+        return
+    cluster = detected_cluster()
+    if requested is None and cluster is None:
         return
     import jax
 
-    coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if coordinator:
-        jax.distributed.initialize(
-            coordinator_address=coordinator,
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
-    else:
-        jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    arguments = explicit_coordinator() if os.environ.get("JAX_COORDINATOR_ADDRESS") else {}
+    try:
+        jax.distributed.initialize(**arguments)
+    except (ValueError, RuntimeError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        fail(f"cannot start jax.distributed ({first_line}): launch one process per host with srun, "
+             "mpirun or gcloud ... ssh --worker=all, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES "
+             "and JAX_PROCESS_ID; on one machine leave out --distributed", RUN_ERROR)
+    logging.info("jax.distributed (%s): process %d of %d", cluster or "requested", jax.process_index(),
+                 jax.process_count())

@@ -1,7 +1,8 @@
 """Closed-set and open-set evaluation of a trained model (library and CLI).
 
-    python -m lgmm_jax.evaluate --workdir=DIR      # the latest checkpoint of a training run
-    python -m lgmm_jax.evaluate --model=EXPORTED   # an exported model directory
+    python -m lgmm_jax.evaluate --workdir=DIR                      # the latest checkpoint of a training run
+    python -m lgmm_jax.evaluate --model=EXPORTED --output=DIR      # an exported model (lgmm_jax.export)
+    python -m lgmm_jax.evaluate --workdir=DIR --ood_datasets=folder=/data/LSUN_resize --output=DIR2
 
 Every example of every evaluation set is seen once (padded, masked batches). Known-class test data give
 top-1/top-5; each unknown set is scored against them with every score the head has (L-GMM: `likelihood`,
@@ -13,9 +14,11 @@ Writes results.json, report.md and PNG plots into the output folder.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -26,14 +29,16 @@ import numpy as np
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
-from lgmm_jax import experiment, losses, report
+from lgmm_jax import checkpointing, cli, experiment, losses, report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol
+from lgmm_jax.data.sources import FOLDER_PREFIX, Source
 from lgmm_jax.mixture import labelled_log_prob
 from lgmm_jax.models.gmm import head_gaussians
 from lgmm_jax.models.lgmm import LGMMModel
 from lgmm_jax.ood import metrics, scores
-from lgmm_jax.sharding import batch_sharding, global_batch, replicated
+from lgmm_jax.sharding import batch_sharding, global_batch, make_mesh, replicated
+from lgmm_jax.state import create_model, create_optimizer, create_train_state, state_shardings
 
 RESULTS_FILE = "results.json"
 
@@ -143,9 +148,39 @@ def component_usage(config, variables, outputs) -> dict[str, Any]:
 
 
 def unknown_set_name(ref: DataRef, protocol: OpenSetProtocol) -> str:
+    """The unknown set's key in results.json and in its plot file names (letters, digits, '_', '-', '.').
+
+    Unknown classes of the training dataset: 'unknown_classes'; a folder: its base name ('LSUN_resize');
+    another dataset: its name, with the split appended unless it is 'test'.
+    """
     if ref.dataset == protocol.dataset:
         return "unknown_classes"
-    return ref.dataset if ref.split == "test" else f"{ref.dataset}_{ref.split}"
+    if ref.dataset.startswith(FOLDER_PREFIX):
+        name = os.path.basename(os.path.normpath(ref.dataset[len(FOLDER_PREFIX):]))
+    else:
+        name = ref.dataset if ref.split == "test" else f"{ref.dataset}_{ref.split}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unknown"
+
+
+def unique_name(name: str, taken) -> str:
+    """`name`, or `name_2`, `name_3`, ... when it is taken (two folders with the same base name)."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}_{number}"
+    return candidate
+
+
+def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset: str) -> None:
+    """An unknown set must have the training images' shape (only the channels when the preset resizes)."""
+    expected, got = tuple(known.image_shape), tuple(unknown.image_shape)
+    axes = (2,) if preset == "imagenet" else (0, 1, 2)
+    if any(expected[a] is not None and got[a] is not None and expected[a] != got[a] for a in axes):
+        show = lambda shape: "x".join("?" if d is None else str(d) for d in shape)  # noqa: E731
+        raise ValueError(
+            f"unknown set {name} has {show(got)} images (H x W x C) but the model was trained on "
+            f"{show(expected)}: convert the images to {show(expected)}"
+        )
 
 
 def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[str, Any]:
@@ -157,6 +192,14 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     stream = functools.partial(experiment.eval_stream, config, protocol)
     train_source = source(protocol.dataset, protocol.train_split)
     known = protocol.known_classes
+    # Every unknown set is found and checked before the first forward pass.
+    unknown_sources = [source(ref) for ref in protocol.unknown]
+    unknown_names: list[str] = []
+    for ref, unknown_source in zip(protocol.unknown, unknown_sources):
+        unknown_names.append(unique_name(unknown_set_name(ref, protocol), unknown_names))
+        check_unknown_image_shape(
+            unknown_names[-1], unknown_source, train_source, experiment.preprocess_preset(config, protocol)
+        )
 
     def run(ref_source, classes, all_unknown=False, extra=None):
         return collect(stream(ref_source, classes, all_unknown), mesh, variables, forward, extra)
@@ -204,9 +247,8 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     if "odin" in fitted:
         results["odin"] = {"temperature": fitted["odin"].temperature, "epsilon": fitted["odin"].epsilon}
     plots = {}
-    for ref in protocol.unknown:
-        name = unknown_set_name(ref, protocol)
-        unknown = run(source(ref), ref.classes, all_unknown=True, extra=extra)
+    for ref, name, unknown_source in zip(protocol.unknown, unknown_names, unknown_sources):
+        unknown = run(unknown_source, ref.classes, all_unknown=True, extra=extra)
         unknown_scores = score_table(head, unknown, fitted, chosen)
         results["open_set"][name] = {
             score: metrics.ood_metrics(known_scores[score], unknown_scores[score]) for score in chosen
@@ -229,10 +271,152 @@ def write_results(workdir: str, results: dict, plots: dict) -> None:
     report.write_plots(workdir, plots)
 
 
-def evaluate_and_write(config, workdir, model, state, protocol, mesh) -> dict[str, Any]:
-    results, plots = evaluate(config, model, model_variables(state), protocol, mesh)
-    write_results(workdir, results, plots)
+def evaluate_variables_and_write(config, folder, model, variables, protocol, mesh) -> dict[str, Any]:
+    """evaluate, write_results into `folder`, and print the summary line; returns results.json's dict."""
+    results, plots = evaluate(config, model, variables, protocol, mesh)
+    write_results(folder, results, plots)
     if jax.process_index() == 0:
         print(report.summary_line(results), flush=True)
-        print(f"results: {os.path.join(workdir, RESULTS_FILE)}", flush=True)
+        print(f"results: {os.path.join(folder, RESULTS_FILE)}", flush=True)
     return results
+
+
+def evaluate_and_write(config, workdir, model, state, protocol, mesh) -> dict[str, Any]:
+    """What training runs at its end: evaluate the final TrainState and write into the workdir."""
+    return evaluate_variables_and_write(config, workdir, model, model_variables(state), protocol, mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A training run's latest checkpoint, rebuilt: what evaluation and export need.
+
+    variables: {"params", "batch_stats", "mixture"} of the model (see `model_variables`).
+    input_shape: (H, W, C) of the images the network takes (after the evaluation transform).
+    """
+
+    config: ml_collections.ConfigDict
+    protocol: OpenSetProtocol
+    train_source: Source
+    model: Any
+    variables: dict
+    input_shape: tuple[int, ...]
+    num_classes: int
+    step: int
+
+
+def restore_workdir(workdir: str, mesh, config: ml_collections.ConfigDict | None = None) -> TrainedModel:
+    """The latest checkpoint of `workdir`, rebuilt with the run's config (`DIR/config.json` by default).
+
+    The train state's structure comes from `state.py`, as in training, through `jax.eval_shape`: nothing
+    is initialised, orbax restores straight into the shapes and shardings.
+
+    Raises:
+      FileNotFoundError: no config.json, or no complete checkpoint in the workdir.
+      IncompatibleCheckpointError: the checkpoint does not fit the config.
+    """
+    config = config if config is not None else checkpointing.read_config(workdir)
+    protocol = experiment.resolve_protocol(config)
+    train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    num_classes = experiment.num_known_classes(protocol, train_source)
+    input_shape = experiment.model_input_shape(config, protocol, train_source)
+    model = create_model(config.model, num_classes)
+    # The optimiser state's structure does not depend on the schedule's step counts.
+    optimizer, _ = create_optimizer(config, steps_per_epoch=1, total_steps=1)
+    abstract = jax.eval_shape(lambda: create_train_state(config, model, optimizer, input_shape, num_classes))
+    checkpoints = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+    no_checkpoint = FileNotFoundError(
+        f"no complete checkpoint in {checkpoints}: train first "
+        f"(python -m lgmm_jax.main --workdir={workdir}) or pass the --workdir of a finished run"
+    )
+    if not os.path.isdir(checkpoints):
+        raise no_checkpoint
+    manager = checkpointing.open_manager(workdir, config, read_only=True)
+    try:
+        state = checkpointing.restore_latest(manager, abstract, state_shardings(abstract, mesh, num_classes))
+    finally:
+        manager.close()
+    if state is abstract:  # restore_latest found no complete step
+        raise no_checkpoint
+    return TrainedModel(
+        config=config,
+        protocol=protocol,
+        train_source=train_source,
+        model=model,
+        variables=model_variables(state),
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        step=int(state.step),
+    )
+
+
+def with_overrides(config: ml_collections.ConfigDict, ood_datasets=(), data_dir: str | None = None):
+    """A copy of `config` with extra unknown sets (`ood_datasets` entries) and another data_dir."""
+    config = ml_collections.ConfigDict(json.loads(config.to_json()))
+    if ood_datasets:
+        config.ood_datasets = tuple(config.ood_datasets) + tuple(ood_datasets)
+    if data_dir:
+        config.data_dir = data_dir
+    return config
+
+
+def evaluate_workdir(workdir: str, output: str | None = None, *, ood_datasets=(), data_dir=None) -> dict:
+    """Evaluate the latest checkpoint of a training run; write results.json, report.md, plots to `output`
+    (default: the workdir)."""
+    mesh = make_mesh()
+    config = with_overrides(checkpointing.read_config(workdir), ood_datasets, data_dir)
+    trained = restore_workdir(workdir, mesh, config)
+    return evaluate_variables_and_write(
+        config, output or workdir, trained.model, trained.variables, trained.protocol, mesh
+    )
+
+
+def evaluate_export(path: str, output: str, *, ood_datasets=(), data_dir=None) -> dict:
+    """Evaluate an exported model (`lgmm_jax.export`) on the data its config names; same numbers as
+    `evaluate_workdir` on the checkpoint it was exported from."""
+    from lgmm_jax import inference  # inference builds on this module
+
+    exported = inference.load(path)
+    mesh = make_mesh()
+    config = with_overrides(exported.config, ood_datasets, data_dir)
+    protocol = experiment.resolve_protocol(config)
+    return evaluate_variables_and_write(config, output, exported.module, exported.variables, protocol, mesh)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "a training run's folder: evaluate its latest checkpoint")
+    flags.DEFINE_string("model", None, "an exported model's folder (python -m lgmm_jax.export)")
+    flags.DEFINE_string("output", None, "where results.json, report.md and plots go (default: --workdir)")
+    flags.DEFINE_multi_string(
+        "ood_datasets", [], "extra unknown set, 'dataset:split' or 'folder=PATH'; repeat for several"
+    )
+    flags.DEFINE_string("data_dir", None, "read the data from here instead of the config's data_dir")
+    flags.DEFINE_bool(
+        "distributed", None, "jax.distributed.initialize() (default: when a cluster is detected)"
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
+    if bool(FLAGS.workdir) == bool(FLAGS.model):
+        cli.fail("pass exactly one of --workdir=DIR (a training run) or --model=DIR (an exported model)")
+    if FLAGS.model and not FLAGS.output:
+        cli.fail("--model needs --output=DIR: the exported model's folder is left as it is")
+    cli.quiet_libraries()
+    cli.maybe_initialize_distributed(FLAGS.distributed)
+    overrides = {"ood_datasets": tuple(FLAGS.ood_datasets), "data_dir": FLAGS.data_dir}
+    if FLAGS.workdir:
+        return cli.run_guarded(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.output, **overrides))
+    return cli.run_guarded(lambda: evaluate_export(FLAGS.model, FLAGS.output, **overrides))
+
+
+if __name__ == "__main__":
+    cli.define_flags_or_fail(define_flags, sys.argv)
+    sys.exit(cli.run_app(main))

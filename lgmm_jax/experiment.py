@@ -2,7 +2,10 @@
 
 A config either names an open-set protocol (`config.protocol`, see `lgmm_jax.data.protocols`), which fixes
 the known classes and the unknown sets, or trains on every class of `config.dataset` and treats each
-`config.ood_datasets` entry ("dataset:split") as out-of-distribution data.
+`config.ood_datasets` entry as out-of-distribution data. An entry is "dataset:split" (split defaults to
+'test'), or "folder=PATH" for a folder of image files (everything after '=' is the path, ':' included;
+the folder's only split is 'test'), e.g. `ood_datasets=('svhn_cropped:test', 'folder=/data/LSUN_resize')`.
+Named protocols get the entries as extra unknown sets.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import ml_collections
 
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol
-from lgmm_jax.data.sources import Source, get_source
+from lgmm_jax.data.sources import FOLDER_PREFIX, Source, get_source
 
 
 def parse_data_ref(spec: str) -> DataRef:
-    """'dataset:split' -> DataRef (split defaults to 'test')."""
+    """'dataset:split' -> DataRef (split defaults to 'test'); 'folder=PATH' -> the folder's 'test' split."""
+    if spec.startswith(FOLDER_PREFIX):
+        if not spec[len(FOLDER_PREFIX):]:
+            raise ValueError(f"ood_datasets entry {spec!r} has no path: write 'folder=/path/to/images'")
+        return DataRef(spec, "test")
     dataset, _, split = spec.partition(":")
     if not dataset:
         raise ValueError(f"ood_datasets entry {spec!r} is empty: write 'dataset:split', e.g. 'mnist_5k:test'")
@@ -51,6 +58,14 @@ def resolve_protocol(config: ml_collections.ConfigDict) -> OpenSetProtocol:
 def preprocess_preset(config: ml_collections.ConfigDict, protocol: OpenSetProtocol) -> str:
     """The config's preset, or the protocol's when the config leaves it empty."""
     return config.preprocess or protocol.preprocess
+
+
+def model_input_shape(config: ml_collections.ConfigDict, protocol: OpenSetProtocol, train_source: Source):
+    """(H, W, C) of the images the network takes: the training images' shape, or the ImageNet crop."""
+    image_shape = tuple(train_source.image_shape)
+    if preprocess_preset(config, protocol) == "imagenet":
+        return (pipeline.IMAGENET_TRAIN_SIZE, pipeline.IMAGENET_TRAIN_SIZE, image_shape[-1])
+    return image_shape
 
 
 def num_known_classes(protocol: OpenSetProtocol, train_source: Source) -> int:

@@ -145,3 +145,60 @@ def spherical_kmeans(
     centres = jax.lax.fori_loop(0, iterations, lloyd_step, centres)
     enough = jnp.sum(memory.valid, axis=1) >= num_components
     return jnp.where(enough[:, None, None], centres, previous_means)
+
+
+def bank_moments(
+    latents: jax.Array, valid: jax.Array, weights: jax.Array, share_scale: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Weighted means and standard deviations of the remembered latents per component (an M-step).
+
+    latents [C, M, D], valid [C, M], weights [C, M, K] (one-hot assignments or responsibilities).
+    Returns (means [C, K, D], stds [C, K or 1, D], has_members [C, K]). With `share_scale` the K
+    components of a class share one diagonal scale: the within-component spread pooled over the class.
+    """
+    highest = jax.lax.Precision.HIGHEST
+    weights = weights * valid[..., None]
+    counts = jnp.sum(weights, axis=1)  # [C, K]
+    means = jnp.einsum("cmk,cmd->ckd", weights, latents, precision=highest) / jnp.maximum(
+        counts, 1e-6
+    )[..., None]
+    second = jnp.einsum("cmk,cmd->ckd", weights, jnp.square(latents), precision=highest)
+    squared_deviation = jnp.maximum(second - counts[..., None] * jnp.square(means), 0.0)  # [C, K, D]
+    if share_scale:
+        variance = jnp.sum(squared_deviation, axis=1, keepdims=True) / jnp.maximum(
+            jnp.sum(counts, axis=1)[:, None, None], 1.0
+        )
+    else:
+        variance = squared_deviation / jnp.maximum(counts, 1.0)[..., None]
+    return means, jnp.sqrt(variance), counts > 0
+
+
+def moment_matched_head(
+    head_params: dict,
+    latents: jax.Array,
+    valid: jax.Array,
+    weights: jax.Array,
+    scale_floor: float,
+    rate: float,
+) -> dict:
+    """theta moved a step `rate` toward the maximum-likelihood fit of the memory bank (EM's M-step).
+
+    The generative objective's maximiser for fixed assignments is the weighted mean and spread of the
+    remembered latents; a gradient step on -log N moves toward the same point but, with Adam, jitters by
+    about the learning rate per coordinate, far more than a class's spread on the unit sphere (~0.02).
+    Components with no remembered latents keep their parameters; classes with fewer than two
+    remembered latents keep their scales.
+    """
+    from lgmm_jax.models.gmm import scales_from_raw
+
+    share_scale = head_params["raw_scales"].shape[1] == 1
+    target_means, target_stds, has_members = bank_moments(latents, valid, weights, share_scale)
+    old_means = head_params["means"]
+    means = jnp.where(has_members[..., None], old_means + rate * (target_means - old_means), old_means)
+    old_scales = scales_from_raw(head_params["raw_scales"], scale_floor)
+    target_scales = jnp.maximum(target_stds, scale_floor * 1.0001)
+    enough = (jnp.sum(valid, axis=1) >= 2)[:, None, None]
+    scales = jnp.where(enough, old_scales + rate * (target_scales - old_scales), old_scales)
+    excess = jnp.maximum(scales - scale_floor, 1e-6)
+    raw = excess + jnp.log(-jnp.expm1(-excess))  # softplus^-1, stable for small and large excess
+    return {**head_params, "means": means, "raw_scales": raw}

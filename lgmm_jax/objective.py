@@ -69,6 +69,7 @@ class ObjectiveOutputs(NamedTuple):
     counts: jax.Array  # [C, K] component counts over the bank, for the mixture weights
     class_present: jax.Array  # [C] classes with remembered latents
     hard_usage: jax.Array  # [C, K] share of each class's remembered latents assigned to each component
+    bank_weights: jax.Array  # [C, M, K] assignments of the remembered latents (one-hot or soft)
     class_log_likelihood: jax.Array  # [B, C] log p(z|y) (theta held fixed)
     terms: dict  # scalar loss terms for logging
 
@@ -128,9 +129,10 @@ def lgmm_objective(
     hard_usage, _ = mixture.masked_usage(bank_one_hot, memory.valid)
     valid = memory.valid[..., None]
     if config.assignment == "posterior" and config.variant == "equations":
-        counts = jnp.sum(bank_responsibilities * valid, axis=1)
+        bank_weights = bank_responsibilities
     else:
-        counts = jnp.sum(bank_one_hot * valid, axis=1)
+        bank_weights = bank_one_hot
+    counts = jnp.sum(bank_weights * valid, axis=1)
 
     if config.variant == "appendix_g":
         targets, has_members = mixture.assigned_means(
@@ -160,6 +162,7 @@ def lgmm_objective(
         counts=fixed(counts),
         class_present=class_present,
         hard_usage=fixed(hard_usage),
+        bank_weights=fixed(bank_weights),
         class_log_likelihood=fixed(class_log_likelihood),
         terms=terms,
     )

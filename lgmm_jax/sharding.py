@@ -7,6 +7,8 @@ and a multi-host pod.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -40,18 +42,35 @@ def class_sharding(mesh: Mesh, num_classes: int) -> NamedSharding:
     return replicated(mesh)
 
 
+def memory_placement(mesh: Mesh, num_classes: int) -> str:
+    """How `class_sharding` places the memory bank, in words (for the run's first console line)."""
+    devices = mesh.devices.size
+    if devices == 1:
+        return "memory bank on 1 device"
+    if num_classes % devices == 0:
+        return f"memory bank split by class over {devices} devices"
+    return f"memory bank replicated ({num_classes} classes do not split evenly over {devices} devices)"
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
     """The global batch must split evenly over devices and processes."""
     devices, processes = mesh.devices.size, jax.process_count()
     if global_batch_size % devices or global_batch_size % processes:
+        multiple = math.lcm(devices, processes)
         raise ValueError(
-            f"batch_size={global_batch_size} does not divide over {devices} devices in "
-            f"{processes} processes: set --config.batch_size to a multiple of {devices}"
+            f"batch_size={global_batch_size} does not split evenly over {devices} devices in "
+            f"{processes} process(es): set --config.batch_size to a multiple of {multiple}"
         )
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's slice of the batch -> global arrays sharded over `data`."""
+    """This process's slice of the batch -> global arrays sharded over `data`.
+
+    The slices of all processes, in process order, make the global batch: process p's rows land on
+    its own devices, which hold one contiguous block of rows. The global batch is therefore the same
+    for any number of processes exactly when each process reads the contiguous block
+    `global_batch[p * b:(p + 1) * b]` (b = batch_size // process_count) of the global stream.
+    """
     sharding = batch_sharding(mesh)
     return {
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value))

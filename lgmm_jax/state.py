@@ -21,6 +21,7 @@ from lgmm_jax.sharding import class_sharding, replicated
 HEADS = ("lgmm", "softmax")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 OPTIMIZERS = ("sgd", "adam", "adamw")
+GMM_UPDATES = ("gradient", "moment_matching")
 SCHEDULES = ("constant", "cosine", "step", "poly")
 
 
@@ -88,6 +89,14 @@ def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
     )
 
 
+def gmm_moment_rate(model_config) -> float | None:
+    """How the Gaussians learn: None for gradient steps on L_G, else the moment-matching rate."""
+    update = model_config.get("gmm_update", "gradient")
+    if update not in GMM_UPDATES:
+        raise ValueError(f"model.gmm_update={update!r} is not one of {GMM_UPDATES}")
+    return None if update == "gradient" else float(model_config.moment_rate)
+
+
 def learning_rate_schedule(
     optimizer_config: ml_collections.ConfigDict,
     base_learning_rate: float,
@@ -147,10 +156,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
     opt = config.optimizer
     encoder_lr = learning_rate_schedule(opt, opt.learning_rate, steps_per_epoch, total_steps)
     gmm_lr = learning_rate_schedule(opt, opt.gmm_learning_rate, steps_per_epoch, total_steps)
-    transforms = {
-        "encoder": base_optimizer(opt, encoder_lr, opt.weight_decay),
-        "gmm": base_optimizer(opt, gmm_lr, 0.0),
-    }
+    gmm = base_optimizer(opt, gmm_lr, 0.0) if gmm_moment_rate(config.model) is None else optax.set_to_zero()
+    transforms = {"encoder": base_optimizer(opt, encoder_lr, opt.weight_decay), "gmm": gmm}
     labels = lambda params: jax.tree_util.tree_map_with_path(parameter_group, params)  # noqa: E731
     return optax.multi_transform(transforms, labels), encoder_lr
 

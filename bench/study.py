@@ -1,0 +1,170 @@
+"""The real-data study: L-GMM against its softmax counterpart, and the paper's Table 7 ablations.
+
+    python bench/study.py                       # Fashion-MNIST, the committed study (see README)
+    python bench/study.py --suite=digits        # the same on scikit-learn digits, in minutes
+    python bench/study.py --only=lgmm,softmax --seeds=0
+
+Each run is one `lgmm_jax.train.train_and_evaluate` with the suite's base config plus a variant's
+overrides, in its own workdir under --root (a finished run is not repeated: delete its folder to redo
+it). Every variant runs on each protocol of the suite (Fashion-MNIST: all ten classes known with
+MNIST-5k as unknown, and the 6/4 split) for each seed. Writes --output (JSON, per variant and protocol:
+each seed's numbers, their mean and standard deviation) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import default, fashion_mnist  # noqa: E402
+
+SUITES = {
+    # suite -> (base config, protocols, epochs)
+    "fashion_mnist": (fashion_mnist.get_config, ("fashion_mnist_vs_mnist", "fashion_mnist_6_4"), 2),
+    "digits": (default.get_config, ("digits_6_4",), 40),
+}
+
+# Variant name -> config overrides. "lgmm" is the default L-GMM; the rest change one thing.
+VARIANTS = {
+    "lgmm": {},
+    "softmax": {"model.head": "softmax"},
+    "lgmm_k1": {"model.num_components": 1},
+    "lgmm_k2": {"model.num_components": 2},
+    "lgmm_k4": {"model.num_components": 4},
+    "generative_only": {"loss.training": "generative_only"},
+    "no_one_hot": {"loss.lambda_one": 0.0},
+    "no_average": {"loss.lambda_avg": 0.0},
+    "no_mle_weight_on_balance": {"loss.lambda_one": 0.0, "loss.lambda_avg": 0.0},
+    "appendix_g": {"model.variant": "appendix_g"},
+    # issue 8 candidates for keeping the components alive
+    "posterior_only": {"loss.assignment": "posterior", "loss.reseed_epochs": ()},
+    "posterior_reseed": {"loss.assignment": "posterior"},
+    "sinkhorn_no_reseed": {"loss.reseed_epochs": ()},
+    "temperature": {"loss.assignment": "posterior", "loss.reseed_epochs": (), "loss.responsibility_temperature": 10.0},
+    "kl_usage": {"loss.assignment": "posterior", "loss.reseed_epochs": (), "loss.usage_distance": "kl"},
+    "per_component_scale": {"model.share_scale": False},
+    "gmm_lr_3e-2": {"optimizer.gmm_learning_rate": 3e-2},
+    "mm": {"model.gmm_update": "moment_matching"},
+    "mm_floor_1e-2": {"model.gmm_update": "moment_matching", "model.scale_floor": 0.01},
+    "mm_floor_1e-2_k1": {"model.gmm_update": "moment_matching", "model.scale_floor": 0.01, "model.num_components": 1},
+    "mm_floor_1e-2_rate_0.1": {"model.gmm_update": "moment_matching", "model.scale_floor": 0.01, "model.moment_rate": 0.1},
+    "gmm_lr_3e-2_k1": {"optimizer.gmm_learning_rate": 3e-2, "model.num_components": 1},
+    "gmm_lr_3e-2_posterior": {"optimizer.gmm_learning_rate": 3e-2, "loss.assignment": "posterior", "loss.reseed_epochs": ()},
+    "gmm_lr_3e-2_const": {"optimizer.gmm_learning_rate": 3e-2, "optimizer.schedule": "constant"},
+    "gmm_lr_3e-2_floor_1e-2": {"optimizer.gmm_learning_rate": 3e-2, "model.scale_floor": 0.01},
+    "gmm_lr_1e-1_floor_1e-2": {"optimizer.gmm_learning_rate": 1e-1, "model.scale_floor": 0.01},
+}
+DEFAULT_VARIANTS = ("lgmm", "softmax", "lgmm_k1")
+
+
+def apply_overrides(config, overrides: dict):
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def headline(results: dict) -> dict:
+    """The numbers the study compares: top-1, every score's metrics per unknown set, effective K."""
+    row = {"top1": results["closed_set"]["top1"]}
+    for set_name, by_score in results["open_set"].items():
+        for score, values in by_score.items():
+            if isinstance(values, dict):
+                for metric in ("auroc", "fpr95", "aupr_in", "aupr_out"):
+                    row[f"{set_name}/{score}/{metric}"] = values[metric]
+    if "components" in results:
+        row["effective_components"] = results["components"]["mean_effective_components"]
+    return row
+
+
+def summarise(rows: list[dict]) -> dict:
+    keys = sorted(set().union(*rows))
+    return {
+        key: {
+            "mean": float(np.mean([r[key] for r in rows if key in r])),
+            "std": float(np.std([r[key] for r in rows if key in r])),
+        }
+        for key in keys
+    }
+
+
+def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, root: str) -> dict:
+    from lgmm_jax import train
+
+    workdir = os.path.join(root, suite, protocol, variant, f"seed{seed}")
+    results_path = os.path.join(workdir, "results.json")
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            return json.load(f)
+    make_config, _, _ = SUITES[suite]
+    config = make_config()
+    dataset = "fashion_mnist" if protocol.startswith("fashion") else config.dataset
+    apply_overrides(config, {"protocol": protocol, "dataset": dataset, "seed": seed, "num_epochs": epochs})
+    apply_overrides(config, VARIANTS[variant])
+    started = time.time()
+    results = train.train_and_evaluate(config, workdir)
+    print(f"[{time.time() - started:.0f}s] {protocol} {variant} seed {seed}", flush=True)
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="fashion_mnist")
+    parser.add_argument("--only", default=",".join(DEFAULT_VARIANTS), help="variants, comma-separated")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=float, default=None, help="default: the suite's")
+    parser.add_argument("--root", default="/tmp/lgmm_study")
+    parser.add_argument("--output", default=None, help="default: bench/results/<suite>.json")
+    args = parser.parse_args(argv)
+    _, protocols, default_epochs = SUITES[args.suite]
+    epochs = args.epochs or default_epochs
+    variants = [v for v in args.only.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    output = args.output or os.path.join(os.path.dirname(__file__), "results", f"{args.suite}.json")
+    study = {"suite": args.suite, "epochs": epochs, "seeds": seeds, "rows": {}}
+    for protocol in protocols:
+        for variant in variants:
+            per_seed = [headline(run_one(args.suite, protocol, variant, s, epochs, args.root)) for s in seeds]
+            study["rows"].setdefault(variant, {})[protocol] = {"seeds": per_seed, "summary": summarise(per_seed)}
+            os.makedirs(os.path.dirname(output), exist_ok=True)
+            with open(output, "w") as f:
+                json.dump(study, f, indent=1)
+    print(markdown(study))
+
+
+def markdown(study: dict) -> str:
+    lines = []
+    for variant, by_protocol in study["rows"].items():
+        for protocol, entry in by_protocol.items():
+            summary = entry["summary"]
+            score = "likelihood" if f"unknown_classes/likelihood/auroc" in summary or any(
+                "/likelihood/" in k for k in summary
+            ) else "msp"
+            aurocs = {k: v for k, v in summary.items() if k.endswith(f"/{score}/auroc")}
+            cells = [f"{variant}", protocol, fmt(summary["top1"])]
+            cells += [f"{k.split('/')[0]}: {fmt(v)}" for k, v in aurocs.items()]
+            if "effective_components" in summary:
+                cells.append(f"K_eff {summary['effective_components']['mean']:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fmt(stat: dict) -> str:
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Export a training run's latest checkpoint as a self-contained model folder for inference and evaluation.
+
+    python -m lgmm_jax.export --workdir=RUN --output=EXPORTED [--score=marginal]
+
+The folder holds no pickle:
+
+- ``variables/``: an orbax StandardSave of a plain pytree of arrays, {"params", "batch_stats", "mixture"}
+  (the encoder's parameters and BatchNorm statistics, the Gaussians' means and scales, the counted mixture
+  weights); no optimiser state, no memory bank.
+- ``model.json``: the full training config, the original label id and name of each known class, the
+  evaluation preprocessing preset with the normalisation mean / std, the input image shape, the score and
+  its rejection threshold. The threshold keeps ``config.eval.threshold_tpr`` (95%) of the held-out
+  known-class validation split, which training never sees (`lgmm_jax.ood.metrics.threshold_at_tpr`).
+
+The export is written into a temporary sibling folder and renamed into place when complete, so a crash never
+leaves a half-written export; an existing non-empty output folder is never overwritten.
+`lgmm_jax.inference.load` reads it back; `python -m lgmm_jax.evaluate --model=EXPORTED --output=DIR`
+evaluates it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import flags
+
+from lgmm_jax import cli, evaluate, experiment, inference
+from lgmm_jax.data import pipeline
+from lgmm_jax.ood import metrics
+from lgmm_jax.sharding import make_mesh
+
+
+def check_output_is_free(output: str) -> None:
+    """Raise FileExistsError when `output` exists and is not an empty folder."""
+    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+        raise FileExistsError(
+            f"--output {output} already exists and is not empty: pass a new --output or delete it"
+        )
+
+
+def choose_score(head: str, score_name: str | None) -> str:
+    """The requested score, or the head's default (likelihood for L-GMM, MSP for softmax)."""
+    score_name = score_name or inference.DEFAULT_SCORE[head]
+    if score_name not in inference.DEPLOYABLE_SCORES[head]:
+        raise ValueError(
+            f"--score={score_name} is not a score of a deployed {head} model: use one of "
+            f"{', '.join(inference.DEPLOYABLE_SCORES[head])}"
+        )
+    return score_name
+
+
+def validation_scores(trained: evaluate.TrainedModel, score_name: str, mesh) -> np.ndarray:
+    """[N] scores of the known-class validation images, computed as `evaluate.evaluate` computes them."""
+    config, protocol = trained.config, trained.protocol
+    source = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
+    batches = experiment.eval_stream(config, protocol, source, protocol.known_classes)
+    forward = evaluate.make_forward(trained.model, config.model.head, mesh)
+    outputs = evaluate.collect(batches, mesh, trained.variables, forward)
+    return evaluate.score_table(config.model.head, outputs, {}, (score_name,))[score_name]
+
+
+def describe(
+    trained: evaluate.TrainedModel, workdir: str, score_name: str, scores: np.ndarray
+) -> dict[str, Any]:
+    """model.json's content (see the module docstring)."""
+    config, protocol, source = trained.config, trained.protocol, trained.train_source
+    known = experiment.known_label_ids(protocol, source)
+    preset = experiment.preprocess_preset(config, protocol)
+    normalization = pipeline.get_normalization(protocol.dataset, source)
+    image_shape = list(source.image_shape)
+    if preset == "imagenet":  # resized and cropped to the network's input: any size goes in
+        image_shape = [None, None, image_shape[-1]]
+    tpr = float(config.eval.threshold_tpr)
+    return {
+        "format": inference.EXPORT_FORMAT,
+        "head": config.model.head,
+        "encoder": config.model.encoder,
+        "num_classes": trained.num_classes,
+        "known_labels": [int(label) for label in known],
+        "label_names": [str(source.label_names[label]) for label in known],
+        "preprocess": preset,
+        "normalization": {
+            "dataset": protocol.dataset,
+            "mean": [float(v) for v in normalization.mean],
+            "std": [float(v) for v in normalization.std],
+        },
+        "image_shape": image_shape,
+        "model_input_shape": list(trained.input_shape),
+        "score": score_name,
+        "threshold": metrics.threshold_at_tpr(scores, tpr),
+        "threshold_tpr": tpr,
+        "threshold_data": {
+            "dataset": protocol.dataset,
+            "split": protocol.validation_split,
+            "num_examples": int(len(scores)),
+        },
+        "protocol": protocol.name,
+        "checkpoint": {"workdir": os.path.abspath(workdir), "step": trained.step},
+        "variables": inference.VARIABLES_DIR,
+        "config": json.loads(trained.config.to_json()),
+    }
+
+
+def write_export(output: str, variables: dict, description: dict) -> None:
+    """Write variables/ and model.json into a temporary sibling of `output`, then rename it to `output`."""
+    output = os.path.abspath(output)
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+    try:
+        arrays = {name: jax.device_get(tree) for name, tree in variables.items() if jax.tree.leaves(tree)}
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.join(staging, inference.VARIABLES_DIR), arrays)
+        with open(os.path.join(staging, inference.MODEL_FILE), "w") as f:
+            json.dump(description, f, indent=2)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private
+        if os.path.isdir(output):
+            os.rmdir(output)  # empty (checked): rename replaces only an absent or empty folder
+        os.rename(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def export_model(workdir: str, output: str, score_name: str | None = None) -> dict[str, Any]:
+    """Export `workdir`'s latest checkpoint to the new folder `output`; returns model.json's content.
+
+    Raises:
+      FileExistsError: `output` exists and is not empty.
+      FileNotFoundError: `workdir` has no config.json or no checkpoint.
+      ValueError: `score_name` is not a deployable score of the model's head.
+    """
+    check_output_is_free(output)
+    mesh = make_mesh()
+    trained = evaluate.restore_workdir(workdir, mesh)
+    score_name = choose_score(trained.config.model.head, score_name)
+    description = describe(trained, workdir, score_name, validation_scores(trained, score_name, mesh))
+    write_export(output, trained.variables, description)
+    return description
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "a training run's folder: export its latest checkpoint")
+    flags.DEFINE_string("output", None, "the new folder to write the exported model into")
+    flags.DEFINE_string("score", None, "L-GMM: likelihood (default) or marginal; softmax: msp (default), "
+                        "maxlogit or energy")
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
+    if not FLAGS.workdir or not FLAGS.output:
+        cli.fail("pass --workdir=RUN (a training run's folder) and --output=NEW_DIR")
+    try:
+        check_output_is_free(FLAGS.output)
+    except FileExistsError as error:
+        cli.fail(str(error))
+    cli.quiet_libraries()
+
+    def export_and_report():
+        description = export_model(FLAGS.workdir, FLAGS.output, FLAGS.score)
+        print(
+            f"exported step {description['checkpoint']['step']} of {FLAGS.workdir} to {FLAGS.output}: "
+            f"{description['score']} >= {description['threshold']:.6g} accepts as known "
+            f"({description['threshold_tpr']:.0%} of {description['threshold_data']['num_examples']} "
+            f"validation images)",
+            flush=True,
+        )
+
+    return cli.run_guarded(export_and_report)
+
+
+if __name__ == "__main__":
+    cli.define_flags_or_fail(define_flags, sys.argv)
+    sys.exit(cli.run_app(main))

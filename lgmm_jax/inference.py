@@ -1,0 +1,208 @@
+"""Load an exported model (`lgmm_jax.export`) and classify, score and reject images.
+
+    model = inference.load("exported/")
+    out = model.predict(images)          # uint8 [N, H, W, C], as the training data were stored
+    out["label"]                         # original label ids of the known classes, int64 [N]
+    out["known"]                         # False = rejected as unknown: score < threshold
+
+For L-GMM the score is s(x) = max_y log p(z|y) (or log p(z)), and the class posterior is
+log p(y|z) = log p(z|y) - logsumexp_y' log p(z|y') under the uniform class prior (Section 2, Eq. 1-2);
+for the softmax counterpart the posterior is log_softmax(logits) and the score the maximum softmax
+probability (or MaxLogit / Energy). The threshold keeps `threshold_tpr` (95%) of the held-out known-class
+validation images (`lgmm_jax.ood.metrics.threshold_at_tpr`). Images go through exactly the evaluation
+pipeline of training (`pipeline.eval_batches`: the preset's evaluation transform, the training dataset's
+normalisation, padded batches of a fixed size, so the network is compiled once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lgmm_jax import evaluate
+from lgmm_jax.data import pipeline
+from lgmm_jax.data.sources import ArraySource
+from lgmm_jax.sharding import make_mesh, replicated
+from lgmm_jax.state import create_model, initial_variables
+
+EXPORT_FORMAT = "lgmm_jax.export/1"
+MODEL_FILE = "model.json"
+VARIABLES_DIR = "variables"
+# Files without which an export cannot be loaded (orbax's tree metadata and its array index).
+REQUIRED_FILES = (MODEL_FILE, f"{VARIABLES_DIR}/_METADATA", f"{VARIABLES_DIR}/manifest.ocdbt")
+# The scores a deployed model can compute from one image alone (no fitted statistics), per head.
+DEPLOYABLE_SCORES = {"lgmm": ("likelihood", "marginal"), "softmax": ("msp", "maxlogit", "energy")}
+DEFAULT_SCORE = {"lgmm": "likelihood", "softmax": "msp"}
+
+
+class IncompleteExportError(FileNotFoundError):
+    """An exported model's folder lacks a file (a copy cut short, a file deleted)."""
+
+
+def expected_images(image_shape) -> str:
+    """'[N, 8, 8, 1]' ('H' / 'W' where any size is accepted)."""
+    names = ("H", "W", "C")
+    return "[N, " + ", ".join(names[i] if d is None else str(d) for i, d in enumerate(image_shape)) + "]"
+
+
+def check_images(images, image_shape) -> np.ndarray:
+    """`images` as a uint8 [N, H, W, C] numpy array of the model's image shape, or ValueError."""
+    images = np.asarray(images)
+    fits = (
+        images.dtype == np.uint8
+        and images.ndim == 4
+        and all(d is None or d == n for d, n in zip(image_shape, images.shape[1:]))
+    )
+    if not fits:
+        raise ValueError(
+            f"images must be uint8 {expected_images(image_shape)}, got {images.dtype} {list(images.shape)}"
+        )
+    return images
+
+
+def read_description(path: str) -> dict[str, Any]:
+    """model.json of an export, after checking that every file the export needs is there."""
+    if not os.path.isdir(path):
+        raise IncompleteExportError(f"exported model {path} not found: pass the --output of lgmm_jax.export")
+    for name in REQUIRED_FILES:
+        if not os.path.isfile(os.path.join(path, name)):
+            raise IncompleteExportError(
+                f"exported model {path} is incomplete: {name} is missing; export it again "
+                f"(python -m lgmm_jax.export --workdir=RUN --output=NEW_DIR)"
+            )
+    with open(os.path.join(path, MODEL_FILE)) as f:
+        description = json.load(f)
+    if description.get("format") != EXPORT_FORMAT:
+        raise ValueError(
+            f"{os.path.join(path, MODEL_FILE)} has format {description.get('format')!r}, "
+            f"this code reads {EXPORT_FORMAT!r}: export the model again with this version"
+        )
+    return description
+
+
+def restore_variables(path: str, module, input_shape, mesh) -> dict:
+    """The exported variables, restored (replicated on `mesh`) into the structure `module` initialises."""
+    shapes = jax.eval_shape(lambda: initial_variables(module, jax.random.PRNGKey(0), tuple(input_shape)))
+    target = {
+        name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), tree)
+        for name, tree in shapes.items()
+        if jax.tree.leaves(tree)
+    }
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(os.path.abspath(os.path.join(path, VARIABLES_DIR)), target)
+    except (ValueError, KeyError, TypeError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(
+            f"{os.path.join(path, VARIABLES_DIR)} does not fit the model {MODEL_FILE} describes "
+            f"({first_line}): export the model again"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """An exported model, ready to predict.
+
+    known_labels: original label id of each known class, in model order (class i of the posterior).
+    label_names: their names. threshold: accept as known when score >= threshold. score_name: the score.
+    image_shape: (H, W, C) of the images `predict` takes (None where any size is accepted).
+    config: the training config; module / variables: the flax model and its variables.
+    """
+
+    known_labels: list[int]
+    label_names: list[str]
+    threshold: float
+    score_name: str
+    threshold_tpr: float
+    image_shape: tuple
+    preprocess: str
+    normalization: pipeline.Normalization
+    head: str
+    config: ml_collections.ConfigDict
+    module: Any
+    variables: dict
+    batch_size: int
+    mesh: Any
+    forward: Any
+    description: dict
+
+    def predict(self, images) -> dict[str, np.ndarray]:
+        """Classify and score uint8 [N, H, W, C] images (numpy).
+
+        Returns:
+          label: int64 [N], the original label id of the most probable known class.
+          log_posterior: float32 [N, C], log p(y|z) (L-GMM) or log_softmax(logits) (softmax).
+          score: float32 [N], `score_name`, higher = more like the known classes.
+          known: bool [N], score >= threshold (False = rejected as unknown).
+        Raises:
+          ValueError: images of another dtype, rank or shape (the message gives the expected one).
+        """
+        images = check_images(images, self.image_shape)
+        num_classes = len(self.known_labels)
+        if len(images) == 0:
+            return {
+                "label": np.zeros([0], np.int64),
+                "log_posterior": np.zeros([0, num_classes], np.float32),
+                "score": np.zeros([0], np.float32),
+                "known": np.zeros([0], bool),
+            }
+        inputs = ArraySource("inference", images, np.zeros(len(images), np.int64), ("input",))
+        batches = pipeline.eval_batches(
+            inputs, batch_size=self.batch_size, preprocess=self.preprocess, normalization=self.normalization
+        )
+        outputs = evaluate.collect(batches, self.mesh, self.variables, self.forward)
+        head_outputs = evaluate.predictions(self.head, outputs)
+        score = evaluate.score_table(self.head, outputs, {}, (self.score_name,))[self.score_name]
+        score = score.astype(np.float32)
+        return {
+            "label": np.asarray(self.known_labels, np.int64)[np.argmax(head_outputs, axis=-1)],
+            "log_posterior": np.asarray(jax.nn.log_softmax(head_outputs, axis=-1), np.float32),
+            "score": score,
+            "known": score >= np.float32(self.threshold),
+        }
+
+
+def load(path: str, batch_size: int | None = None) -> Model:
+    """The exported model in folder `path`; `batch_size` defaults to the config's eval_batch_size.
+
+    Raises:
+      IncompleteExportError (a FileNotFoundError): a file of the export is missing (named in the message).
+      ValueError: the export was written by another format version or does not fit its model.json.
+    """
+    description = read_description(path)
+    config = ml_collections.ConfigDict(description["config"])
+    head = description["head"]
+    if description["score"] not in DEPLOYABLE_SCORES[head]:
+        raise ValueError(f"score {description['score']!r} of {path} is not one of {DEPLOYABLE_SCORES[head]}")
+    mesh = make_mesh()
+    module = create_model(config.model, description["num_classes"])
+    variables = restore_variables(path, module, description["model_input_shape"], mesh)
+    batch_size = batch_size or config.eval_batch_size
+    if batch_size % mesh.devices.size:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.devices.size} devices")
+    normalization = description["normalization"]
+    return Model(
+        known_labels=[int(label) for label in description["known_labels"]],
+        label_names=list(description["label_names"]),
+        threshold=float(description["threshold"]),
+        score_name=description["score"],
+        threshold_tpr=float(description["threshold_tpr"]),
+        image_shape=tuple(description["image_shape"]),
+        preprocess=description["preprocess"],
+        normalization=pipeline.Normalization(tuple(normalization["mean"]), tuple(normalization["std"])),
+        head=head,
+        config=config,
+        module=module,
+        variables=variables,
+        batch_size=batch_size,
+        mesh=mesh,
+        forward=evaluate.make_forward(module, head, mesh),
+        description=description,
+    )

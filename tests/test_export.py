@@ -1,0 +1,227 @@
+"""Export and inference: an exported model loaded in a fresh process predicts what the checkpoint evaluates.
+
+One tiny training run (20 steps on digits) per head and module. References: the training run's own
+results.json (top-1, thresholds), the checkpoint evaluated in this process, numpy / scipy recomputations.
+"""
+
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import numpy as np
+import pytest
+from scipy import special
+
+import configs.default
+from lgmm_jax import evaluate, experiment, export, inference, train
+from lgmm_jax.data import pipeline, sources
+from lgmm_jax.data.protocols import MNIST_SPLITS
+from lgmm_jax.sharding import make_mesh
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KNOWN = list(MNIST_SPLITS[0])  # digits_6_4, split 0
+
+FRESH_PROCESS_PREDICT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from lgmm_jax import inference
+    model = inference.load(sys.argv[1])
+    inputs = np.load(sys.argv[2])
+    outputs = {}
+    for name in inputs.files:
+        outputs.update({f"{name}/{key}": value for key, value in model.predict(inputs[name]).items()})
+    np.savez(sys.argv[3], **outputs)
+""")
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def finish(process, timeout=240):
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def one_line_error(completed):
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert completed.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), completed.stderr
+    return lines[0]
+
+
+def known_images(split):
+    """uint8 images and original labels of the known classes of a digits split, in source order."""
+    source = sources.get_source("digits", split)
+    keep = np.flatnonzero(np.isin(source.labels, KNOWN))
+    return np.stack([source[i]["image"] for i in keep]), source.labels[keep]
+
+
+def train_tiny(workdir, **overrides):
+    config = configs.default.get_config()
+    config.num_train_steps = 20
+    for key, value in overrides.items():
+        config[key.split(".")[0]][key.split(".")[1]] = value
+    return copy.deepcopy(train.train_and_evaluate(config, workdir))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Train, export in-process; then side by side in fresh processes: `inference.load` + `predict` on the
+    known test and validation images, the CLI on an incomplete export, the CLI exporting over an export."""
+    root = tmp_path_factory.mktemp("export")
+    workdir, exported = str(root / "run"), str(root / "exported")
+    results = train_tiny(workdir)
+    description = export.export_model(workdir, exported)
+
+    test_images, test_labels = known_images("test")
+    validation_images, _ = known_images("validation")
+    np.savez(root / "inputs.npz", test=test_images, validation=validation_images)
+    broken = str(root / "broken")
+    shutil.copytree(exported, broken)
+    os.remove(os.path.join(broken, "model.json"))
+
+    processes = {
+        "predict": start("-c", FRESH_PROCESS_PREDICT, exported, str(root / "inputs.npz"),
+                         str(root / "out.npz")),
+        "evaluate_broken": start("-m", "lgmm_jax.evaluate", f"--model={broken}", f"--output={root / 'x'}"),
+        "export_over": start("-m", "lgmm_jax.export", f"--workdir={workdir}", f"--output={exported}"),
+    }
+    completed = {name: finish(process) for name, process in processes.items()}
+    assert completed["predict"].returncode == 0, completed["predict"].stderr
+    with np.load(root / "out.npz") as out:
+        predictions = {name: out[name] for name in out.files}
+    return {"root": root, "workdir": workdir, "exported": exported, "results": results,
+            "description": description, "predictions": predictions, "test_labels": test_labels,
+            "test_images": test_images, "completed": completed}
+
+
+@pytest.fixture(scope="module")
+def loaded(run):
+    return inference.load(run["exported"]), run
+
+
+def test_fresh_process_predictions_equal_the_checkpoints_evaluation(run):
+    predicted = run["predictions"]
+    labels, scores = predicted["test/label"], predicted["test/score"]
+    # Top-1 from predict's original label ids == the training run's results.json.
+    assert labels.dtype == np.int64 and set(np.unique(labels)) <= set(KNOWN)
+    top1 = run["results"]["closed_set"]["top1"]
+    assert np.mean(labels == run["test_labels"]) == pytest.approx(top1, abs=1e-12)
+
+    # Scores and posteriors == the checkpoint evaluated in this process, through the evaluation pipeline.
+    mesh = make_mesh()
+    trained = evaluate.restore_workdir(run["workdir"], mesh)
+    source = sources.get_source("digits", "test")
+    outputs = evaluate.collect(
+        experiment.eval_stream(trained.config, trained.protocol, source, trained.protocol.known_classes),
+        mesh, trained.variables, evaluate.make_forward(trained.model, "lgmm", mesh))
+    np.testing.assert_array_equal(outputs["original_label"], run["test_labels"])
+    np.testing.assert_allclose(scores, outputs["class_log_likelihood"].max(-1), rtol=0, atol=1e-5)
+    log_posterior = predicted["test/log_posterior"]
+    assert log_posterior.dtype == np.float32 and log_posterior.shape == (len(labels), len(KNOWN))
+    np.testing.assert_allclose(log_posterior, special.log_softmax(outputs["class_log_likelihood"], -1),
+                               atol=1e-5)
+    np.testing.assert_array_equal(labels, np.asarray(KNOWN)[np.argmax(log_posterior, -1)])
+    np.testing.assert_array_equal(predicted["test/known"], scores >= run["description"]["threshold"])
+
+
+def test_threshold_keeps_95_percent_of_the_validation_images(run):
+    threshold = run["description"]["threshold"]
+    with open(os.path.join(run["exported"], "model.json")) as f:
+        assert json.load(f)["threshold"] == threshold
+    scores = run["predictions"]["validation/score"].astype(np.float64)
+    n = len(known_images("validation")[1])
+    assert len(scores) == n and run["description"]["threshold_data"]["num_examples"] == n
+    # The largest tau that keeps >= 95%: the ceil(0.95 n)-th largest validation score.
+    expected = np.sort(scores)[::-1][math.ceil(0.95 * n) - 1]
+    assert threshold == pytest.approx(expected, abs=1e-5)
+    assert np.mean(scores >= threshold - 1e-5) >= 0.95 and np.mean(scores > threshold + 1e-5) < 0.95
+    assert threshold == run["results"]["thresholds"]["likelihood"]  # the training run's own evaluation
+    assert np.mean(run["predictions"]["validation/known"]) >= 0.95
+
+
+def test_model_json_describes_the_model(run):
+    with open(os.path.join(run["exported"], "model.json")) as f:
+        described = json.load(f)
+    with open(os.path.join(run["workdir"], "config.json")) as f:
+        assert described["config"] == json.load(f)
+    assert described["known_labels"] == KNOWN and described["label_names"] == [str(c) for c in KNOWN]
+    assert described["preprocess"] == "shift" and described["score"] == "likelihood"
+    digits = pipeline.NORMALIZATION["digits"]
+    assert described["normalization"]["mean"] == list(digits.mean)
+    assert described["normalization"]["std"] == list(digits.std)
+    assert described["image_shape"] == [8, 8, 1] and described["threshold_tpr"] == 0.95
+    files = [os.path.relpath(os.path.join(d, n), run["exported"]) for d, _, ns in os.walk(run["exported"])
+             for n in ns]
+    assert "model.json" in files and all(f == "model.json" or f.startswith("variables/") for f in files)
+    assert not any(f.endswith((".pkl", ".pickle", ".npy")) for f in files)
+    model = inference.load(run["exported"])
+    assert model.known_labels == KNOWN and model.score_name == "likelihood"
+    assert model.threshold == described["threshold"]
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ((2, 8, 8), np.float32),   # rank and dtype
+    ((2, 8, 8, 1), np.float32),  # dtype
+    ((2, 8, 8, 3), np.uint8),  # channels
+    ((2, 7, 8, 1), np.uint8),  # spatial size
+    ((8, 8, 1), np.uint8),     # one image without the batch axis
+])
+def test_wrong_images_are_value_errors_that_give_the_expected_shape(loaded, shape, dtype):
+    model, run = loaded
+    got = f"got {np.dtype(dtype).name} {list(shape)}"
+    with pytest.raises(ValueError, match=re.escape(f"images must be uint8 [N, 8, 8, 1], {got}")):
+        model.predict(np.zeros(shape, dtype))
+    assert model.predict(run["test_images"][:0])["log_posterior"].shape == (0, len(KNOWN))
+
+
+def test_incomplete_export_names_the_missing_file(run, tmp_path):
+    broken = str(tmp_path / "broken")
+    shutil.copytree(run["exported"], broken)
+    os.remove(os.path.join(broken, "variables", "_METADATA"))
+    with pytest.raises(FileNotFoundError, match=re.escape("variables/_METADATA is missing")) as error:
+        inference.load(broken)
+    assert "\n" not in str(error.value)
+    message = one_line_error(run["completed"]["evaluate_broken"])
+    assert "model.json is missing" in message
+
+
+def test_export_refuses_to_overwrite_and_never_leaves_half_an_export(run, tmp_path):
+    message = one_line_error(run["completed"]["export_over"])
+    assert run["exported"] in message and "new --output" in message and "delete" in message
+    with pytest.raises(FileExistsError):
+        export.export_model(run["workdir"], run["exported"])
+    assert sorted(os.listdir(run["exported"])) == ["model.json", "variables"]
+
+    target = tmp_path / "crashed"
+    with mock.patch.object(export.json, "dump", side_effect=OSError("disk full")):
+        with pytest.raises(OSError, match="disk full"):
+            export.export_model(run["workdir"], str(target))
+    assert os.listdir(tmp_path) == []  # no output, no temporary folder
+
+    os.makedirs(target)  # an empty folder is fine
+    assert export.export_model(run["workdir"], str(target))["score"] == "likelihood"
+    with pytest.raises(ValueError, match="--score=msp is not a score of a deployed lgmm model"):
+        export.export_model(run["workdir"], str(tmp_path / "other"), score_name="msp")
+
+
+def test_softmax_model_exports_with_msp(tmp_path):
+    workdir, exported = str(tmp_path / "run"), str(tmp_path / "exported")
+    results = train_tiny(workdir, **{"model.head": "softmax", "eval.scores": ("msp",)})
+    description = export.export_model(workdir, exported)
+    assert description["score"] == "msp" and description["threshold"] == results["thresholds"]["msp"]
+    model = inference.load(exported)
+    images, labels = known_images("test")
+    predicted = model.predict(images)
+    assert np.mean(predicted["label"] == labels) == pytest.approx(results["closed_set"]["top1"], abs=1e-12)
+    probabilities = np.exp(predicted["log_posterior"].astype(np.float64))
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(predicted["score"], probabilities.max(-1), atol=1e-5)  # MSP
