@@ -43,7 +43,7 @@ class ObjectiveConfig:
     responsibility_temperature: float = 1.0
     assignment: str = "sinkhorn"
     sinkhorn_epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
+    sinkhorn_iterations: int = 10
     variant: str = "equations"
     training: str = "collaborative"
 

@@ -1,0 +1,285 @@
+"""Scale-out on one CPU machine: results do not depend on the device count or the process count, the
+memory bank is split by class exactly when the class count allows, and jax.distributed starts only on
+a multi-process launch.
+
+Device and process counts need their own JAX processes (the fake CPU device count is fixed when JAX
+starts): each configuration runs `python -m lgmm_jax.main` in a subprocess on the same config -- the
+digits 6/4 protocol (6 known classes: split over 2 devices, replicated over 4), 20 steps with the k-means
+re-seed after epoch 1 -- and the runs are compared with one device in one process.
+
+The optimiser is SGD with momentum: a sharded batch sums its gradient in another order, so runs differ
+by float rounding, and SGD keeps such differences at rounding size. (Adam's first update is
+lr * g / (|g| + eps): for a parameter whose gradient is zero up to rounding, a rounding-level difference
+becomes a difference of up to 2 lr.)
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from unittest import mock
+
+import jax
+import numpy as np
+import portpicker
+import pytest
+
+from lgmm_jax import cli
+from lgmm_jax.data import pipeline
+from lgmm_jax.data.sources import load_digits_source
+from tests.test_cli import REPO, cli_env, compilation_cache, main_command, run_main
+
+RUN_ARGS = (
+    "--config.num_train_steps=20",
+    "--config.batch_size=64",
+    "--config.log_every_steps=5",
+    "--config.checkpoint_every_steps=10",
+    "--config.optimizer.name=sgd",
+    "--config.optimizer.learning_rate=0.02",
+    "--config.optimizer.gmm_learning_rate=0.01",
+)
+LOSS_RTOL = 1e-4  # every logged loss term, relative
+LOSS_ATOL = 1e-6  # for terms near zero (one_hot)
+RANKING_ATOL = 1e-3  # AUROC / AUPR: a few of the ~70k known-unknown pairs may swap on rounding
+EXAMPLES_ATOL = 2  # rates over examples (top-1, FPR95, ...): at most this many examples flip on rounding
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return compilation_cache(tmp_path_factory)
+
+
+def train_on(workdir, devices: int, cache, *extra: str) -> str:
+    result = run_main(workdir, *RUN_ARGS, *extra, devices=devices, cache=cache)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, cache):
+    workdir = tmp_path_factory.mktemp("one_device")
+    stdout = train_on(workdir, 1, cache)
+    assert "on 1 device(s) in 1 process(es), memory bank on 1 device" in stdout
+    return workdir
+
+
+def metrics(workdir) -> list[dict]:
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k != "images_per_second"} for record in records]
+
+
+def flat_numbers(tree, prefix="") -> dict[str, float]:
+    """results.json's numbers by dotted path."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in flat_numbers(value, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, value in enumerate(tree) for k, v in flat_numbers(value, f"{prefix}{i}.").items()}
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return {prefix.rstrip("."): float(tree)}
+    return {}
+
+
+def assert_same_training(workdir, reference) -> None:
+    runs, references = metrics(workdir), metrics(reference)
+    assert [r["step"] for r in runs] == [r["step"] for r in references] == [5, 10, 15, 20]
+    for run, expected in zip(runs, references):
+        for name, value in expected.items():
+            np.testing.assert_allclose(run[name], value, rtol=LOSS_RTOL, atol=LOSS_ATOL, err_msg=f"step {run['step']} {name}")
+
+
+def assert_same_results(workdir, reference) -> None:
+    results = json.loads((workdir / "results.json").read_text())
+    expected = json.loads((reference / "results.json").read_text())
+    got, want = flat_numbers(results), flat_numbers(expected)
+    assert got.keys() == want.keys()
+    known = expected["closed_set"]["num_examples"]
+    unknown = expected["open_set"]["unknown_classes"]["num_examples"]
+    for name, value in want.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("num_examples",):
+            assert got[name] == value, name
+        elif leaf in ("auroc", "aupr_in", "aupr_out"):
+            assert abs(got[name] - value) <= RANKING_ATOL, (name, got[name], value)
+        elif leaf in ("top1", "top5", "fpr95_ood_positive"):
+            assert abs(got[name] - value) <= EXAMPLES_ATOL / known + 1e-12, (name, got[name], value)
+        elif leaf in ("fpr95", "detection_error"):
+            assert abs(got[name] - value) <= EXAMPLES_ATOL / min(known, unknown) + 1e-12, (name, got[name], value)
+        else:  # thresholds, effective components, usage shares: continuous functions of the model
+            np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-3, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "devices, placement",
+    [
+        (2, "memory bank split by class over 2 devices"),
+        (4, "memory bank replicated (6 classes do not split evenly over 4 devices)"),
+    ],
+    ids=["2_devices_memory_split_by_class", "4_devices_memory_replicated"],
+)
+def test_device_count_does_not_change_the_numbers(devices, placement, one_device, tmp_path, cache):
+    stdout = train_on(tmp_path, devices, cache)
+    assert f"on {devices} device(s) in 1 process(es), {placement}" in stdout
+    assert_same_training(tmp_path, one_device)
+    assert_same_results(tmp_path, one_device)
+
+
+def process_slices_are_contiguous() -> bool:
+    """Whether process p of P reads rows [p*b, (p+1)*b) of each global batch (b = batch // P)."""
+    source = load_digits_source("train")
+    options = dict(source=source, batch_size=8, seed=0, preprocess="none")
+    whole = next(pipeline.train_iterator(**options))["label"]
+    parts = [next(pipeline.train_iterator(**options, process_index=p, process_count=2))["label"] for p in (0, 1)]
+    return bool(np.array_equal(np.concatenate(parts), whole))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pipeline.train_iterator gives process p the rows [p::P] of each global batch; global_batch "
+    "puts them in one block, so with several processes the memory bank holds each step's latents in "
+    "another order and the k-means re-seed draws other initial centres. Fixed by slicing "
+    "stream.batch(b)[p::P] in the pipeline (see the issue 6 report).",
+)
+def test_process_slices_are_contiguous_blocks_of_the_global_batch():
+    assert process_slices_are_contiguous()
+
+
+def start_process(workdir, index: int, port: int, log, cache, *extra: str) -> subprocess.Popen:
+    env = cli_env(
+        devices=2, cache=cache, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(index),
+    )
+    return subprocess.Popen(
+        main_command(workdir, *RUN_ARGS, *extra), cwd=REPO, env=env,
+        stdout=open(f"{log}_{index}.out", "w"), stderr=open(f"{log}_{index}.err", "w"),
+    )
+
+
+def test_two_processes_of_two_devices_give_the_numbers_of_one_process(one_device, tmp_path, cache):
+    """Two processes joined by jax.distributed on localhost (explicit coordinator), one shared workdir."""
+    # Until each process reads a contiguous block of every batch, the re-seed's random draws depend on
+    # the process count (see the xfail above); everything else must agree already.
+    extra = () if process_slices_are_contiguous() else ("--config.loss.reseed_epochs=()",)
+    reference = one_device
+    if extra:
+        reference = tmp_path / "one_device_no_reseed"
+        train_on(reference, 1, cache, *extra)
+    workdir, port = tmp_path / "two_processes", portpicker.pick_unused_port()
+    processes = [start_process(workdir, i, port, tmp_path / "process", cache, *extra) for i in (0, 1)]
+    try:
+        statuses = [p.wait(timeout=600) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    errors = [(tmp_path / f"process_{i}.err").read_text() for i in (0, 1)]
+    assert statuses == [0, 0], errors
+    chief_output = (tmp_path / "process_0.out").read_text()
+    assert "on 4 device(s) in 2 process(es)" in chief_output
+    assert (tmp_path / "process_1.out").read_text().strip() == ""  # only process 0 talks
+    assert_same_training(workdir, reference)
+    assert_same_results(workdir, reference)
+
+
+# --------------------------------------------------------------------------------------------------
+# When jax.distributed.initialize() runs (it is only recorded here, never started).
+# --------------------------------------------------------------------------------------------------
+
+CLUSTER_VARIABLES = (
+    "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID", "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES", "TPU_WORKER_ID", "MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES",
+    "TPU_SKIP_MDS_QUERY",
+)
+
+
+@pytest.fixture
+def one_machine(monkeypatch):
+    """No cluster variables; jax.distributed.initialize replaced by a recorder."""
+    for name in CLUSTER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    initialize = mock.Mock()
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    return initialize
+
+
+def test_one_machine_is_a_no_op(one_machine):
+    assert cli.detected_cluster() is None
+    cli.maybe_initialize_distributed(None)
+    one_machine.assert_not_called()
+
+
+def test_explicit_coordinator(one_machine, monkeypatch):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.2:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    cli.maybe_initialize_distributed(None)
+    one_machine.assert_called_once_with(coordinator_address="10.0.0.2:1234", num_processes=4, process_id=3)
+
+
+def test_explicit_coordinator_without_process_count_fails_in_one_line(one_machine, monkeypatch, capsys):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.2:1234")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    with pytest.raises(SystemExit) as stop:
+        cli.maybe_initialize_distributed(None)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES is not")
+    one_machine.assert_not_called()
+
+
+def slurm(monkeypatch, tasks: int) -> None:
+    for name, value in {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[001-004]", "SLURM_NTASKS": str(tasks),
+                        "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_slurm_step_with_several_tasks(one_machine, monkeypatch):
+    slurm(monkeypatch, tasks=4)
+    assert cli.detected_cluster() == "slurm"
+    cli.maybe_initialize_distributed(None)
+    one_machine.assert_called_once_with()  # JAX reads SLURM's variables itself
+
+
+def test_slurm_job_with_one_task_is_one_machine(one_machine, monkeypatch):
+    slurm(monkeypatch, tasks=1)
+    cli.maybe_initialize_distributed(None)
+    one_machine.assert_not_called()
+
+
+def test_cloud_tpu_pod_slice(one_machine, monkeypatch):
+    """A TPU VM of a v4-32 slice: JAX's GCE TPU detection (metadata server) reports 4 workers."""
+    from jax._src.clusters import cloud_tpu_cluster
+
+    monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, "is_env_present", classmethod(lambda cls: True))
+    monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, "get_process_count", classmethod(lambda cls: 4))
+    assert cli.detected_cluster() == "gcetpu"
+    cli.maybe_initialize_distributed(None)
+    one_machine.assert_called_once_with()
+
+
+def test_single_host_tpu_vm_is_one_machine(one_machine, monkeypatch):
+    from jax._src.clusters import cloud_tpu_cluster
+
+    monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, "is_env_present", classmethod(lambda cls: True))
+    monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, "get_process_count", classmethod(lambda cls: 1))
+    assert cli.detected_cluster() is None
+
+
+def test_gke_tpu_slice(one_machine, monkeypatch):
+    from jax._src import cloud_tpu_init
+
+    monkeypatch.setattr(cloud_tpu_init, "running_in_cloud_tpu_vm", True)
+    monkeypatch.setattr("jax._src.clusters.cloud_tpu_cluster.running_in_cloud_tpu_vm", True)
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # not a GCE TPU VM: no metadata server to ask
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "tpu-0,tpu-1,tpu-2,tpu-3")
+    monkeypatch.setenv("TPU_WORKER_ID", "2")
+    monkeypatch.setenv("MEGASCALE_NUM_SLICES", "1")
+    assert cli.detected_cluster() == "gketpu"
+
+
+def test_flag_forces_or_prevents_it(one_machine, monkeypatch):
+    cli.maybe_initialize_distributed(True)
+    one_machine.assert_called_once_with()
+    one_machine.reset_mock()
+    slurm(monkeypatch, tasks=4)
+    cli.maybe_initialize_distributed(False)
+    one_machine.assert_not_called()
