@@ -64,16 +64,6 @@ VARIANTS = {
 DEFAULT_VARIANTS = ("lgmm", "softmax", "lgmm_k1")
 
 
-def apply_overrides(config, overrides: dict):
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
-
-
 def headline(results: dict) -> dict:
     """The numbers the study compares: top-1, every score's metrics per unknown set, effective K."""
     row = {"top1": results["closed_set"]["top1"]}
@@ -109,8 +99,8 @@ def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, r
     make_config, _, _ = SUITES[suite]
     config = make_config()
     dataset = "fashion_mnist" if protocol.startswith("fashion") else config.dataset
-    apply_overrides(config, {"protocol": protocol, "dataset": dataset, "seed": seed, "num_epochs": epochs})
-    apply_overrides(config, VARIANTS[variant])
+    config.update_from_flattened_dict({"protocol": protocol, "dataset": dataset, "seed": seed, "num_epochs": epochs})
+    config.update_from_flattened_dict(VARIANTS[variant])
     started = time.time()
     results = train.train_and_evaluate(config, workdir)
     print(f"[{time.time() - started:.0f}s] {protocol} {variant} seed {seed}", flush=True)

@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Schedule.
     config.batch_size = 64  # global, over all devices and hosts
     config.eval_batch_size = 256
-    config.num_epochs = 40
+    config.num_epochs = 40.0  # may be fractional
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.log_every_steps = 20
     config.checkpoint_every_steps = 500

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -111,16 +112,39 @@ def timed_run(*args, **kwargs):
     return result, time.monotonic() - started
 
 
+# The run that test_faults.py and test_distributed.py compare with (and whose checkpoints this file
+# feeds wrong configs): the default config (digits 6/4, small CNN, cosine schedule, k-means re-seed
+# after epoch 1 = step 9) for 40 steps of SGD with momentum (see test_distributed.py for why SGD).
+REFERENCE_STEPS = 40
+REFERENCE_BATCH_SIZE = 64
+REFERENCE_ARGS = (
+    f"--config.num_train_steps={REFERENCE_STEPS}",
+    f"--config.batch_size={REFERENCE_BATCH_SIZE}",
+    "--config.log_every_steps=5",
+    "--config.checkpoint_every_steps=5",
+    "--config.optimizer.name=sgd",
+    "--config.optimizer.learning_rate=0.005",
+    "--config.optimizer.gmm_learning_rate=0.005",
+)
+
+
+def reference_run(tmp_path_factory) -> Path:
+    """The reference configuration run once on one device, uninterrupted; made once per test session."""
+    workdir = tmp_path_factory.getbasetemp() / "reference_run"
+    if not (workdir / "results.json").exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+        result = run_main(workdir, *REFERENCE_ARGS, cache=compilation_cache(tmp_path_factory))
+        assert result.returncode == 0, result.stderr
+        assert "on 1 device(s) in 1 process(es), memory bank on 1 device" in result.stdout
+    return workdir
+
+
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
-    """A workdir with a real checkpoint (2 steps of the default config)."""
-    workdir = tmp_path_factory.mktemp("trained")
-    result = run_main(
-        workdir, "--config.num_train_steps=2", "--config.eval.scores=('likelihood',)",
-        cache=compilation_cache(tmp_path_factory),
-    )
-    assert result.returncode == 0, result.stderr
-    assert committed_steps(workdir) == [2]
+    """A copy of a finished run's workdir (checkpoints, config.json, metrics, results)."""
+    workdir = tmp_path_factory.mktemp("trained") / "workdir"
+    shutil.copytree(reference_run(tmp_path_factory), workdir)
+    assert committed_steps(workdir)
     return workdir
 
 
@@ -180,7 +204,7 @@ def test_workdir_that_is_a_file(tmp_path):
 
 def test_workdir_of_another_model_shape_is_refused_and_untouched(trained_workdir):
     before = tree_digest(trained_workdir)
-    result, elapsed = timed_run(trained_workdir, "--config.model.latent_dim=64", "--config.num_train_steps=4")
+    result, elapsed = timed_run(trained_workdir, *REFERENCE_ARGS, "--config.model.latent_dim=64")
     assert_one_line_error(result, "model.latent_dim=128", "model.latent_dim=64", "new --workdir", elapsed=elapsed)
     assert tree_digest(trained_workdir) == before
 
@@ -188,11 +212,11 @@ def test_workdir_of_another_model_shape_is_refused_and_untouched(trained_workdir
 def test_checkpoint_of_another_shape_without_config_json_is_refused_and_untouched(trained_workdir, tmp_path):
     """Without config.json to compare with, the restore itself finds the mismatch; nothing is written."""
     workdir = tmp_path / "copy"
-    subprocess.run(["cp", "-r", str(trained_workdir), str(workdir)], check=True)
+    shutil.copytree(trained_workdir, workdir)
     (workdir / "config.json").unlink()
     before = tree_digest(workdir)
-    result, elapsed = timed_run(workdir, "--config.model.num_components=2", "--config.num_train_steps=4")
-    assert_one_line_error(result, "does not fit this config", "(6, 2, 128)", "new --workdir", elapsed=elapsed)
+    result, elapsed = timed_run(workdir, *REFERENCE_ARGS, "--config.model.num_components=2")
+    assert_one_line_error(result, "does not fit this config", "new --workdir", elapsed=elapsed)
     assert tree_digest(workdir) == before
 
 

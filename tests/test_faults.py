@@ -1,11 +1,11 @@
 """Faults: a run killed (SIGKILL) or preempted (SIGTERM) and started again with the same command ends with
 exactly the numbers of a run that never stopped; a half-written checkpoint is never loaded.
 
-The end-to-end tests run `python -m lgmm_jax.main` in subprocesses on the CPU (where a run is
-deterministic, so "the same numbers" means equal floats) and compare with an uninterrupted run of the
-same command. The default config's schedule exercises what must come back: a cosine learning rate over
-the run, the k-means re-seed of the means after epoch 1 (step 9), the memory bank, the RNG key and the
-data iterator (several epochs of 9 steps).
+The end-to-end test runs `python -m lgmm_jax.main` in subprocesses on the CPU (where a run is
+deterministic, so "the same numbers" means equal floats) and compares with an uninterrupted run of the
+same command (`tests.test_cli.reference_run`). Its schedule exercises what must come back: a cosine
+learning rate over the run, SGD's momentum, the k-means re-seed of the means after epoch 1 (step 9), the
+memory bank, the RNG key and the data iterator (40 steps: several epochs of 9 steps).
 """
 from __future__ import annotations
 
@@ -21,16 +21,19 @@ import ml_collections
 import pytest
 
 from lgmm_jax import checkpointing, train
-from tests.test_cli import committed_steps, compilation_cache, run_main, start_main, wait_for
-
-TOTAL_STEPS = 60
-BATCH_SIZE = 64
-RUN_ARGS = (
-    f"--config.num_train_steps={TOTAL_STEPS}",
-    f"--config.batch_size={BATCH_SIZE}",
-    "--config.log_every_steps=5",
-    "--config.checkpoint_every_steps=5",
+from tests.test_cli import (
+    REFERENCE_ARGS,
+    REFERENCE_BATCH_SIZE,
+    REFERENCE_STEPS,
+    committed_steps,
+    compilation_cache,
+    reference_run,
+    run_main,
+    start_main,
+    wait_for,
 )
+
+SIGTERM_TO_EXIT_SECONDS = 10
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +42,8 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = run_main(workdir, *RUN_ARGS, cache=cache)
-    assert result.returncode == 0, result.stderr
-    return workdir
+def uninterrupted(tmp_path_factory):
+    return reference_run(tmp_path_factory)
 
 
 def metrics_without_timing(workdir) -> list[dict]:
@@ -55,7 +55,7 @@ def metrics_without_timing(workdir) -> list[dict]:
 def assert_same_numbers(workdir, reference) -> None:
     assert json.loads((workdir / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
     resumed, straight = metrics_without_timing(workdir), metrics_without_timing(reference)
-    assert [r["step"] for r in straight] == list(range(5, TOTAL_STEPS + 1, 5))
+    assert [r["step"] for r in straight] == list(range(5, REFERENCE_STEPS + 1, 5))
     assert resumed == straight  # every logged step, each loss term and the learning rate, equal floats
 
 
@@ -64,26 +64,17 @@ def iterator_position(workdir, step: int) -> dict:
     return json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text())
 
 
-def test_sigkill_then_the_same_command_gives_the_uninterrupted_numbers(uninterrupted, tmp_path, cache):
-    workdir = tmp_path / "killed"
-    process = start_main(workdir, *RUN_ARGS, log=tmp_path / "killed_run", cache=cache)
-    try:
-        wait_for(lambda: committed_steps(workdir), what="the first checkpoint")
-    finally:
-        process.kill()
-    assert process.wait(timeout=60) == -signal.SIGKILL  # killed while training, not finished
-    resume_step = max(committed_steps(workdir))
-    assert resume_step < TOTAL_STEPS and not (workdir / "results.json").exists()
-
-    rerun = run_main(workdir, *RUN_ARGS, cache=cache)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"from step {resume_step} " in rerun.stdout
-    assert_same_numbers(workdir, uninterrupted)
+def resumed_from(stdout: str) -> int:
+    return int(re.search(r" from step (\d+) ", stdout).group(1))
 
 
-def test_sigterm_checkpoints_the_step_reached_exits_0_and_resumes_exactly(uninterrupted, tmp_path, cache):
-    workdir = tmp_path / "preempted"
-    process = start_main(workdir, *RUN_ARGS, log=tmp_path / "preempted_run", cache=cache)
+def test_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(uninterrupted, tmp_path, cache):
+    """SIGTERM after the first checkpoint; the same command again, SIGKILL after its next checkpoint;
+    the same command again to the end: results.json and every logged metric equal the uninterrupted run's."""
+    workdir = tmp_path / "workdir"
+
+    # 1. SIGTERM (a preemption notice): a checkpoint at the step reached, exit status 0, in seconds.
+    process = start_main(workdir, *REFERENCE_ARGS, log=tmp_path / "preempted", cache=cache)
     try:
         wait_for(lambda: committed_steps(workdir), what="the first checkpoint")
         sent = time.monotonic()
@@ -92,27 +83,41 @@ def test_sigterm_checkpoints_the_step_reached_exits_0_and_resumes_exactly(uninte
         seconds = time.monotonic() - sent
     finally:
         process.kill()
-    stderr = (tmp_path / "preempted_run.err").read_text()
+    stderr = (tmp_path / "preempted.err").read_text()
     assert status == 0, stderr
-    assert seconds < 10, f"{seconds:.1f}s from SIGTERM to exit"
+    assert seconds < SIGTERM_TO_EXIT_SECONDS, f"{seconds:.1f}s from SIGTERM to exit"
     assert "Traceback" not in stderr
     stopped = re.search(r"preempted at step (\d+): checkpoint saved", stderr)
     assert stopped, stderr
-    step = int(stopped.group(1))
-    assert step < TOTAL_STEPS and not (workdir / "results.json").exists()
-    assert max(committed_steps(workdir)) == step
-    # The iterator saved with the step is past exactly that step's batches (saved after the step).
-    assert iterator_position(workdir, step) == {"next_index": step * BATCH_SIZE}
+    preempted_step = int(stopped.group(1))
+    assert preempted_step < REFERENCE_STEPS and not (workdir / "results.json").exists()
+    assert max(committed_steps(workdir)) == preempted_step
+    # Saved after the step: the iterator is past exactly the batches of steps 1..preempted_step.
+    assert iterator_position(workdir, preempted_step) == {"next_index": preempted_step * REFERENCE_BATCH_SIZE}
 
-    rerun = run_main(workdir, *RUN_ARGS, cache=cache)
+    # 2. The same command resumes there; SIGKILL once it has written another checkpoint.
+    process = start_main(workdir, *REFERENCE_ARGS, log=tmp_path / "killed", cache=cache)
+    try:
+        wait_for(lambda: max(committed_steps(workdir)) > preempted_step, what="a checkpoint after the restart")
+    finally:
+        process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL  # killed while training, not finished
+    assert resumed_from((tmp_path / "killed.out").read_text()) == preempted_step
+    killed_step = max(committed_steps(workdir))
+    assert killed_step < REFERENCE_STEPS and not (workdir / "results.json").exists()
+
+    # 3. The same command once more, to the end.
+    rerun = run_main(workdir, *REFERENCE_ARGS, cache=cache)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"from step {step} " in rerun.stdout
+    assert resumed_from(rerun.stdout) == killed_step
     assert_same_numbers(workdir, uninterrupted)
 
 
 def test_every_checkpoint_holds_the_iterator_position_of_its_step(uninterrupted):
-    for step in committed_steps(uninterrupted):
-        assert iterator_position(uninterrupted, step) == {"next_index": step * BATCH_SIZE}
+    steps = committed_steps(uninterrupted)
+    assert steps[-1] == REFERENCE_STEPS
+    for step in steps:
+        assert iterator_position(uninterrupted, step) == {"next_index": step * REFERENCE_BATCH_SIZE}
 
 
 # --------------------------------------------------------------------------------------------------

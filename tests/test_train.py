@@ -18,12 +18,7 @@ def small_config(**overrides):
     config.num_train_steps = 30
     config.log_every_steps = 10
     config.checkpoint_every_steps = 15
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 
