@@ -25,23 +25,29 @@ def three_mode_classes(seed=0, spread=0.03):
 
 def fit(latents, initial_means, assignment, iterations=30, floor=0.01):
     """Alternate assignments and M-steps (rate 1) on a fixed bank, as training does step by step."""
+    latents = jnp.asarray(latents)
     valid = jnp.ones(latents.shape[:2], bool)
-    raw = jnp.full((C, 1, D), np.log(np.expm1(0.1 - floor)), jnp.float32)
-    head = {"means": jnp.asarray(initial_means), "raw_scales": raw}
-    log_weights = jnp.full((C, K), -np.log(K))
-    for _ in range(iterations):
+
+    @jax.jit
+    def iteration(head, log_weights):
         means = head["means"]
         scales = jnp.broadcast_to(scales_from_raw(head["raw_scales"], floor), means.shape)
-        log_prob = mixture.own_class_log_prob(jnp.asarray(latents), means, scales)
+        log_prob = mixture.own_class_log_prob(latents, means, scales)
         if assignment == "sinkhorn":
             potentials = mixture.sinkhorn_log_potentials(log_prob, valid, 0.05, SINKHORN_ITERATIONS)
             chosen = mixture.balanced_assignment(log_prob, potentials[:, None], 0.05)
         else:
             chosen = jnp.argmax(log_prob + log_weights[:, None], -1)
         weights = jax.nn.one_hot(chosen, K)
-        head = mixture.moment_matched_head(head, jnp.asarray(latents), valid, weights, floor, 1.0)
+        head = mixture.moment_matched_head(head, latents, valid, weights, floor, 1.0)
         usage, present = mixture.masked_usage(weights, valid)
-        log_weights = mixture.counted_log_weights(jnp.sum(weights, 1), present, log_weights)
+        return head, mixture.counted_log_weights(jnp.sum(weights, 1), present, log_weights), usage
+
+    raw = jnp.full((C, 1, D), np.log(np.expm1(0.1 - floor)), jnp.float32)
+    head = {"means": jnp.asarray(initial_means), "raw_scales": raw}
+    log_weights = jnp.full((C, K), -np.log(K))
+    for _ in range(iterations):
+        head, log_weights, usage = iteration(head, log_weights)
     return head, usage
 
 
