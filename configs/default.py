@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.assignment = "sinkhorn"  # balanced assignments; 'posterior' = argmax p(k|z,y)
     config.loss.sinkhorn_epsilon = 0.05
     config.loss.sinkhorn_iterations = 10  # 3 leaves a component stuck between two modes (tests/test_mixture.py)
+    config.loss.bank_sample_size = 256  # remembered slots per class each step looks at (cost: C*S*K*D)
     config.loss.training = "collaborative"  # or 'generative_only' (Table 7(a))
     config.loss.weight_ema = 0.0  # EMA of the counted mixture weights (0: counts of this step)
     config.loss.reseed_epochs = (1,)  # re-seed the means by k-means on the memory bank after these epochs

@@ -33,6 +33,10 @@ class ObjectiveConfig:
     assignment: "sinkhorn" (balanced hard assignments of the remembered latents feed the MLE targets,
       L_one's one-hot targets and the counts) or "posterior" (k* = argmax p(k|z,y), soft counts).
     training: "collaborative" (the paper) or "generative_only" (Table 7(a): L_G trains everything).
+    bank_sample_size: remembered slots per class that the usage, the counts and the balancing look at
+      in one step (a fresh random subset each step; all of them when the bank is no larger). The
+      bank's log-densities are the objective's largest cost (C * M * K * D, differentiated through
+      L_avg), so ImageNet's M = 2000 would otherwise cost more than the encoder (bench/head.py).
     """
 
     num_components: int = 3
@@ -46,6 +50,7 @@ class ObjectiveConfig:
     sinkhorn_iterations: int = 10
     variant: str = "equations"
     training: str = "collaborative"
+    bank_sample_size: int = 256
 
     def __post_init__(self):
         for name, value, allowed in (
@@ -69,9 +74,19 @@ class ObjectiveOutputs(NamedTuple):
     counts: jax.Array  # [C, K] component counts over the bank, for the mixture weights
     class_present: jax.Array  # [C] classes with remembered latents
     hard_usage: jax.Array  # [C, K] share of each class's remembered latents assigned to each component
-    bank_weights: jax.Array  # [C, M, K] assignments of the remembered latents (one-hot or soft)
+    bank_latents: jax.Array  # [C, S, D] the remembered latents this step looked at
+    bank_valid: jax.Array  # [C, S]
+    bank_weights: jax.Array  # [C, S, K] their assignments (one-hot or soft)
     class_log_likelihood: jax.Array  # [B, C] log p(z|y) (theta held fixed)
     terms: dict  # scalar loss terms for logging
+
+
+def sample_slots(memory: MemoryBank, size: int, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(latents [C, S, D], valid [C, S]) of S random slots (the same for every class), or the whole bank."""
+    if key is None or size >= memory.capacity:
+        return memory.latents, memory.valid
+    slots = jax.random.choice(key, memory.capacity, (size,), replace=False)
+    return memory.latents[:, slots], memory.valid[:, slots]
 
 
 def take_component(values: jax.Array, components: jax.Array) -> jax.Array:
@@ -87,8 +102,13 @@ def lgmm_objective(
     log_weights: jax.Array,
     memory: MemoryBank,
     config: ObjectiveConfig,
+    key: jax.Array | None = None,
 ) -> tuple[jax.Array, ObjectiveOutputs]:
-    """L_D(phi; sg(theta)) + L_G(theta; sg(z)) (Eq. 5-7), the memory bank updated with this batch."""
+    """L_D(phi; sg(theta)) + L_G(theta; sg(z)) (Eq. 5-7), the memory bank updated with this batch.
+
+    `key` draws the bank slots this step looks at (`ObjectiveConfig.bank_sample_size`); without it
+    the whole bank is used.
+    """
     num_components = config.num_components
     means, scales = head_gaussians(head_params, config.scale_floor, num_components)
     fixed = jax.lax.stop_gradient
@@ -105,15 +125,16 @@ def lgmm_objective(
     temperature = config.responsibility_temperature
     batch_log_prob = mixture.labelled_log_prob(generative_z, labels, means, scales)  # [B, K]
     batch_joint = batch_log_prob + log_weights[labels]
-    bank_log_prob = mixture.own_class_log_prob(memory.latents, means, scales)  # [C, M, K]
+    bank_latents, bank_valid = sample_slots(memory, config.bank_sample_size, key)
+    bank_log_prob = mixture.own_class_log_prob(bank_latents, means, scales)  # [C, S, K]
     bank_joint = bank_log_prob + log_weights[:, None, :]
     batch_responsibilities = jax.nn.softmax(batch_joint / temperature, axis=-1)
     bank_responsibilities = jax.nn.softmax(bank_joint / temperature, axis=-1)
-    soft_usage, class_present = mixture.masked_usage(bank_responsibilities, memory.valid)
+    soft_usage, class_present = mixture.masked_usage(bank_responsibilities, bank_valid)
 
     if config.assignment == "sinkhorn":
         potentials = mixture.sinkhorn_log_potentials(
-            fixed(bank_log_prob), memory.valid, config.sinkhorn_epsilon, config.sinkhorn_iterations
+            fixed(bank_log_prob), bank_valid, config.sinkhorn_epsilon, config.sinkhorn_iterations
         )
         eps = config.sinkhorn_epsilon
         batch_targets = mixture.balanced_assignment(fixed(batch_log_prob), potentials[labels], eps)
@@ -126,8 +147,8 @@ def lgmm_objective(
         nll = losses.negative_log_likelihood(reduce(batch_joint, axis=-1), mask)
 
     bank_one_hot = jax.nn.one_hot(bank_assignment, num_components)
-    hard_usage, _ = mixture.masked_usage(bank_one_hot, memory.valid)
-    valid = memory.valid[..., None]
+    hard_usage, _ = mixture.masked_usage(bank_one_hot, bank_valid)
+    valid = bank_valid[..., None]
     if config.assignment == "posterior" and config.variant == "equations":
         bank_weights = bank_responsibilities
     else:
@@ -136,7 +157,7 @@ def lgmm_objective(
 
     if config.variant == "appendix_g":
         targets, has_members = mixture.assigned_means(
-            memory.latents, memory.valid, bank_assignment, num_components
+            bank_latents, bank_valid, bank_assignment, num_components
         )
         squared = jnp.sum(jnp.square(means - fixed(targets)), axis=-1)  # [C, K]
         one_hot = losses.masked_mean(squared.reshape(-1), has_members.reshape(-1))
@@ -162,6 +183,8 @@ def lgmm_objective(
         counts=fixed(counts),
         class_present=class_present,
         hard_usage=fixed(hard_usage),
+        bank_latents=bank_latents,
+        bank_valid=bank_valid,
         bank_weights=fixed(bank_weights),
         class_log_likelihood=fixed(class_log_likelihood),
         terms=terms,

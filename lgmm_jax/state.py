@@ -86,6 +86,7 @@ def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
         sinkhorn_iterations=loss.sinkhorn_iterations,
         variant=config.model.variant,
         training=loss.training,
+        bank_sample_size=loss.bank_sample_size,
     )
 
 

@@ -121,3 +121,17 @@ def test_generative_only_training_moves_the_encoder():
 def test_bad_option_names_the_key():
     with pytest.raises(ValueError, match="loss.assignment"):
         ObjectiveConfig(assignment="greedy")
+
+
+def test_bank_subsample_looks_at_a_random_subset_of_slots():
+    theta, log_weights, phi, images, labels = setup()
+    config = ObjectiveConfig(num_components=K, scale_floor=FLOOR, bank_sample_size=4)
+    memory = create_memory(C, 10, D)
+    z = encode(phi, images)
+    _, first = lgmm_objective(z, labels, jnp.ones(B, bool), theta, log_weights, memory, config, jax.random.key(0))
+    _, second = lgmm_objective(z, labels, jnp.ones(B, bool), theta, log_weights, memory, config, jax.random.key(1))
+    assert first.bank_latents.shape == (C, 4, D)
+    assert first.memory.latents.shape == (C, 10, D)  # the bank itself keeps every slot
+    assert not np.array_equal(first.bank_latents, second.bank_latents)
+    _, whole = lgmm_objective(z, labels, jnp.ones(B, bool), theta, log_weights, memory, config)
+    assert whole.bank_latents.shape == (C, 10, D)
