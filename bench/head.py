@@ -1,7 +1,8 @@
 """Forward + backward cost of the GMM density head against a linear softmax head, on the same latents.
 
 For each class count C the L-GMM head is timed as training runs it: one jitted `jax.value_and_grad` of
-`lgmm_jax.objective.lgmm_objective` (L_D + L_G, Eq. 5-7) with respect to the latents z and the head's
+`lgmm_jax.objective.lgmm_objective` (L_D + L_G, Eq. 5-7; its settings are `state.objective_config` of
+configs/default.py, as in training) with respect to the latents z and the head's
 parameters (means, raw scales), with a full class-conditional memory bank of M latents per class that is
 updated in place (donated, as the train step donates its state). The counterpart is a `flax.linen.Dense(C)`
 on the same latents with `lgmm_jax.losses.softmax_cross_entropy`, differentiated w.r.t. z and the Dense
@@ -22,8 +23,9 @@ at once. These are buffer-assignment sizes of the compiled program, not measured
 `peak_memory_in_bytes` is kept in the JSON; on the CPU backend it comes out below `temp`, so the table
 does not use it.)
 
-    python bench/head.py --quick          # ~1-2 min on 2 CPU cores
-    python bench/head.py --memory 2000    # the ImageNet config's bank
+    python bench/head.py --quick            # ~1.5 min on 2 CPU cores
+    python bench/head.py --pieces           # 30 reps, B sweep 64/256/1024, building blocks: ~2 min
+    python bench/head.py --classes 1000 --memory 2000 --memory-batches ''   # the ImageNet config's bank
 
 Prints a table per class count, then a JSON object with every number as the last line. The goal (issue 2):
 at C=1000 the L-GMM head's forward+backward takes at most 3x the linear head's, and its memory grows
@@ -34,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import pathlib
 import statistics
 import time
 
@@ -43,12 +47,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgmm_jax import losses, mixture
+from lgmm_jax import losses, mixture, state
 from lgmm_jax.memory import MemoryBank, update_memory
 from lgmm_jax.models.gmm import GMMHead, component_log_prob, head_gaussians, log_likelihood
 from lgmm_jax.models.lgmm import l2_normalize
 from lgmm_jax.objective import ObjectiveConfig, lgmm_objective
 
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 GOAL_RATIO_AT_1000 = 3.0
 LINEAR = "linear"
 LGMM = "lgmm"
@@ -76,6 +81,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if min(args.classes + [args.components, args.dim, args.batch, args.memory, args.reps]) < 1:
         parser.error("--classes, --components, --dim, --batch, --memory and --reps must be positive")
     return args
+
+
+def training_objective(num_components: int) -> ObjectiveConfig:
+    """The objective exactly as training configures it: `state.objective_config` of configs/default.py."""
+    spec = importlib.util.spec_from_file_location("lgmm_default_config", DEFAULT_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # configs/ is not an installed package: load it by path
+    config = module.get_config()
+    config.model.num_components = num_components
+    return state.objective_config(config)
 
 
 def filled_bank(key, means: jax.Array, capacity: int) -> MemoryBank:
@@ -187,9 +202,10 @@ def flops(compiled) -> float:
 
 def build_runners(problem: Problem, num_classes: int, num_components: int, capacity: int) -> list[Runner]:
     """Every variant compiled for one class count, linear head first."""
-    base = ObjectiveConfig(num_components=num_components)
+    base = training_objective(num_components)
     p = problem
-    runners = [Runner(LINEAR, *_compile(linear_gradient(num_classes), (p.z, p.dense_params, p.labels, p.mask)))]
+    linear_args = (p.z, p.dense_params, p.labels, p.mask)
+    runners = [Runner(LINEAR, *_compile(linear_gradient(num_classes), linear_args))]
     lgmm_variants = [
         (LGMM, base, capacity),
         ("lgmm_bank_M1", base, 1),
@@ -218,7 +234,7 @@ def build_piece_runners(problem: Problem, capacity: int, num_components: int) ->
     usage into L_avg: the bank's path to the Gaussians' gradient), the Sinkhorn potentials, and the
     all-class log-densities of the batch (L_D's forward).
     """
-    objective = ObjectiveConfig(num_components=num_components)
+    objective = training_objective(num_components)
     p = problem
     means, scales = head_gaussians(p.gmm_params, objective.scale_floor, num_components)
     bank = filled_bank(jax.random.key(1), p.means, capacity)
@@ -278,12 +294,14 @@ def time_interleaved(runners: list[Runner], reps: int) -> None:
 def memory_sweep(num_classes: int, num_components: int, dim: int, capacity: int, batches) -> list[dict]:
     """Compile-only: XLA temp bytes of the full objective and of L_D alone for several batch sizes."""
     rows = []
-    base = ObjectiveConfig(num_components=num_components)
+    base = training_objective(num_components)
     for batch in batches:
         p = make_problem(num_classes, num_components, dim, batch)
         bank = jax.eval_shape(lambda: filled_bank(jax.random.key(1), p.means, capacity))
         full = lgmm_gradient(base).lower(p.z, p.gmm_params, p.labels, p.mask, p.log_weights, bank).compile()
-        disc = discriminative_gradient(base).lower(p.z, p.gmm_params, p.labels, p.mask, p.log_weights).compile()
+        disc = discriminative_gradient(base).lower(
+            p.z, p.gmm_params, p.labels, p.mask, p.log_weights
+        ).compile()
         linear = linear_gradient(num_classes).lower(p.z, p.dense_params, p.labels, p.mask).compile()
         bck = batch * num_classes * num_components
         rows.append({
@@ -312,60 +330,66 @@ def mib(n: int) -> str:
     return f"{n / 2**20:9.2f}"
 
 
+def benchmark_class_count(num_classes: int, args) -> dict:
+    """Time every variant interleaved, read their memory, attribute the cost, sweep B; print as it goes."""
+    problem = make_problem(num_classes, args.components, args.dim, args.batch)
+    runners = build_runners(problem, num_classes, args.components, args.memory)
+    if args.pieces:
+        runners += build_piece_runners(problem, args.memory, args.components)
+    time_interleaved(runners, args.reps)
+    linear_ms = 1000 * statistics.median(runners[0].times)
+    print(f"\nC={num_classes}  (bank {num_classes}x{args.memory}x{args.dim} float32 = "
+          f"{num_classes * args.memory * args.dim * 4 / 2**20:.1f} MiB)", flush=True)
+    print(f"{'variant':26s} {'median ms':>10s} {'x linear':>9s} {'GFLOP':>8s} "
+          f"{'temp MiB':>9s} {'arg MiB':>9s} {'out MiB':>9s} {'total MiB':>9s}")
+    rows = {}
+    for runner in runners:
+        ms = 1000 * statistics.median(runner.times)
+        mem = memory_stats(runner.compiled)
+        rows[runner.name] = {"median_ms": round(ms, 3), "ratio_to_linear": round(ms / linear_ms, 3),
+                             "gflop": round(flops(runner.compiled) / 1e9, 4), **mem}
+        print(f"{runner.name:26s} {ms:10.2f} {ms / linear_ms:9.2f} {rows[runner.name]['gflop']:8.3f} "
+              f"{mib(mem['temp_bytes'])} {mib(mem['argument_bytes'])} {mib(mem['output_bytes'])} "
+              f"{mib(mem['total_bytes'])}", flush=True)
+    lgmm_ms = rows[LGMM]["median_ms"]
+    attribution = {
+        "bank_share": round(1 - rows["lgmm_bank_M1"]["median_ms"] / lgmm_ms, 3),
+        "sinkhorn_share": round(1 - rows["lgmm_sinkhorn0"]["median_ms"] / lgmm_ms, 3),
+        "ld_share": round(rows["ld_only"]["median_ms"] / lgmm_ms, 3),
+    }
+    print(f"share of L-GMM time: memory bank (M={args.memory} vs 1) {attribution['bank_share']:.0%}, "
+          f"Sinkhorn iterations {attribution['sinkhorn_share']:.0%}, L_D part {attribution['ld_share']:.0%}")
+    sweep = memory_sweep(num_classes, args.components, args.dim, args.memory, args.memory_batches)
+    for s in sweep:
+        print(f"  memory sweep B={s['B']:5d}: temp MiB lgmm {mib(s['lgmm_temp_bytes'])} "
+              f"L_D only {mib(s['ld_only_temp_bytes'])} ({s['ld_only_temp_bytes_per_BCK_float']} floats "
+              f"per B*C*K) linear {mib(s['linear_temp_bytes'])}", flush=True)
+    fits = {key: fit_linear_in_bck(sweep, f"{key}_temp_bytes") for key in (LGMM, "ld_only")}
+    for key, fit in fits.items():
+        if fit:
+            print(f"  {key} temp = {fit['floats_per_BCK']} floats per B*C*K + {fit['fixed_MiB']} MiB "
+                  f"(max relative residual {fit['max_relative_residual']})", flush=True)
+    return {"variants": rows, "attribution": attribution, "memory_sweep": sweep, "memory_fit": fits}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = jax.devices()[0]
+    objective = training_objective(args.components)
     print(f"device: {device.platform} {device.device_kind} (x{jax.device_count()}); K={args.components} "
-          f"D={args.dim} B={args.batch} M={args.memory} per class; {args.reps} interleaved reps", flush=True)
-    results = {}
-    for num_classes in args.classes:
-        problem = make_problem(num_classes, args.components, args.dim, args.batch)
-        runners = build_runners(problem, num_classes, args.components, args.memory)
-        if args.pieces:
-            runners += build_piece_runners(problem, args.memory, args.components)
-        time_interleaved(runners, args.reps)
-        linear_ms = 1000 * statistics.median(runners[0].times)
-        rows = {}
-        print(f"\nC={num_classes}  (bank {num_classes}x{args.memory}x{args.dim} float32 = "
-              f"{num_classes * args.memory * args.dim * 4 / 2**20:.1f} MiB)", flush=True)
-        print(f"{'variant':26s} {'median ms':>10s} {'x linear':>9s} {'GFLOP':>8s} "
-              f"{'temp MiB':>9s} {'arg MiB':>9s} {'out MiB':>9s} {'total MiB':>9s}")
-        for runner in runners:
-            ms = 1000 * statistics.median(runner.times)
-            mem = memory_stats(runner.compiled)
-            row = {"median_ms": round(ms, 3), "ratio_to_linear": round(ms / linear_ms, 3),
-                   "gflop": round(flops(runner.compiled) / 1e9, 4), **mem}
-            rows[runner.name] = row
-            print(f"{runner.name:26s} {ms:10.2f} {ms / linear_ms:9.2f} {row['gflop']:8.3f} "
-                  f"{mib(mem['temp_bytes'])} {mib(mem['argument_bytes'])} {mib(mem['output_bytes'])} "
-                  f"{mib(mem['total_bytes'])}", flush=True)
-        lgmm_ms = rows[LGMM]["median_ms"]
-        attribution = {
-            "bank_share": round(1 - rows["lgmm_bank_M1"]["median_ms"] / lgmm_ms, 3),
-            "sinkhorn_share": round(1 - rows["lgmm_sinkhorn0"]["median_ms"] / lgmm_ms, 3),
-            "ld_share": round(rows["ld_only"]["median_ms"] / lgmm_ms, 3),
-        }
-        print(f"share of L-GMM time: memory bank (M={args.memory} vs 1) {attribution['bank_share']:.0%}, "
-              f"Sinkhorn iterations {attribution['sinkhorn_share']:.0%}, L_D part {attribution['ld_share']:.0%}")
-        sweep = memory_sweep(num_classes, args.components, args.dim, args.memory, args.memory_batches)
-        for s in sweep:
-            print(f"  memory sweep B={s['B']:5d}: temp MiB lgmm {mib(s['lgmm_temp_bytes'])} "
-                  f"L_D only {mib(s['ld_only_temp_bytes'])} ({s['ld_only_temp_bytes_per_BCK_float']} floats "
-                  f"per B*C*K) linear {mib(s['linear_temp_bytes'])}", flush=True)
-        fits = {key: fit_linear_in_bck(sweep, f"{key}_temp_bytes") for key in (LGMM, "ld_only")}
-        for key, fit in fits.items():
-            if fit:
-                print(f"  {key} temp = {fit['floats_per_BCK']} floats per B*C*K + {fit['fixed_MiB']} MiB "
-                      f"(max relative residual {fit['max_relative_residual']})", flush=True)
-        results[str(num_classes)] = {"variants": rows, "attribution": attribution, "memory_sweep": sweep,
-                                     "memory_fit": fits}
-
+          f"D={args.dim} B={args.batch} M={args.memory} per class; {args.reps} interleaved reps; objective: "
+          f"{objective.assignment} assignment, {objective.sinkhorn_iterations} Sinkhorn iterations, "
+          f"{objective.variant}", flush=True)
+    results = {str(c): benchmark_class_count(c, args) for c in args.classes}
     ratios = {c: r["variants"][LGMM]["ratio_to_linear"] for c, r in results.items()}
     summary = {
         "device": f"{device.platform} {device.device_kind}",
         "K": args.components, "D": args.dim, "B": args.batch, "M": args.memory, "reps": args.reps,
+        "objective": dataclasses.asdict(objective),
         "lgmm_to_linear_ratio": ratios,
-        "ld_only_to_linear_ratio": {c: r["variants"]["ld_only"]["ratio_to_linear"] for c, r in results.items()},
+        "ld_only_to_linear_ratio": {
+            c: r["variants"]["ld_only"]["ratio_to_linear"] for c, r in results.items()
+        },
         "bank_M1_to_linear_ratio": {
             c: r["variants"]["lgmm_bank_M1"]["ratio_to_linear"] for c, r in results.items()
         },

@@ -97,21 +97,25 @@ CASES = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", default=",".join(CASES), help=f"comma-separated, from {list(CASES)}")
-    parser.add_argument("--batch", type=int, default=0, help="global batch for every encoder (0: per-encoder CPU default)")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="global batch for every encoder (0: per-encoder CPU default)")
     parser.add_argument("--reps", type=int, default=0,
                         help="timed train rounds per encoder, eval gets 3x (0: 10/6 quick, 15 otherwise)")
-    parser.add_argument("--dtype", choices=sorted(state_lib.DTYPES), default="float32", help="encoder compute dtype")
+    parser.add_argument("--dtype", choices=sorted(state_lib.DTYPES), default="float32",
+                        help="encoder compute dtype (model.dtype)")
     parser.add_argument("--memory-size", type=int, default=0,
                         help="memory bank slots per class (0: the default config's)")
-    parser.add_argument("--sinkhorn-iterations", type=int, default=-1, help="override (diagnosis); -1: config's")
+    parser.add_argument("--sinkhorn-iterations", type=int, default=-1,
+                        help="loss.sinkhorn_iterations override, for diagnosis (-1: the config's)")
     parser.add_argument("--imagenet-source-size", type=int, default=256, help="synthetic ImageNet image side")
     parser.add_argument("--pipeline-seconds", type=float, default=0.0,
                         help="time to read the pipeline for (0: 2 s quick, 5 s otherwise)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="peak TFLOP/s of one device for the utilisation estimate (0: look it up)")
     parser.add_argument("--diagnose", action="store_true",
-                        help=f"also time L-GMM train steps with {list(DIAGNOSTIC_VARIANTS)} to attribute its cost")
-    parser.add_argument("--quick", action="store_true", help="small batches, few rounds (under 5 min on 2 CPUs)")
+                        help=f"also time L-GMM train steps {list(DIAGNOSTIC_VARIANTS)} to attribute its cost")
+    parser.add_argument("--quick", action="store_true",
+                        help="small batches, few rounds (under 5 min on 2 CPUs)")
     args = parser.parse_args(argv)
     args.encoders = [name.strip() for name in args.encoders.split(",") if name.strip()]
     unknown = [name for name in args.encoders if name not in CASES]
@@ -334,14 +338,18 @@ def benchmark_encoder(case: EncoderCase, args, mesh, peak: float | None, log) ->
                 "paired_median_ratio": round(statistics.median(
                     [a / b for a, b in zip(step.times, built["softmax_train"].times)]), 4),
                 "removes_ms": round(1000 * (built["lgmm_train"].median_s - step.median_s), 1),
-                "share_of_lgmm_overhead": round((built["lgmm_train"].median_s - step.median_s) / overhead_s, 3)
-                if overhead_s > 0 else None,
+                "share_of_lgmm_overhead": (
+                    round((built["lgmm_train"].median_s - step.median_s) / overhead_s, 3)
+                    if overhead_s > 0 else None
+                ),
             }
             for step in diagnostics
         }
-    result["pipeline"] = pipeline_throughput(case, batch_size, args.imagenet_source_size, args.pipeline_seconds)
+    result["pipeline"] = pipeline_throughput(
+        case, batch_size, args.imagenet_source_size, args.pipeline_seconds
+    )
     log(f"{case.encoder}: pipeline read for {args.pipeline_seconds:.0f} s")
-    consumed = max(result["steps"]["lgmm_train"]["images_per_s"], result["steps"]["softmax_train"]["images_per_s"])
+    consumed = max(result["steps"][f"{head}_train"]["images_per_s"] for head in HEADS)
     result["pipeline"]["train_step_images_per_s"] = consumed
     result["pipeline"]["headroom"] = round(result["pipeline"]["images_per_s"] / consumed, 2)
     return result
@@ -358,11 +366,13 @@ def print_encoder(name: str, r: dict) -> None:
     for kind in ("train", "eval"):
         ratio = r[f"{kind}_step_ratio"]
         verdict = "meets" if ratio <= GOAL_RATIO else f"misses by {100 * (ratio / GOAL_RATIO - 1):.1f}%"
-        print(f"{kind} ratio L-GMM/softmax {ratio:.3f} (paired median {r[f'{kind}_step_ratio_paired_median']:.3f}, "
-              f"of minima {r[f'{kind}_step_ratio_of_minima']:.3f}, FLOP ratio {r[f'{kind}_flop_ratio']:.3f}): "
-              f"{verdict} the {GOAL_RATIO} goal")
+        print(f"{kind} ratio L-GMM/softmax {ratio:.3f} "
+              f"(paired median {r[f'{kind}_step_ratio_paired_median']:.3f}, "
+              f"of minima {r[f'{kind}_step_ratio_of_minima']:.3f}, "
+              f"FLOP ratio {r[f'{kind}_flop_ratio']:.3f}): {verdict} the {GOAL_RATIO} goal")
     for name, d in r.get("diagnosis", {}).items():
-        print(f"diagnosis {name}: x{d['ratio_to_softmax']:.3f} of softmax (paired {d['paired_median_ratio']:.3f}), "
+        print(f"diagnosis {name}: x{d['ratio_to_softmax']:.3f} of softmax "
+              f"(paired {d['paired_median_ratio']:.3f}), "
               f"removes {d['removes_ms']} ms = {d['share_of_lgmm_overhead']} of L-GMM's extra time")
     p = r["pipeline"]
     print(f"pipeline ({p['source_image_side']}px source): {p['images_per_s']:.0f} img/s vs train step "
@@ -374,9 +384,12 @@ def main(argv=None) -> None:
     device = jax.devices()[0]
     mesh = make_mesh()
     peak = peak_flops(device, args.dtype, args.peak_tflops)
+    config = default_config()
+    memory_size = args.memory_size or config.memory_size
+    sinkhorn = args.sinkhorn_iterations if args.sinkhorn_iterations >= 0 else config.loss.sinkhorn_iterations
     print(f"device: {device.platform} {device.device_kind} (x{jax.device_count()}), dtype {args.dtype}, "
-          f"peak {'%.0f TFLOP/s' % (peak / 1e12) if peak else 'unknown (MFU n/a; pass --peak-tflops)'}",
-          flush=True)
+          f"peak {'%.0f TFLOP/s' % (peak / 1e12) if peak else 'unknown (MFU n/a; pass --peak-tflops)'}; "
+          f"L-GMM memory {memory_size} per class, {sinkhorn} Sinkhorn iterations", flush=True)
     started = time.perf_counter()
 
     def log(message: str) -> None:
@@ -389,7 +402,8 @@ def main(argv=None) -> None:
         "device": f"{device.platform} {device.device_kind}",
         "device_count": jax.device_count(),
         "dtype": args.dtype,
-        "memory_size": args.memory_size or default_config().memory_size,
+        "memory_size": memory_size,
+        "sinkhorn_iterations": sinkhorn,
         "goal_ratio": GOAL_RATIO,
         "train_step_ratio": {name: r["train_step_ratio"] for name, r in results.items()},
         "eval_step_ratio": {name: r["eval_step_ratio"] for name, r in results.items()},

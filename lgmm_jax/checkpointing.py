@@ -136,8 +136,29 @@ def open_manager(
         options=ocp.CheckpointManagerOptions(
             max_to_keep=config.keep_checkpoints, create=not read_only, read_only=read_only
         ),
-        item_names=("state", "data"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
     )
+
+
+def path_name(path) -> str:
+    """'params/head/means' for a tree path, whether its nodes are dataclass fields or dict keys."""
+    return "/".join(str(getattr(key, "name", getattr(key, "key", getattr(key, "idx", key)))) for key in path)
+
+
+def shape_mismatch(manager: ocp.CheckpointManager, step: int, state) -> str | None:
+    """The first array whose saved shape differs from `state`'s (read from metadata, no array data)."""
+    saved = manager.item_metadata(step)["state"]
+    saved_shapes = {
+        path_name(path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
+        if hasattr(leaf, "shape")
+    }
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        name = path_name(path)
+        expected = tuple(leaf.shape)
+        if saved_shapes.get(name, expected) != expected:
+            return f"{name} is {saved_shapes[name]} there, {expected} here"
+    return None
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, train_iter) -> None:
@@ -173,35 +194,37 @@ def is_committed(manager: ocp.CheckpointManager, step: int) -> bool:
 
 
 def set_aside_incomplete(manager: ocp.CheckpointManager, step: int) -> None:
-    """Rename an uncommitted step folder so that orbax sees it as an unfinished write (process 0).
+    """Rename an uncommitted step folder so that orbax sees it as an unfinished write.
 
-    Renamed rather than deleted: nothing in a workdir is destroyed. A read-only workdir keeps it as it is
-    (it is skipped all the same).
+    Renamed rather than deleted: nothing in a workdir is destroyed. Where renaming fails (a read-only
+    workdir) the folder stays as it is; it is skipped all the same.
     """
-    if jax.process_index() == 0:
-        source = step_path(manager, step)
-        target, copies = source.parent / f"{step}{INCOMPLETE_SUFFIX}", 0
-        while target.exists():
-            copies += 1
-            target = source.parent / f"{step}{INCOMPLETE_SUFFIX}-{copies}"
-        logging.warning("checkpoint %s is incomplete (no commit marker): not loaded, kept as %s", source, target)
-        try:
-            source.rename(target)
-        except OSError as error:
-            logging.warning("could not rename %s (%s): skipped", source, error)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"set aside incomplete checkpoint {step}")
+    source = step_path(manager, step)
+    target, copies = source.parent / f"{step}{INCOMPLETE_SUFFIX}", 0
+    while target.exists():
+        copies += 1
+        target = source.parent / f"{step}{INCOMPLETE_SUFFIX}-{copies}"
+    logging.warning("checkpoint %s is incomplete (no commit marker): not loaded, kept as %s", source, target)
+    try:
+        source.rename(target)
+    except OSError as error:
+        logging.warning("could not rename %s (%s): skipped", source, error)
 
 
 def latest_committed_step(manager: ocp.CheckpointManager) -> int | None:
-    """The newest complete step; newer incomplete step folders are set aside (see the module docstring)."""
-    newest_first = sorted(manager.all_steps(), reverse=True)
-    incomplete = list(itertools.takewhile(lambda step: not is_committed(manager, step), newest_first))
-    for step in incomplete:
-        set_aside_incomplete(manager, step)
-    if incomplete:
-        manager.reload()
-    return newest_first[len(incomplete)] if len(incomplete) < len(newest_first) else None
+    """The newest complete step (None: start afresh).
+
+    Process 0 first sets aside the uncommitted step folders newer than it (see the module docstring);
+    every process then sees the same steps.
+    """
+    if jax.process_index() == 0:
+        newest_first = sorted(manager.all_steps(), reverse=True)
+        for step in itertools.takewhile(lambda step: not is_committed(manager, step), newest_first):
+            set_aside_incomplete(manager, step)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("lgmm_jax: incomplete checkpoints set aside")
+    manager.reload()
+    return max((step for step in manager.all_steps() if is_committed(manager, step)), default=None)
 
 
 def first_sentence(error: Exception) -> str:
@@ -218,6 +241,12 @@ def restore_latest(manager: ocp.CheckpointManager, state, shardings, train_iter=
     step = latest_committed_step(manager)
     if step is None:
         return state
+    mismatch = shape_mismatch(manager, step, state)
+    if mismatch:
+        raise IncompatibleCheckpointError(
+            f"checkpoint {step} in {manager.directory} does not fit this config ({mismatch}): "
+            f"use a new --workdir (the checkpoint is left untouched)"
+        )
     try:
         restored = manager.restore(
             step,

@@ -120,9 +120,14 @@ def detected_cluster() -> str | None:
     """
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return "explicit coordinator (JAX_COORDINATOR_ADDRESS)"
-    from jax._src import clusters  # the detection jax.distributed.initialize() runs (no public API)
+    try:  # the detection jax.distributed.initialize() runs (it has no public API)
+        from jax._src.clusters import ClusterEnv
 
-    for environment in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+        environments = list(ClusterEnv._cluster_types)  # pylint: disable=protected-access
+    except (ImportError, AttributeError):
+        logging.warning("this JAX cannot list its cluster environments: pass --distributed on a cluster")
+        return None
+    for environment in environments:
         if environment.opt_in_only_method or environment.name in NOT_AUTO_DETECTED:
             continue
         try:
@@ -138,8 +143,8 @@ def explicit_coordinator() -> dict:
     names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
     missing = [name for name in names if not os.environ.get(name)]
     if missing:
-        fail(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-             "not: set all three "
+        verb = "is" if len(missing) == 1 else "are"
+        fail(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} {verb} not: set all three "
              "(host:port of process 0, the number of processes, this process's index 0..N-1)")
     try:
         count, index = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from lgmm_jax import checkpointing, cli, experiment, losses, report
@@ -88,6 +89,17 @@ def make_odin(model, mesh, temperature: float, epsilon):
 def gather(array) -> np.ndarray:
     """A global array -> the full numpy array on every host."""
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def every_process_images(batches) -> np.ndarray:
+    """The real (unmasked) images of every process's padded batches, the same array on every host,
+    so that choices fitted on them (ODIN*'s step) agree across processes."""
+    parts = list(batches)
+    images = np.concatenate([b["image"] for b in parts])
+    mask = np.concatenate([b["mask"] for b in parts])
+    if jax.process_count() > 1:
+        images, mask = (np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in (images, mask))
+    return images[mask]
 
 
 def collect(batches, mesh, variables, forward, extra=None) -> dict[str, np.ndarray]:
@@ -210,7 +222,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     if "odin" in chosen:
         # ODIN's steps are in [0, 1] pixel units; our inputs are standardised by the dataset's std.
         pixel_std = float(np.mean(pipeline.get_normalization(protocol.dataset, train_source).std))
-        val_images = np.concatenate([b["image"][b["mask"]] for b in stream(validation_source, known)])
+        val_images = every_process_images(stream(validation_source, known))
         choice = scores.select_odin_hyperparameters(
             functools.partial(model.apply, variables, train=False),
             val_images,
@@ -264,9 +276,9 @@ def write_results(workdir: str, results: dict, plots: dict) -> None:
     """results.json, report.md and the PNG plots (chief process only)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
-        json.dump(results, f, indent=2)
+    folder = epath.Path(workdir)  # local or gs://
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     report.write_report(workdir, results)
     report.write_plots(workdir, plots)
 
@@ -328,7 +340,7 @@ def restore_workdir(workdir: str, mesh, config: ml_collections.ConfigDict | None
         f"no complete checkpoint in {checkpoints}: train first "
         f"(python -m lgmm_jax.main --workdir={workdir}) or pass the --workdir of a finished run"
     )
-    if not os.path.isdir(checkpoints):
+    if not epath.Path(checkpoints).is_dir():
         raise no_checkpoint
     manager = checkpointing.open_manager(workdir, config, read_only=True)
     try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
+from etils import epath
 
 METRIC_COLUMNS = (
     ("auroc", "AUROC ↑"),
@@ -89,10 +90,18 @@ def summary_line(results: dict) -> str:
 
 
 def write_report(folder: str, results: dict) -> str:
-    path = os.path.join(folder, "report.md")
-    with open(path, "w") as f:
-        f.write(render_report(results))
-    return path
+    path = epath.Path(folder) / "report.md"
+    path.write_text(render_report(results))
+    return str(path)
+
+
+def save_figure(figure, folder: str, name: str) -> str:
+    """PNG bytes through etils.epath, so a gs:// workdir works like a local one."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    path = epath.Path(folder) / name
+    path.write_bytes(buffer.getvalue())
+    return str(path)
 
 
 def write_plots(folder: str, plots: dict[str, tuple[dict, dict]]) -> list[str]:
@@ -114,8 +123,7 @@ def write_plots(folder: str, plots: dict[str, tuple[dict, dict]]) -> list[str]:
         axis.set(xlabel="false positive rate (unknown accepted)", ylabel="true positive rate (known kept)",
                  title=f"ROC: known vs {set_name}")
         axis.legend()
-        written.append(os.path.join(folder, f"roc_{set_name}.png"))
-        figure.savefig(written[-1], dpi=100, bbox_inches="tight")
+        written.append(save_figure(figure, folder, f"roc_{set_name}.png"))
         plt.close(figure)
 
         names = list(known)
@@ -127,7 +135,6 @@ def write_plots(folder: str, plots: dict[str, tuple[dict, dict]]) -> list[str]:
             axis.hist(unknown[score], bins=bins, alpha=0.6, density=True, label=set_name)
             axis.set(title=score, xlabel="score")
             axis.legend()
-        written.append(os.path.join(folder, f"hist_{set_name}.png"))
-        figure.savefig(written[-1], dpi=100, bbox_inches="tight")
+        written.append(save_figure(figure, folder, f"hist_{set_name}.png"))
         plt.close(figure)
     return written

@@ -7,6 +7,7 @@ updated inside the step and the mixture weights are re-counted from it after the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -91,7 +92,8 @@ def lgmm_train_step(
             rngs={"dropout": step_key(state)},
         )
         total, outputs = lgmm_objective(
-            z, batch["label"], batch["mask"], params["head"], log_weights, state.memory, objective
+            z, batch["label"], batch["mask"], params["head"], log_weights, state.memory, objective,
+            key=jax.random.fold_in(step_key(state), 1),
         )
         return total, (outputs, updates)
 
@@ -99,9 +101,8 @@ def lgmm_train_step(
     param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)
     if moment_rate is not None:
-        memory = outputs.memory
         head = moment_matched_head(
-            params["head"], memory.latents, memory.valid, outputs.bank_weights,
+            params["head"], outputs.bank_latents, outputs.bank_valid, outputs.bank_weights,
             objective.scale_floor, moment_rate,
         )
         params = {**params, "head": head}
@@ -284,37 +285,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         num_train = pipeline.count_examples(train_source, protocol.known_classes)
         steps_per_epoch = max(pipeline.steps_per_epoch(num_train, config.batch_size), 1)
         total_steps = total_train_steps(config, steps_per_epoch)
-        image_shape = tuple(train_source.image_shape)
-        if experiment.preprocess_preset(config, protocol) == "imagenet":
-            image_shape = (pipeline.IMAGENET_TRAIN_SIZE, pipeline.IMAGENET_TRAIN_SIZE, image_shape[-1])
+        image_shape = experiment.model_input_shape(config, protocol, train_source)
 
         model = create_model(config.model, num_classes)
         optimizer, learning_rate = create_optimizer(config, steps_per_epoch, total_steps)
         state, shardings = create_sharded_train_state(config, model, optimizer, image_shape, num_classes, mesh)
         train_iter = experiment.train_stream(config, protocol, train_source)
 
-        checkpoints = checkpointing.open_manager(workdir, config)
-        state = checkpointing.restore_latest(checkpoints, state, shardings, train_iter)
-        checkpointing.write_config(workdir, config)  # the workdir is this config's from here on
-        start_step = int(state.step)
-        writer = MetricsWriter(workdir, enabled=jax.process_index() == 0, start_step=start_step)
-        memory = f", {memory_placement(mesh, num_classes)}" if config.model.head == "lgmm" else ""
-        console(
-            f"training {config.model.encoder}/{config.model.head} on {protocol.name} ({num_classes} known "
-            f"classes, {num_train} examples, {steps_per_epoch} steps/epoch) for {total_steps} steps "
-            f"from step {start_step} on {mesh.devices.size} device(s) in {jax.process_count()} process(es)"
-            f"{memory}"
-        )
-        try:
-            with preemption.steps() as preempted:
+        with contextlib.closing(checkpointing.open_manager(workdir, config)) as checkpoints:
+            state = checkpointing.restore_latest(checkpoints, state, shardings, train_iter)
+            checkpointing.write_config(workdir, config)  # the workdir is this config's from here on
+            start_step = int(state.step)
+            memory = f", {memory_placement(mesh, num_classes)}" if config.model.head == "lgmm" else ""
+            console(
+                f"training {config.model.encoder}/{config.model.head} on {protocol.name} ({num_classes} known "
+                f"classes, {num_train} examples, {steps_per_epoch} steps/epoch) for {total_steps} steps from "
+                f"step {start_step} on {mesh.devices.size} device(s) in {jax.process_count()} process(es){memory}"
+            )
+            writer = MetricsWriter(workdir, enabled=jax.process_index() == 0, start_step=start_step)
+            with contextlib.closing(writer), preemption.steps() as preempted:
                 state = run_steps(
                     config, state, start_step, total_steps, steps_per_epoch, train_iter,
                     make_train_step(config, model, optimizer, shardings, mesh), shardings, mesh,
                     learning_rate, checkpoints, writer, preempted,
                 )
-        finally:
-            writer.close()
-            checkpoints.close()
         if preemption.notice.is_set():  # SIGTERM after the last step's check: its checkpoint is saved
             raise checkpointing.Preempted(
                 f"preempted after step {total_steps}: checkpoint saved; rerun the same command to evaluate"

@@ -154,7 +154,7 @@ def test_model_json_describes_the_model(run):
     with open(os.path.join(run["workdir"], "config.json")) as f:
         assert described["config"] == json.load(f)
     assert described["known_labels"] == KNOWN and described["label_names"] == [str(c) for c in KNOWN]
-    assert described["preprocess"] == "shift" and described["score"] == "likelihood"
+    assert described["preprocess"] == "none" and described["score"] == "likelihood"  # configs/default.py
     digits = pipeline.NORMALIZATION["digits"]
     assert described["normalization"]["mean"] == list(digits.mean)
     assert described["normalization"]["std"] == list(digits.std)

@@ -18,9 +18,12 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from lgmm_jax import checkpointing, train
+from configs import default
+from lgmm_jax import checkpointing, experiment, train
 from tests.test_cli import (
     REFERENCE_ARGS,
     REFERENCE_BATCH_SIZE,
@@ -59,16 +62,43 @@ def assert_same_numbers(workdir, reference) -> None:
     assert resumed == straight  # every logged step, each loss term and the learning rate, equal floats
 
 
-def iterator_position(workdir, step: int) -> dict:
-    """The data iterator's state saved with checkpoint `step` (orbax's JSON item `data`)."""
-    return json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text())
+def saved_iterator_state(workdir, step: int) -> dict:
+    """The data iterator's state saved with checkpoint `step` (the checkpoint's `data` item)."""
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=("state", "data")) as manager:
+        return manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
+
+
+@pytest.fixture(scope="module")
+def reference_stream():
+    """A fresh input stream of the reference run (`REFERENCE_ARGS`) and its first batches."""
+    config = default.get_config()
+    config.batch_size = REFERENCE_BATCH_SIZE
+    protocol = experiment.resolve_protocol(config)
+    source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    new_stream = lambda: experiment.train_stream(config, protocol, source)  # noqa: E731
+    stream = new_stream()
+    return new_stream, [next(stream) for _ in range(REFERENCE_STEPS + 1)]
+
+
+def assert_resumes_after(workdir, step: int, reference_stream) -> None:
+    """The iterator restored from checkpoint `step` gives the batch of step + 1 next (it was saved
+    after the step: past exactly the batches of steps 1..step)."""
+    new_stream, batches = reference_stream
+    stream = new_stream()
+    stream.set_state(saved_iterator_state(workdir, step))
+    resumed, expected = next(stream), batches[step]  # batches[i] is the batch of step i + 1
+    np.testing.assert_array_equal(resumed["label"], expected["label"])
+    np.testing.assert_array_equal(resumed["image"], expected["image"])  # augmentation included
 
 
 def resumed_from(stdout: str) -> int:
     return int(re.search(r" from step (\d+) ", stdout).group(1))
 
 
-def test_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(uninterrupted, tmp_path, cache):
+def test_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(
+    uninterrupted, reference_stream, tmp_path, cache
+):
     """SIGTERM after the first checkpoint; the same command again, SIGKILL after its next checkpoint;
     the same command again to the end: results.json and every logged metric equal the uninterrupted run's."""
     workdir = tmp_path / "workdir"
@@ -92,8 +122,7 @@ def test_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(uninte
     preempted_step = int(stopped.group(1))
     assert preempted_step < REFERENCE_STEPS and not (workdir / "results.json").exists()
     assert max(committed_steps(workdir)) == preempted_step
-    # Saved after the step: the iterator is past exactly the batches of steps 1..preempted_step.
-    assert iterator_position(workdir, preempted_step) == {"next_index": preempted_step * REFERENCE_BATCH_SIZE}
+    assert_resumes_after(workdir, preempted_step, reference_stream)
 
     # 2. The same command resumes there; SIGKILL once it has written another checkpoint.
     process = start_main(workdir, *REFERENCE_ARGS, log=tmp_path / "killed", cache=cache)
@@ -113,11 +142,11 @@ def test_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(uninte
     assert_same_numbers(workdir, uninterrupted)
 
 
-def test_every_checkpoint_holds_the_iterator_position_of_its_step(uninterrupted):
+def test_every_checkpoint_resumes_the_data_where_its_step_left_off(uninterrupted, reference_stream):
     steps = committed_steps(uninterrupted)
-    assert steps[-1] == REFERENCE_STEPS
+    assert steps == [REFERENCE_STEPS - 10, REFERENCE_STEPS - 5, REFERENCE_STEPS]  # keep_checkpoints=3
     for step in steps:
-        assert iterator_position(uninterrupted, step) == {"next_index": step * REFERENCE_BATCH_SIZE}
+        assert_resumes_after(uninterrupted, step, reference_stream)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ evaluation batches (ordered, padded and masked so that no example is dropped).
 
 Batch size convention: ``batch_size`` is always the GLOBAL batch size; each of ``process_count`` processes
 gets ``batch_size // process_count`` examples of every global batch, namely
-``global_batch[process_index::process_count]``. Assembling the per-process parts in process order therefore
-gives the global batch up to a fixed permutation within it, which does not matter to a per-example loss.
+``global_batch[process_index * b:(process_index + 1) * b]`` for training (b = batch_size // process_count),
+so that the per-process parts laid end to end in process order are exactly the global batch; evaluation
+batches take ``[process_index::process_count]`` (every example keeps its own labels, so order is free).
 
 Training stream: the example indices (filtered to the known classes through ``source.labels``, no image
 decoded) are shuffled globally with ``seed`` (a new permutation every epoch), repeated, loaded and augmented
@@ -168,6 +169,25 @@ class TrainExample(grain.transforms.RandomMap):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class ContiguousShare(grain.transforms.Map):
+    """Local position j -> this process's contiguous block of each global batch of the stream.
+
+    Process p reads rows ``[p * b, (p + 1) * b)`` of every global batch of size B (b = B / P), so that
+    `jax.make_array_from_process_local_data`, which lays the processes' parts end to end, rebuilds
+    the global batch in its original order whatever the process count.
+    """
+
+    stream: Any
+    global_batch_size: int
+    offset: int
+    local_batch_size: int
+
+    def map(self, position):
+        batch, row = divmod(int(position), self.local_batch_size)
+        return self.stream[batch * self.global_batch_size + self.offset + row]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class EvalExample(grain.transforms.Map):
     """Source index (or -1 = padding) -> image, label, original_label, mask."""
 
@@ -210,7 +230,7 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
       seed: shuffle and augmentation seed (0 <= seed < 2**32).
       preprocess: a preset of `PREPROCESS_PRESETS`.
       known_classes: train only on these original classes, relabelled ``0..len-1`` in this order.
-      process_index, process_count: this process's share ``[process_index::process_count]`` of every batch.
+      process_index, process_count: this process's contiguous share of every global batch.
       num_epochs: None repeats forever; otherwise the stream ends after the last full global batch.
       normalization: dataset name or `Normalization`; None = the source's dataset.
       read_options: grain threading / prefetch options (default: 4 threads, a few batches ahead).
@@ -236,7 +256,8 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
                      _lookup_table(known_classes, source)),
         seed=seed)
     local_batch_size = batch_size // process_count
-    local = stream[process_index::process_count].to_iter_dataset(
+    share = ContiguousShare(stream, batch_size, local_batch_size * process_index, local_batch_size)
+    local = grain.MapDataset.range(len(stream) // process_count).map(share).to_iter_dataset(
         read_options or _default_read_options(local_batch_size))
     return iter(local.batch(local_batch_size, drop_remainder=True))
 
