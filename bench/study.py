@@ -138,19 +138,37 @@ def main(argv=None) -> None:
     print(markdown(study))
 
 
+def table_from_file(path: str) -> None:
+    """Print the markdown table of a saved study (python -c 'from bench.study import ...')."""
+    with open(path) as f:
+        print(markdown(json.load(f)))
+
+
 def markdown(study: dict) -> str:
-    lines = []
+    """One row per variant and protocol: top-1, then AUROC / FPR95 of each score (mean ± std over seeds)."""
+    lines = [
+        "| variant | protocol | seeds | top-1 | AUROC by score | FPR95 by score | effective K |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for variant, by_protocol in study["rows"].items():
         for protocol, entry in by_protocol.items():
             summary = entry["summary"]
-            score = "likelihood" if f"unknown_classes/likelihood/auroc" in summary or any(
-                "/likelihood/" in k for k in summary
-            ) else "msp"
-            aurocs = {k: v for k, v in summary.items() if k.endswith(f"/{score}/auroc")}
-            cells = [f"{variant}", protocol, fmt(summary["top1"])]
-            cells += [f"{k.split('/')[0]}: {fmt(v)}" for k, v in aurocs.items()]
-            if "effective_components" in summary:
-                cells.append(f"K_eff {summary['effective_components']['mean']:.2f}")
+            scores = sorted({key.split("/")[1] for key in summary if key.count("/") == 2})
+            per_metric = {
+                metric: ", ".join(
+                    f"{score} {fmt(stat)}"
+                    for key, stat in summary.items()
+                    for score in scores
+                    if key.endswith(f"/{score}/{metric}")
+                )
+                for metric in ("auroc", "fpr95")
+            }
+            effective = summary.get("effective_components")
+            cells = [
+                variant, protocol, str(len(entry["seeds"])), fmt(summary["top1"]),
+                per_metric["auroc"], per_metric["fpr95"],
+                f"{effective['mean']:.2f} ± {effective['std']:.2f}" if effective else "-",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -20,4 +20,5 @@ def get_config():
     # must come early enough for the mixture to settle afterwards (bench/study.py).
     config.optimizer.gmm_learning_rate = 3e-2
     config.loss.reseed_epochs = (0.25,)
+    config.loss.bank_sample_size = 500  # the whole bank each step, as in the committed study
     return config
