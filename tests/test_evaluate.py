@@ -18,6 +18,7 @@ import configs.default
 from lgmm_jax import export, train
 from lgmm_jax.data import sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
+from tests.subprocesses import finish, one_line_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,18 +29,6 @@ def start(module, *args):
     """`python -m module args` started in the background (the CLI calls of a module run side by side)."""
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(process, timeout=240):
-    stdout, stderr = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def one_line_error(completed):
-    """The stderr of a failed CLI call: exactly one line, `error: ...`, no traceback."""
-    lines = [line for line in completed.stderr.splitlines() if line.strip()]
-    assert completed.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), completed.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

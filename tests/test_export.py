@@ -24,6 +24,7 @@ from lgmm_jax import evaluate, experiment, export, inference, train
 from lgmm_jax.data import pipeline, sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from lgmm_jax.sharding import make_mesh
+from tests.subprocesses import finish, one_line_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOWN = list(MNIST_SPLITS[0])  # digits_6_4, split 0
@@ -44,17 +45,6 @@ FRESH_PROCESS_PREDICT = textwrap.dedent("""
 def start(*args):
     return subprocess.Popen([sys.executable, *args], cwd=REPO, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-
-
-def finish(process, timeout=240):
-    stdout, stderr = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def one_line_error(completed):
-    lines = [line for line in completed.stderr.splitlines() if line.strip()]
-    assert completed.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), completed.stderr
-    return lines[0]
 
 
 def known_images(split):
