@@ -330,6 +330,7 @@ def run_steps(config, state, start_step, total_steps, steps_per_epoch, train_ite
     after its batch), re-seed the means after the configured epochs, stop cleanly on preemption."""
     reseed_steps = {int(epoch * steps_per_epoch) for epoch in config.loss.get("reseed_epochs", ())}
     is_lgmm = config.model.head == "lgmm"
+    reseed = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)
     pending: list[tuple[int, dict]] = []
     last_log_time, last_log_step, started = time.time(), start_step, time.time()
     step = start_step
@@ -340,9 +341,7 @@ def run_steps(config, state, start_step, total_steps, steps_per_epoch, train_ite
         step += 1
         pending.append((step, metrics))
         if is_lgmm and step in reseed_steps:
-            state = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)(
-                state, config.model.num_components
-            )
+            state = reseed(state, config.model.num_components)
         stop = preempted(step)  # once per step on every process: all of them agree on the step
         log_now = step % config.log_every_steps == 0 or step == total_steps
         save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
@@ -355,7 +354,7 @@ def run_steps(config, state, start_step, total_steps, steps_per_epoch, train_ite
                     f"non-finite {bad[1]} at step {bad[0]}; the last good checkpoint "
                     f"(step {checkpoints.latest_step()}) is kept: lower the learning rate or check the data"
                 )
-        if log_now or save_now:  # not at a preemption's step: the same records as an uninterrupted run
+        if log_now:  # not at a preemption's step: the same records as an uninterrupted run
             now = time.time()
             images_per_second = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
             record = dict(history[-1])
