@@ -65,19 +65,8 @@ for arg in "${MAIN_ARGS[@]}"; do
   esac
 done
 
-# One shell word, single-quoted when it needs quoting.
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-show() {
-  local separator=""
-  for word in "$@"; do printf '%s' "$separator"; quote "$word"; separator=" "; done
-  echo
-}
+# shellcheck source=launch/quoting.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quoting.sh"
 
 TRAIN=("$PYTHON" -m lgmm_jax.main --distributed --workdir="$WORKDIR")
 [[ -n $DATA_DIR ]] && TRAIN+=(--config.data_dir="$DATA_DIR")

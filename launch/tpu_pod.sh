@@ -71,19 +71,8 @@ TPU=(gcloud compute tpus tpu-vm)
 WHERE=(--zone="$ZONE")
 [[ -n $PROJECT ]] && WHERE+=(--project="$PROJECT")
 
-# One shell word, single-quoted when it needs quoting (so that printed commands can be pasted).
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-show() {
-  local separator=""
-  for word in "$@"; do printf '%s' "$separator"; quote "$word"; separator=" "; done
-  echo
-}
+# shellcheck source=launch/quoting.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quoting.sh"
 run() { if ((DRY_RUN)); then show "$@"; else "$@"; fi; }
 
 # 1. The slice.
