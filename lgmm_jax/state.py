@@ -213,6 +213,3 @@ def create_sharded_train_state(config, model, optimizer, image_shape, num_classe
     shardings = state_shardings(abstract, mesh, num_classes)
     return jax.jit(init, out_shardings=shardings)(), shardings
 
-
-def parameter_count(params) -> int:
-    return sum(x.size for x in jax.tree.leaves(params))

@@ -70,8 +70,7 @@ def validate_image_size(height: int, width: int, patch_size: int, window_size: i
     )
     if height % patch_size or width % patch_size:
         raise ValueError(f"image size {height}x{width} is not a multiple of the patch size; {hint}")
-    for stage in range(num_stages):
-        h, w = height // patch_size // 2**stage, width // patch_size // 2**stage
+    for stage, (h, w) in enumerate(stage_resolutions(height, width, patch_size, num_stages)):
         window, _ = effective_window_and_shift(h, w, window_size, 0)
         if stage < num_stages - 1 and (h % 2 or w % 2):
             raise ValueError(f"image size {height}x{width}: stage {stage + 1} map {h}x{w} is odd; {hint}")
