@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.lambda_avg = 1.0
     config.loss.usage_distance = "total_variation"  # W1 under the 0/1 metric; or 'kl'
     config.loss.responsibility_temperature = 1.0
+    config.loss.discriminative_temperature = 1.0  # L_D on softmax(log p(z|y) / T); 1 = Eq. 7 as written
     config.loss.assignment = "sinkhorn"  # balanced assignments; 'posterior' = argmax p(k|z,y)
     config.loss.sinkhorn_epsilon = 0.05
     config.loss.sinkhorn_iterations = 10  # 3 leaves a component stuck between two modes (tests/test_mixture.py)

@@ -28,14 +28,21 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array 
 
 
 def discriminative_loss(
-    class_log_likelihood: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+    class_log_likelihood: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array | None = None,
+    temperature: float = 1.0,
 ) -> jax.Array:
     """L_D (Eq. 7): cross-entropy of the posterior p(y|z) = softmax_y log p(z|y) (uniform class prior).
 
     Only the encoder phi may receive this gradient; the caller passes log p(z|y) computed from
-    stop_gradient(theta).
+    stop_gradient(theta). `temperature` T > 1 trains on the tempered posterior softmax_y(log p(z|y) / T)
+    (T = 1 is Eq. 7 as written). On the unit sphere the log-likelihoods differ by
+    (mu_y - mu_y').z / sigma^2, so with the scales at their floor (0.05) Eq. 7 is a cosine softmax with
+    a scale of ~400, far sharper than the 16-64 that cosine classifiers train well with; T divides it.
+    The prediction argmax_y p(z|y) and the likelihood scores do not depend on T.
     """
-    return softmax_cross_entropy(class_log_likelihood, labels, mask)
+    return softmax_cross_entropy(class_log_likelihood / temperature, labels, mask)
 
 
 def negative_log_likelihood(

@@ -33,6 +33,8 @@ class ObjectiveConfig:
     assignment: "sinkhorn" (balanced hard assignments of the remembered latents feed the MLE targets,
       L_one's one-hot targets and the counts) or "posterior" (k* = argmax p(k|z,y), soft counts).
     training: "collaborative" (the paper) or "generative_only" (Table 7(a): L_G trains everything).
+    discriminative_temperature: L_D's posterior is softmax(log p(z|y) / T); 1 is Eq. 7 as written
+      (`losses.discriminative_loss` says why a larger T trains better on the unit sphere).
     bank_sample_size: remembered slots per class that the usage, the counts and the balancing look at
       in one step (a fresh random subset each step; all of them when the bank is no larger). The
       bank's log-densities are the objective's largest cost (C * M * K * D, differentiated through
@@ -51,6 +53,7 @@ class ObjectiveConfig:
     variant: str = "equations"
     training: str = "collaborative"
     bank_sample_size: int = 256
+    discriminative_temperature: float = 1.0
 
     def __post_init__(self):
         for name, value, allowed in (
@@ -61,6 +64,12 @@ class ObjectiveConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"loss.{name}={value!r} is not one of {allowed}")
+        for name, value in (
+            ("responsibility_temperature", self.responsibility_temperature),
+            ("discriminative_temperature", self.discriminative_temperature),
+        ):
+            if not value > 0:
+                raise ValueError(f"loss.{name}={value!r} must be positive: 1 is the paper's")
 
     @property
     def reduction(self) -> str:
@@ -117,7 +126,9 @@ def lgmm_objective(
     class_log_likelihood = log_likelihood(
         z, fixed(means), fixed(scales), log_weights, config.reduction
     )
-    discriminative = losses.discriminative_loss(class_log_likelihood, labels, mask)
+    discriminative = losses.discriminative_loss(
+        class_log_likelihood, labels, mask, config.discriminative_temperature
+    )
 
     # L_G (Eq. 5-6): the mixture learns from latents it cannot move (unless generative-only).
     generative_z = z if config.training == "generative_only" else fixed(z)

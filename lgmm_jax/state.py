@@ -87,6 +87,7 @@ def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
         variant=config.model.variant,
         training=loss.training,
         bank_sample_size=loss.bank_sample_size,
+        discriminative_temperature=loss.get("discriminative_temperature", 1.0),
     )
 
 

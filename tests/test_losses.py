@@ -17,6 +17,19 @@ def test_discriminative_loss_is_cross_entropy_of_the_posterior():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.5, 10.0])
+def test_tempered_discriminative_loss_is_cross_entropy_of_the_tempered_posterior(temperature):
+    rng = np.random.default_rng(1)
+    log_likelihood = rng.normal(size=(6, 4)) * 100
+    labels = rng.integers(0, 4, 6)
+    log_tempered_posterior = special.log_softmax(log_likelihood / temperature, axis=-1)
+    expected = -log_tempered_posterior[np.arange(6), labels].mean()
+    got = losses.discriminative_loss(
+        jnp.asarray(log_likelihood, jnp.float32), jnp.asarray(labels), temperature=temperature
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_padding_is_excluded_from_the_mean():
     values = jnp.array([1.0, 2.0, 100.0])
     np.testing.assert_allclose(losses.masked_mean(values, jnp.array([True, True, False])), 1.5)

@@ -46,9 +46,9 @@ def naive_log_normal(z, theta):
     )
 
 
-def naive_discriminative(phi, theta, log_weights, images, labels):
+def naive_discriminative(phi, theta, log_weights, images, labels, temperature=1.0):
     log_likelihood = jax.nn.logsumexp(naive_log_normal(encode(phi, images), theta) + log_weights, -1)
-    return -jnp.mean(jax.nn.log_softmax(log_likelihood)[jnp.arange(B), labels])
+    return -jnp.mean(jax.nn.log_softmax(log_likelihood / temperature)[jnp.arange(B), labels])
 
 
 def naive_generative(theta, z, log_weights, labels, lambda_one, lambda_avg):
@@ -61,9 +61,13 @@ def naive_generative(theta, z, log_weights, labels, lambda_one, lambda_avg):
     return nll + lambda_one * one + lambda_avg * avg
 
 
-def test_one_value_and_grad_equals_two_separate_grads():
+@pytest.mark.parametrize("temperature", [1.0, 10.0])
+def test_one_value_and_grad_equals_two_separate_grads(temperature):
     theta, log_weights, phi, images, labels = setup()
-    config = ObjectiveConfig(num_components=K, scale_floor=FLOOR, assignment="posterior", lambda_one=0.3, lambda_avg=2.0)
+    config = ObjectiveConfig(
+        num_components=K, scale_floor=FLOOR, assignment="posterior", lambda_one=0.3, lambda_avg=2.0,
+        discriminative_temperature=temperature,
+    )
     memory = create_memory(C, B, D)
 
     def objective(phi, theta):
@@ -71,14 +75,16 @@ def test_one_value_and_grad_equals_two_separate_grads():
 
     (_, outputs), (grad_phi, grad_theta) = jax.jit(jax.value_and_grad(objective, (0, 1), has_aux=True))(phi, theta)
 
-    expected_phi = jax.grad(naive_discriminative)(phi, theta, log_weights, images, labels)
+    expected_phi = jax.grad(naive_discriminative)(phi, theta, log_weights, images, labels, temperature)
     z = encode(phi, images)
     expected_theta = jax.grad(naive_generative)(theta, z, log_weights, labels, 0.3, 2.0)
     np.testing.assert_allclose(grad_phi, expected_phi, rtol=1e-4, atol=1e-6)
     for name in ("means", "raw_scales"):
         np.testing.assert_allclose(grad_theta[name], expected_theta[name], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
-        outputs.terms["discriminative"], naive_discriminative(phi, theta, log_weights, images, labels), rtol=1e-5
+        outputs.terms["discriminative"],
+        naive_discriminative(phi, theta, log_weights, images, labels, temperature),
+        rtol=1e-5,
     )
     np.testing.assert_allclose(
         outputs.terms["generative"], naive_generative(theta, z, log_weights, labels, 0.3, 2.0), rtol=1e-5
@@ -135,3 +141,9 @@ def test_bank_subsample_looks_at_a_random_subset_of_slots():
     assert not np.array_equal(first.bank_latents, second.bank_latents)
     _, whole = lgmm_objective(z, labels, jnp.ones(B, bool), theta, log_weights, memory, config)
     assert whole.bank_latents.shape == (C, 10, D)
+
+
+@pytest.mark.parametrize("name", ["discriminative_temperature", "responsibility_temperature"])
+def test_temperatures_must_be_positive(name):
+    with pytest.raises(ValueError, match=f"loss.{name}=0.0 must be positive"):
+        ObjectiveConfig(**{name: 0.0})
