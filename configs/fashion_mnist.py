@@ -15,9 +15,10 @@ def get_config():
     config.memory_size = 500
     config.checkpoint_every_steps = 1000
     config.log_every_steps = 50
-    # A budget of a few epochs: the Gaussians must keep up with a fast-moving encoder (Adam at 1e-3 leaves
-    # the scales near their initial 0.1 while the classes' spread is ~0.02), and the k-means re-seed
-    # must come early enough for the mixture to settle afterwards (bench/study.py).
+    # A budget of a few epochs: with `model.gmm_update=gradient` the Gaussians must keep up with a
+    # fast-moving encoder (Adam at 1e-3 leaves the scales near their initial 0.1 while the classes' spread
+    # is ~0.02), and the k-means re-seed must come early enough for the mixture to settle afterwards
+    # (bench/study.py).
     config.optimizer.gmm_learning_rate = 3e-2
     config.loss.reseed_epochs = (0.25,)
     config.loss.bank_sample_size = 500  # the whole bank each step, as in the committed study
