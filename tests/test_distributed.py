@@ -44,7 +44,14 @@ LOSS_RTOL = LOSS_ATOL = 1e-4  # every logged loss term
 EXAMPLES_ATOL = 2  # rates over examples (accuracy, top-1, FPR95, ...): this many examples may flip
 RANKING_ATOL = 5e-4  # AUROC / AUPR: a few of the ~70k known-unknown pairs may swap
 USAGE_ATOL = 0.05  # test-set component usage per class (~50 examples a class): a couple may move
-THRESHOLD_RTOL = 1e-4  # rejection thresholds (log-likelihoods)
+# L_one of an example near a tie between two components sits on the steep part of a softmax over
+# log-densities of ~260 nats, refit to the memory bank every step: a reduction in another order (Gloo
+# across processes) moves it. One such example's responsibilities may move by up to 0.1 (seen: 1.6e-4
+# on the batch mean at step 30 with two processes; every other term and results.json agree to 1e-4).
+ONE_HOT_ATOL = 0.1 / REFERENCE_BATCH_SIZE
+# Rejection thresholds (log-likelihoods of ~190 nats): after the near-tie of ONE_HOT_ATOL the two-process
+# run ends 0.03 nats (1.8e-4) away, while top-1 and AUROC agree to 4e-5.
+THRESHOLD_RTOL = 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +97,8 @@ def assert_same_training(workdir, reference, up_to_step: int = REFERENCE_STEPS) 
                 assert abs(run[name] - value) <= EXAMPLES_ATOL / REFERENCE_BATCH_SIZE, where
             elif name == "effective_components":  # from hard (argmax) assignments of the batch
                 np.testing.assert_allclose(run[name], value, rtol=1e-2, err_msg=where)
+            elif name == "one_hot":
+                np.testing.assert_allclose(run[name], value, rtol=0, atol=ONE_HOT_ATOL, err_msg=where)
             else:
                 np.testing.assert_allclose(run[name], value, rtol=LOSS_RTOL, atol=LOSS_ATOL, err_msg=where)
 
