@@ -7,8 +7,10 @@
 Each run is one `lgmm_jax.train.train_and_evaluate` with the suite's base config plus a variant's
 overrides, in its own workdir under --root (a finished run is not repeated: delete its folder to redo
 it). Every variant runs on each protocol of the suite (Fashion-MNIST: all ten classes known with
-MNIST-5k as unknown, and the 6/4 split) for each seed. Writes --output (JSON, per variant and protocol:
-each seed's numbers, their mean and standard deviation) and prints a markdown table.
+MNIST-5k as unknown, and the 6/4 split) for each seed. Writes --output (JSON: rows[variant][protocol]
+holds each seed's numbers and their summary (mean and standard deviation), both shaped like results.json:
+`closed_set` (top1), `open_set` (per unknown set, per score: auroc, fpr95, aupr_in, aupr_out) and
+`effective_components`) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -96,6 +98,31 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def nest(flat: dict) -> dict:
+    """A headline (or its summary) as results.json shapes it: closed_set, open_set[set][score][metric]."""
+    nested = {"closed_set": {}, "open_set": {}}
+    for key, value in flat.items():
+        if key == "top1":
+            nested["closed_set"]["top1"] = value
+        elif key.count("/") == 2:
+            set_name, score, metric = key.split("/")
+            nested["open_set"].setdefault(set_name, {}).setdefault(score, {})[metric] = value
+        else:
+            nested[key] = value
+    return nested
+
+
+def flatten(nested: dict) -> dict:
+    """The inverse of `nest`."""
+    flat = {key: value for key, value in nested.items() if key not in ("closed_set", "open_set")}
+    flat.update(nested["closed_set"])
+    for set_name, by_score in nested["open_set"].items():
+        for score, by_metric in by_score.items():
+            for metric, value in by_metric.items():
+                flat[f"{set_name}/{score}/{metric}"] = value
+    return flat
+
+
 def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, root: str) -> dict:
     from lgmm_jax import train
 
@@ -141,7 +168,10 @@ def main(argv=None) -> None:
     started = time.time()
     for protocol, variant, variant_seeds in plan:
         per_seed = [headline(run_one(args.suite, protocol, variant, s, epochs, args.root)) for s in variant_seeds]
-        study["rows"].setdefault(variant, {})[protocol] = {"seeds": per_seed, "summary": summarise(per_seed)}
+        study["rows"].setdefault(variant, {})[protocol] = {
+            "seeds": [nest(row) for row in per_seed],
+            "summary": nest(summarise(per_seed)),
+        }
         study["minutes"] = round((time.time() - started) / 60, 1)
         os.makedirs(os.path.dirname(output), exist_ok=True)
         with open(output, "w") as f:
@@ -163,7 +193,7 @@ def markdown(study: dict) -> str:
     ]
     for variant, by_protocol in study["rows"].items():
         for protocol, entry in by_protocol.items():
-            summary = entry["summary"]
+            summary = flatten(entry["summary"])
             scores = sorted({key.split("/")[1] for key in summary if key.count("/") == 2})
             per_metric = {
                 metric: ", ".join(
