@@ -120,6 +120,14 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def absolute(workdir: str) -> epath.Path:
+    """The workdir as an absolute path: orbax's array writer rejects relative ones (`--workdir=workdir`).
+
+    A URL (gs://...) is absolute already.
+    """
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
 def open_manager(
     workdir: str, config: ml_collections.ConfigDict, *, read_only: bool = False
 ) -> ocp.CheckpointManager:
@@ -132,7 +140,7 @@ def open_manager(
     if not read_only:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     return ocp.CheckpointManager(
-        epath.Path(workdir) / CHECKPOINT_DIR,
+        absolute(workdir) / CHECKPOINT_DIR,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=config.keep_checkpoints, create=not read_only, read_only=read_only
         ),

@@ -116,3 +116,15 @@ def test_one_step_on_the_tfds_path(mock_cifar, config_module, tmp_path):
     assert set(results["open_set"]) == {"svhn_cropped", "cifar100" if config_module is cifar10 else "cifar10"}
     record = read_jsonl(tmp_path / "metrics.jsonl")[-1]
     assert record["step"] == 1 and np.isfinite(record["loss"])
+
+
+def test_a_relative_workdir_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
+    """README's command passes --workdir=workdir; orbax's array writer only takes absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    config = small_config(num_train_steps=10, checkpoint_every_steps=5)
+    train.train_and_evaluate(config, "workdir")
+    assert sorted(os.listdir(tmp_path / "workdir" / "checkpoints")) == ["10", "5"]
+    config.num_train_steps = 15
+    results = train.train_and_evaluate(config, "workdir")  # resumes from step 10
+    assert "15" in os.listdir(tmp_path / "workdir" / "checkpoints")
+    assert results["closed_set"]["num_examples"] > 0
