@@ -80,22 +80,45 @@ class ObjectiveOutputs(NamedTuple):
     """Everything the train step needs besides the gradient."""
 
     memory: MemoryBank
-    counts: jax.Array  # [C, K] component counts over the bank, for the mixture weights
-    class_present: jax.Array  # [C] classes with remembered latents
-    hard_usage: jax.Array  # [C, K] share of each class's remembered latents assigned to each component
-    bank_latents: jax.Array  # [C, S, D] the remembered latents this step looked at
-    bank_valid: jax.Array  # [C, S]
-    bank_weights: jax.Array  # [C, S, K] their assignments (one-hot or soft)
+    classes: jax.Array  # [P] the classes this step updates (`batch_classes`); rows below follow them
+    distinct: jax.Array  # [P] False on padding repeats of a class
+    counts: jax.Array  # [P, K] component counts over the bank, for the mixture weights
+    class_present: jax.Array  # [P] classes with remembered latents
+    hard_usage: jax.Array  # [P, K] share of each class's remembered latents assigned to each component
+    bank_latents: jax.Array  # [P, S, D] the remembered latents this step looked at
+    bank_valid: jax.Array  # [P, S]
+    bank_weights: jax.Array  # [P, S, K] their assignments (one-hot or soft)
     class_log_likelihood: jax.Array  # [B, C] log p(z|y) (theta held fixed)
     terms: dict  # scalar loss terms for logging
 
 
-def sample_slots(memory: MemoryBank, size: int, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """(latents [C, S, D], valid [C, S]) of S random slots (the same for every class), or the whole bank."""
+def batch_classes(labels: jax.Array, mask: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
+    """The classes whose mixture this step updates: (classes [P], distinct [P]), P = min(B, C).
+
+    Appendix G updates only the classes of the batch (`for _c in label.unique()`): the bank of a class
+    absent from the batch did not change this step, so neither did its usage, its counts, its balancing
+    nor its M-step target, and the bank's work per step falls from C to P classes. When every class
+    fits in a batch (C <= B) all classes are taken. Otherwise the batch's classes come sorted and padded
+    to the static size P by repeating the largest; `distinct` is False on the repeats, which compute
+    the same values as their original (so scattering them back is harmless) but must not be averaged twice.
+    """
+    size = min(labels.shape[0], num_classes)
+    if size == num_classes:
+        return jnp.arange(num_classes), jnp.ones(num_classes, bool)
+    largest = jnp.max(jnp.where(mask, labels, 0))
+    classes = jnp.unique(jnp.where(mask, labels, largest), size=size, fill_value=largest)
+    distinct = jnp.concatenate([jnp.ones(1, bool), classes[1:] != classes[:-1]])
+    return classes, distinct
+
+
+def sample_slots(
+    memory: MemoryBank, classes: jax.Array, size: int, key: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """(latents [P, S, D], valid [P, S]) of `classes`: S random slots (the same for every class), or all."""
     if key is None or size >= memory.capacity:
-        return memory.latents, memory.valid
+        return memory.latents[classes], memory.valid[classes]
     slots = jax.random.choice(key, memory.capacity, (size,), replace=False)
-    return memory.latents[:, slots], memory.valid[:, slots]
+    return memory.latents[classes[:, None], slots], memory.valid[classes[:, None], slots]
 
 
 def take_component(values: jax.Array, components: jax.Array) -> jax.Array:
@@ -136,19 +159,22 @@ def lgmm_objective(
     temperature = config.responsibility_temperature
     batch_log_prob = mixture.labelled_log_prob(generative_z, labels, means, scales)  # [B, K]
     batch_joint = batch_log_prob + log_weights[labels]
-    bank_latents, bank_valid = sample_slots(memory, config.bank_sample_size, key)
-    bank_log_prob = mixture.own_class_log_prob(bank_latents, means, scales)  # [C, S, K]
-    bank_joint = bank_log_prob + log_weights[:, None, :]
+    classes, distinct = batch_classes(labels, mask, memory.num_classes)
+    bank_latents, bank_valid = sample_slots(memory, classes, config.bank_sample_size, key)
+    bank_log_prob = mixture.own_class_log_prob(bank_latents, means[classes], scales[classes])  # [P, S, K]
+    bank_joint = bank_log_prob + log_weights[classes][:, None, :]
     batch_responsibilities = jax.nn.softmax(batch_joint / temperature, axis=-1)
     bank_responsibilities = jax.nn.softmax(bank_joint / temperature, axis=-1)
     soft_usage, class_present = mixture.masked_usage(bank_responsibilities, bank_valid)
+    counted_once = class_present & distinct
 
     if config.assignment == "sinkhorn":
         potentials = mixture.sinkhorn_log_potentials(
             fixed(bank_log_prob), bank_valid, config.sinkhorn_epsilon, config.sinkhorn_iterations
         )
         eps = config.sinkhorn_epsilon
-        batch_targets = mixture.balanced_assignment(fixed(batch_log_prob), potentials[labels], eps)
+        rows = jnp.searchsorted(classes, labels)  # each example's class among `classes`
+        batch_targets = mixture.balanced_assignment(fixed(batch_log_prob), potentials[rows], eps)
         bank_assignment = mixture.balanced_assignment(fixed(bank_log_prob), potentials[:, None], eps)
         nll = losses.masked_mean(-take_component(batch_joint, batch_targets), mask)
     else:
@@ -170,11 +196,12 @@ def lgmm_objective(
         targets, has_members = mixture.assigned_means(
             bank_latents, bank_valid, bank_assignment, num_components
         )
-        squared = jnp.sum(jnp.square(means - fixed(targets)), axis=-1)  # [C, K]
-        one_hot = losses.masked_mean(squared.reshape(-1), has_members.reshape(-1))
+        squared = jnp.sum(jnp.square(means[classes] - fixed(targets)), axis=-1)  # [P, K]
+        counted = has_members & distinct[:, None]
+        one_hot = losses.masked_mean(squared.reshape(-1), counted.reshape(-1))
     else:
         one_hot = losses.one_hot_loss(batch_responsibilities, mask, batch_targets)
-    average = losses.average_usage_loss(soft_usage, class_present, config.usage_distance)
+    average = losses.average_usage_loss(soft_usage, counted_once, config.usage_distance)
     generative = losses.generative_loss(nll, one_hot, average, config.lambda_one, config.lambda_avg)
 
     if config.training == "generative_only":
@@ -191,6 +218,8 @@ def lgmm_objective(
     }
     outputs = ObjectiveOutputs(
         memory=memory,
+        classes=classes,
+        distinct=distinct,
         counts=fixed(counts),
         class_present=class_present,
         hard_usage=fixed(hard_usage),

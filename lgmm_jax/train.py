@@ -100,20 +100,23 @@ def lgmm_train_step(
     (_, (outputs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)
+    rows = outputs.classes  # only the classes of the batch are updated (`objective.batch_classes`)
     if moment_rate is not None:
-        head = moment_matched_head(
-            params["head"], outputs.bank_latents, outputs.bank_valid, outputs.bank_weights,
+        head = params["head"]
+        moved = moment_matched_head(
+            {name: value[rows] for name, value in head.items()},
+            outputs.bank_latents, outputs.bank_valid, outputs.bank_weights,
             objective.scale_floor, moment_rate,
         )
-        params = {**params, "head": head}
-    new_log_weights = counted_log_weights(
-        outputs.counts, outputs.class_present, log_weights, ema_decay=weight_ema
+        params = {**params, "head": {name: head[name].at[rows].set(moved[name]) for name in head}}
+    new_log_weights = log_weights.at[rows].set(
+        counted_log_weights(outputs.counts, outputs.class_present, log_weights[rows], ema_decay=weight_ema)
     )
     correct = jnp.argmax(outputs.class_log_likelihood, -1) == batch["label"]
     metrics = dict(outputs.terms)
     metrics["accuracy"] = losses.masked_mean(correct.astype(jnp.float32), batch["mask"])
     metrics["effective_components"] = losses.masked_mean(
-        losses.effective_components(outputs.hard_usage), outputs.class_present
+        losses.effective_components(outputs.hard_usage), outputs.class_present & outputs.distinct
     )
     new_state = state.replace(
         step=state.step + 1,

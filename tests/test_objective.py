@@ -147,3 +147,45 @@ def test_bank_subsample_looks_at_a_random_subset_of_slots():
 def test_temperatures_must_be_positive(name):
     with pytest.raises(ValueError, match=f"loss.{name}=0.0 must be positive"):
         ObjectiveConfig(**{name: 0.0})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_batch_with_fewer_examples_than_classes_updates_only_its_classes(variant):
+    """With B < C the bank work covers only the batch's classes (Appendix G); the reference is the same
+    batch padded with masked examples to B >= C, which takes every class (only the batch's have latents)."""
+    num_classes, batch = 8, 5
+    head = GMMHead(num_classes=num_classes, num_components=K, latent_dim=D, scale_floor=FLOOR)
+    theta = head.init(jax.random.key(0), jnp.zeros((1, D)))["params"]
+    log_weights = jnp.log(jax.random.dirichlet(jax.random.key(4), jnp.ones(K), (num_classes,)))
+    z = jax.random.normal(jax.random.key(2), (batch, D))
+    z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    labels = jnp.array([5, 1, 3, 3, 6])
+    mask = jnp.array([True, True, True, True, False])  # class 6 is padding: not a class of this batch
+    config = ObjectiveConfig(num_components=K, scale_floor=FLOOR, variant=variant)
+    memory = create_memory(num_classes, 6, D)
+    padding = num_classes - batch
+
+    def objective(z, theta, labels, mask):
+        return lgmm_objective(z, labels, mask, theta, log_weights, memory, config)
+
+    (total, few), grads = jax.value_and_grad(objective, (0, 1), has_aux=True)(z, theta, labels, mask)
+    padded = (
+        jnp.concatenate([z, jnp.tile(z[:1], (padding, 1))]),
+        theta,
+        jnp.concatenate([labels, jnp.zeros(padding, labels.dtype)]),
+        jnp.concatenate([mask, jnp.zeros(padding, bool)]),
+    )
+    (expected_total, every), expected_grads = jax.value_and_grad(objective, (0, 1), has_aux=True)(*padded)
+
+    np.testing.assert_array_equal(few.classes, [1, 3, 5, 5, 5])
+    np.testing.assert_array_equal(few.distinct, [True, True, True, False, False])
+    assert every.classes.shape == (num_classes,)
+    np.testing.assert_allclose(total, expected_total, rtol=1e-6)
+    for name in every.terms:
+        np.testing.assert_allclose(few.terms[name], every.terms[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    for row, label in enumerate([1, 3, 5]):
+        np.testing.assert_allclose(few.counts[row], every.counts[label])
+        np.testing.assert_allclose(few.hard_usage[row], every.hard_usage[label])
+    np.testing.assert_allclose(grads[0], expected_grads[0][:batch], rtol=1e-5, atol=1e-7)
+    for name in theta:
+        np.testing.assert_allclose(grads[1][name], expected_grads[1][name], rtol=1e-5, atol=1e-7, err_msg=name)
