@@ -4,7 +4,8 @@
 `jax.value_and_grad` of it over (encoder parameters, head parameters) therefore yields exactly dL_D/dphi
 for the encoder and dL_G/dtheta for the Gaussians, in one encoder pass: the discriminative loss never
 moves the mixture and the generative loss never moves the encoder. The mixture weights pi are not
-parameters at all: they are counted from the memory bank (see `lgmm_jax.mixture`).
+parameters at all: they are counted from the memory bank (see `lgmm_jax.mixture`). As in Appendix G,
+a step updates the mixtures of the classes in its batch only (`batch_classes`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ class ObjectiveConfig:
       (`losses.discriminative_loss` says why a larger T trains better on the unit sphere).
     bank_sample_size: remembered slots per class that the usage, the counts and the balancing look at
       in one step (a fresh random subset each step; all of them when the bank is no larger). The
-      bank's log-densities are the objective's largest cost (C * M * K * D, differentiated through
-      L_avg), so ImageNet's M = 2000 would otherwise cost more than the encoder (bench/head.py).
+      bank's log-densities are the objective's largest cost (P * S * K * D for the P = min(B, C)
+      classes a step updates, see `batch_classes`, differentiated through L_avg), so ImageNet's
+      M = 2000 would otherwise cost more than the encoder (bench/head.py).
     """
 
     num_components: int = 3

@@ -128,3 +128,38 @@ def test_a_relative_workdir_trains_checkpoints_and_resumes(tmp_path, monkeypatch
     results = train.train_and_evaluate(config, "workdir")  # resumes from step 10
     assert "15" in os.listdir(tmp_path / "workdir" / "checkpoints")
     assert results["closed_set"]["num_examples"] > 0
+
+
+@pytest.mark.parametrize("gmm_update", ["moment_matching", "gradient"])
+def test_a_step_updates_only_the_mixtures_of_the_batch_classes(gmm_update):
+    """Appendix G's rule (`objective.batch_classes`): with fewer examples than classes, the counted weights
+    (and, with M-steps, the Gaussians) of a class absent from the batch stay as they were, though its
+    remembered latents are there. (Gradient steps still move its Gaussians by Adam's momentum.)"""
+    from lgmm_jax import state as state_lib
+    from lgmm_jax.sharding import make_mesh
+
+    num_classes = 6
+    config = small_config(batch_size=4, **{"model.gmm_update": gmm_update})
+    mesh = make_mesh()
+    model = state_lib.create_model(config.model, num_classes)
+    optimizer, _ = state_lib.create_optimizer(config, 10, 100)
+    train_state, shardings = state_lib.create_sharded_train_state(
+        config, model, optimizer, (8, 8, 1), num_classes, mesh
+    )
+    step = train.make_train_step(config, model, optimizer, shardings, mesh)
+    images = np.random.default_rng(0).uniform(size=(2, 4, 8, 8, 1)).astype(np.float32)
+
+    def mixture_of(state):
+        return jax.device_get((state.params["head"], state.mixture["head"]["log_weights"]))
+
+    train_state, _ = step(train_state, {"image": images[0], "label": np.array([1, 3, 5, 1]), "mask": np.ones(4, bool)})
+    (head, log_weights) = mixture_of(train_state)
+    train_state, _ = step(train_state, {"image": images[1], "label": np.array([0, 2, 2, 4]), "mask": np.ones(4, bool)})
+    (new_head, new_log_weights) = mixture_of(train_state)
+    absent, present = [1, 3, 5], [0, 2, 4]
+    np.testing.assert_array_equal(new_log_weights[absent], log_weights[absent])
+    assert not np.allclose(new_log_weights[present], log_weights[present])
+    assert not np.allclose(new_head["means"][present], head["means"][present])
+    if gmm_update == "moment_matching":
+        np.testing.assert_array_equal(new_head["means"][absent], head["means"][absent])
+        np.testing.assert_array_equal(new_head["raw_scales"][absent], head["raw_scales"][absent])
