@@ -5,6 +5,7 @@ Shared by training, evaluation and export, so that each rebuilds exactly the sam
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -29,8 +30,8 @@ SCHEDULES = ("constant", "cosine", "step", "poly")
 class TrainState:
     """Everything a run needs to continue exactly where it stopped (all of it is checkpointed).
 
-    params: {"backbone", "projection", "head"} for L-GMM (theta = params["head"]), the classifier's
-      parameters for the softmax counterpart. mixture: the counted weights {"head": {"log_weights"}}
+    params: {"backbone", "projection", "head"} for L-GMM (theta = params["head"]), {"backbone",
+      "classifier"} for the softmax counterpart. mixture: the counted weights {"head": {"log_weights"}}
       ({} for softmax). memory: the class-conditional memory bank (None for softmax). rng: the run's
       base key; each step folds its step number in.
     """
@@ -145,9 +146,14 @@ def base_optimizer(optimizer_config, learning_rate, weight_decay: float):
     raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
 
 
-def parameter_group(path, _) -> str:
-    """'gmm' for the density head theta, 'encoder' for everything else (phi)."""
-    return "gmm" if getattr(path[0], "key", None) == "head" else "encoder"
+def parameter_groups(params, head: str):
+    """The optimiser group of every parameter: 'gmm' for L-GMM's density head theta (`params["head"]`),
+    'encoder' for everything else (phi), the softmax counterpart's classifier included."""
+
+    def group(path, _) -> str:
+        return "gmm" if head == "lgmm" and getattr(path[0], "key", None) == "head" else "encoder"
+
+    return jax.tree_util.tree_map_with_path(group, params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
@@ -160,7 +166,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
     gmm_lr = learning_rate_schedule(opt, opt.gmm_learning_rate, steps_per_epoch, total_steps)
     gmm = base_optimizer(opt, gmm_lr, 0.0) if gmm_moment_rate(config.model) is None else optax.set_to_zero()
     transforms = {"encoder": base_optimizer(opt, encoder_lr, opt.weight_decay), "gmm": gmm}
-    labels = lambda params: jax.tree_util.tree_map_with_path(parameter_group, params)  # noqa: E731
+    labels = functools.partial(parameter_groups, head=config.model.head)
     return optax.multi_transform(transforms, labels), encoder_lr
 
 

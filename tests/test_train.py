@@ -163,3 +163,60 @@ def test_a_step_updates_only_the_mixtures_of_the_batch_classes(gmm_update):
     if gmm_update == "moment_matching":
         np.testing.assert_array_equal(new_head["means"][absent], head["means"][absent])
         np.testing.assert_array_equal(new_head["raw_scales"][absent], head["raw_scales"][absent])
+
+
+def real_batches(config, count):
+    """The first `count` training batches of the config's real data, as the trainer reads them."""
+    from lgmm_jax import experiment
+
+    protocol = experiment.resolve_protocol(config)
+    source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    stream = experiment.train_stream(config, protocol, source)
+    batches = [next(stream) for _ in range(count)]
+    return [{**b, "mask": np.ones(b["label"].shape, bool)} for b in batches]
+
+
+def trained_parameters(config, num_steps=3):
+    """(initial params, params after `num_steps` real train steps) of the config's model."""
+    from lgmm_jax import experiment
+    from lgmm_jax import state as state_lib
+    from lgmm_jax.sharding import make_mesh
+
+    protocol = experiment.resolve_protocol(config)
+    source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    num_classes = experiment.num_known_classes(protocol, source)
+    mesh = make_mesh()
+    model = state_lib.create_model(config.model, num_classes)
+    optimizer, _ = state_lib.create_optimizer(config, 10, 100)
+    train_state, shardings = state_lib.create_sharded_train_state(
+        config, model, optimizer, experiment.model_input_shape(config, protocol, source), num_classes, mesh
+    )
+    initial = jax.device_get(train_state.params)
+    step = train.make_train_step(config, model, optimizer, shardings, mesh)
+    for batch in real_batches(config, num_steps):
+        train_state, _ = step(train_state, batch)
+    return initial, jax.device_get(train_state.params)
+
+
+@pytest.mark.parametrize("gmm_update", ["moment_matching", "gradient"])
+@pytest.mark.parametrize("head", ["lgmm", "softmax"])
+def test_every_trainable_parameter_moves(head, gmm_update):
+    """Issue 12: the softmax counterpart's classifier sat in the GMM's optimiser group, which M-steps
+    replace by optax.set_to_zero(), so it never left its initialisation. Every leaf must move."""
+    config = small_config(**{"model.head": head, "model.gmm_update": gmm_update})
+    initial, trained = trained_parameters(config)
+    flat_initial = jax.tree_util.tree_leaves_with_path(initial)
+    flat_trained = jax.tree_util.tree_leaves(trained)
+    assert len(flat_initial) == len(flat_trained)
+    frozen = [jax.tree_util.keystr(path) for (path, a), b in zip(flat_initial, flat_trained) if np.array_equal(a, b)]
+    assert not frozen, f"parameters that did not move: {frozen}"
+
+
+def test_under_moment_matching_the_gaussians_move_by_the_m_step_only():
+    """model.gmm_update=moment_matching: theta takes no optimiser step. With a moment rate of 0 the
+    M-step moves nothing, so the means and scales must stay bit-equal while the encoder trains."""
+    config = small_config(**{"model.gmm_update": "moment_matching", "model.moment_rate": 0.0})
+    initial, trained = trained_parameters(config)
+    for name in initial["head"]:
+        np.testing.assert_array_equal(trained["head"][name], initial["head"][name], err_msg=name)
+    assert not np.array_equal(trained["projection"]["kernel"], initial["projection"]["kernel"])

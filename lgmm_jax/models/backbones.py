@@ -90,7 +90,10 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
 
 
 class Classifier(nn.Module):
-    """Backbone followed by a Dense softmax head; logits are float32 whatever the compute dtype."""
+    """Backbone followed by a Dense softmax classifier; logits are float32 whatever the compute dtype.
+
+    The Dense layer is named `classifier`: `head` is the L-GMM density head theta, which trains apart.
+    """
 
     backbone: nn.Module
     num_classes: int
@@ -102,7 +105,7 @@ class Classifier(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         features = self.backbone(images, train)
-        return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(
+        return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="classifier")(
             features.astype(jnp.float32)
         )
 

@@ -205,7 +205,7 @@ def test_bfloat16_compute_keeps_float32_parameters(name, kwargs, images_shape):
     assert {leaf.dtype for leaf in _floating_leaves(variables)} == {jnp.dtype(jnp.float32)}
     assert logits.dtype == jnp.float32
     activations = dict(state["intermediates"])
-    del activations["head"], activations["__call__"]  # the float32 classifier head
+    del activations["classifier"], activations["__call__"]  # the float32 classifier
     dtypes = {leaf.dtype for leaf in _floating_leaves(activations)}
     assert dtypes == {jnp.dtype(jnp.bfloat16)}
     assert np.all(np.isfinite(np.asarray(logits)))
