@@ -120,6 +120,11 @@ class ArraySource:
         return {"image": self._images[index], "label": int(self._labels[index])}
 
     @property
+    def images(self) -> np.ndarray:
+        """Every image, uint8 ``[N, H, W, C]`` (the array itself, not a copy)."""
+        return self._images
+
+    @property
     def labels(self) -> np.ndarray:
         return self._labels
 
