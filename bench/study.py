@@ -1,16 +1,21 @@
 """The real-data study: L-GMM against its softmax counterpart, and the paper's Table 7 ablations.
 
-    python bench/study.py                       # Fashion-MNIST, the committed study (see README)
+    python bench/study.py                       # Fashion-MNIST, 10 epochs: the committed study (README)
     python bench/study.py --suite=digits        # the same on scikit-learn digits, in minutes
-    python bench/study.py --only=lgmm,softmax --seeds=0
+    python bench/study.py --only=lgmm,softmax --seeds=0 --no-ablations
 
 Each run is one `lgmm_jax.train.train_and_evaluate` with the suite's base config plus a variant's
-overrides, in its own workdir under --root (a finished run is not repeated: delete its folder to redo
-it). Every variant runs on each protocol of the suite (Fashion-MNIST: all ten classes known with
-MNIST-5k as unknown, and the 6/4 split) for each seed. Writes --output (JSON: rows[variant][protocol]
-holds each seed's numbers and their summary (mean and standard deviation), both shaped like results.json:
-`closed_set` (top1), `open_set` (per unknown set, per score: auroc, fpr95, aupr_in, aupr_out) and
-`effective_components`) and prints a markdown table.
+overrides, in its own workdir under --root (default: `studies/` in the checkout, ignored by git). A
+finished run is not repeated and an unfinished one resumes from its last checkpoint, so the study can be
+stopped at any moment and started again with the same command (delete a run's folder to redo it).
+Every variant runs on each protocol of the suite (Fashion-MNIST: all ten classes known with MNIST-5k as
+unknown, and the 6/4 split) for each seed, seed by seed, so that the first seed of every variant is done
+before the second starts. The main variants also evaluate after the suite's curve epochs (a learning
+curve, `eval.epochs`). After every run --output (JSON) is rewritten with what has finished:
+rows[variant][protocol] holds each seed's numbers and their summary (mean and standard deviation), shaped
+like results.json: `closed_set` (top1), `open_set` (per unknown set, per score: auroc, fpr95, aupr_in,
+aupr_out) and `effective_components`; `curve[variant][protocol][epoch]` the top-1 and the best AUROC of
+each seed after that epoch. It prints a markdown table and draws the curve (--curve_plot).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -28,10 +34,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default, fashion_mnist  # noqa: E402
 
 SUITES = {
-    # suite -> (base config, protocols, epochs)
-    "fashion_mnist": (fashion_mnist.get_config, ("fashion_mnist_vs_mnist", "fashion_mnist_6_4"), 1),
-    "digits": (default.get_config, ("digits_6_4",), 40),
+    # suite -> (base config, protocols, epochs, learning-curve epochs)
+    "fashion_mnist": (fashion_mnist.get_config, ("fashion_mnist_vs_mnist", "fashion_mnist_6_4"), 10, (1, 3)),
+    "digits": (default.get_config, ("digits_6_4",), 40, (5, 15)),
 }
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Table 7's loss ablations change L_G, which only gradient updates of the Gaussians follow (with the
 # default moment matching L_G moves nothing): they run with gradient updates, against `gradient_t10`.
@@ -40,6 +47,7 @@ GRADIENT = {"model.gmm_update": "gradient"}
 VARIANTS = {
     "lgmm": {},
     "softmax": {"model.head": "softmax"},
+    "paper": {"method": "paper"},  # Section 2 exactly as written (lgmm_jax.experiment.paper_method_settings)
     "lgmm_k1": {"model.num_components": 1},
     "lgmm_k2": {"model.num_components": 2},
     "lgmm_k4": {"model.num_components": 4},
@@ -67,11 +75,11 @@ VARIANTS = {
     "scale_floor_0.1": {"model.scale_floor": 0.1, "model.init_scale": 0.15},
     "encoder_lr_3e-3": {"optimizer.learning_rate": 3e-3},
 }
-DEFAULT_VARIANTS = ("lgmm", "softmax", "paper_eq7", "gradient_t3", "gradient_t10")
-# One seed, first protocol only: Table 7's ablations and the issue-8 candidates.
-ABLATIONS = ("lgmm_k1", "lgmm_k2", "lgmm_k4", "generative_only", "no_one_hot", "no_average", "mle_only",
-             "appendix_g", "posterior_only", "sinkhorn_no_reseed", "temperature_1", "temperature_3",
-             "temperature_30")
+DEFAULT_VARIANTS = ("lgmm", "softmax", "paper")
+# First protocol only, first seed (more with --ablation_seeds): Table 7 (K, generative-only, the loss
+# components against their gradient-step reference) and the ways of keeping the components alive.
+ABLATIONS = ("lgmm_k1", "lgmm_k2", "lgmm_k4", "gradient_t10", "generative_only", "no_one_hot", "no_average",
+             "mle_only", "appendix_g", "posterior_only")
 
 
 def headline(results: dict) -> dict:
@@ -123,23 +131,120 @@ def flatten(nested: dict) -> dict:
     return flat
 
 
-def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, root: str) -> dict:
+def run_workdir(root: str, suite: str, protocol: str, variant: str, seed: int) -> str:
+    return os.path.join(root, suite, protocol, variant, f"seed{seed}")
+
+
+def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, root: str, curve=()) -> dict:
+    """results.json of one run: read if it finished before, else trained (resuming where it stopped)."""
     from lgmm_jax import train
 
-    workdir = os.path.join(root, suite, protocol, variant, f"seed{seed}")
+    workdir = run_workdir(root, suite, protocol, variant, seed)
     results_path = os.path.join(workdir, "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
             return json.load(f)
-    make_config, _, _ = SUITES[suite]
+    make_config = SUITES[suite][0]
     config = make_config()
     dataset = "fashion_mnist" if protocol.startswith("fashion") else config.dataset
-    config.update_from_flattened_dict({"protocol": protocol, "dataset": dataset, "seed": seed, "num_epochs": epochs})
+    config.update_from_flattened_dict(
+        {"protocol": protocol, "dataset": dataset, "seed": seed, "num_epochs": epochs, "eval.epochs": tuple(curve)}
+    )
     config.update_from_flattened_dict(VARIANTS[variant])
     started = time.time()
     results = train.train_and_evaluate(config, workdir)
     print(f"[{time.time() - started:.0f}s] {protocol} {variant} seed {seed}", flush=True)
     return results
+
+
+def best_auroc(results: dict) -> float:
+    """The highest AUROC of any score on any unknown set: the model's best open-set showing."""
+    return max(
+        values["auroc"]
+        for by_score in results["open_set"].values()
+        for values in by_score.values()
+        if isinstance(values, dict)
+    )
+
+
+def curve_point(results: dict) -> dict:
+    return {"top1": results["closed_set"]["top1"], "best_auroc": best_auroc(results)}
+
+
+def read_curve(workdir: str, curve_epochs, epochs: float, final: dict) -> dict:
+    """epoch -> curve_point for each learning-curve evaluation the run wrote, and the final one."""
+    points = {}
+    for epoch in curve_epochs:
+        path = os.path.join(workdir, "curve", f"epoch_{float(epoch):g}", "results.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                points[f"{float(epoch):g}"] = curve_point(json.load(f))
+    points[f"{float(epochs):g}"] = curve_point(final)
+    return points
+
+
+def study_plan(protocols, variants, seeds, ablations: bool, ablation_seeds) -> list[tuple[str, str, int, bool]]:
+    """(protocol, variant, seed, with the learning curve) in the order they run: seed by seed."""
+    plan = [(p, v, s, True) for s in seeds for p in protocols for v in variants]
+    if ablations:
+        plan += [(protocols[0], v, s, False) for s in ablation_seeds for v in ABLATIONS if v not in variants]
+    return plan
+
+
+def write_study(study: dict, finished: dict, output: str) -> None:
+    """Rebuild rows and curve from the finished runs and write the JSON."""
+    study["rows"], study["curve"] = {}, {}
+    for (protocol, variant), runs in finished.items():
+        per_seed = [headline(results) for _, results, _ in runs]
+        study["rows"].setdefault(variant, {})[protocol] = {
+            "seeds": [nest(row) for row in per_seed],
+            "seed_ids": [seed for seed, _, _ in runs],
+            "summary": nest(summarise(per_seed)),
+        }
+        curves = {seed: points for seed, _, points in runs if points}
+        if curves:
+            epochs = sorted({e for points in curves.values() for e in points}, key=float)
+            study["curve"].setdefault(variant, {})[protocol] = {
+                epoch: {str(seed): points[epoch] for seed, points in curves.items() if epoch in points}
+                for epoch in epochs
+            }
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(study, f, indent=1)
+
+
+def plot_curve(study: dict, path: str) -> None:
+    """Top-1 and best AUROC against epochs, mean over seeds with min-max bands, one column per protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocols = sorted({p for by_protocol in study["curve"].values() for p in by_protocol})
+    if not protocols:
+        return
+    figure, axes = plt.subplots(2, len(protocols), figsize=(5 * len(protocols), 7), squeeze=False)
+    for column, protocol in enumerate(protocols):
+        for variant, by_protocol in study["curve"].items():
+            if protocol not in by_protocol:
+                continue
+            epochs = sorted(by_protocol[protocol], key=float)
+            for row, metric in enumerate(("top1", "best_auroc")):
+                values = [[100 * p[metric] for p in by_protocol[protocol][e].values()] for e in epochs]
+                x = [float(e) for e in epochs]
+                axes[row][column].plot(x, [np.mean(v) for v in values], marker="o", label=variant)
+                axes[row][column].fill_between(x, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+        axes[0][column].set_title(protocol)
+        axes[0][column].set_ylabel("top-1 (%)")
+        axes[1][column].set_ylabel("best AUROC of the model's scores (%)")
+        axes[1][column].set_xlabel("epochs")
+        for row in range(2):
+            axes[row][column].set_xscale("log")
+            axes[row][column].grid(alpha=0.3)
+            axes[row][column].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def main(argv=None) -> None:
@@ -148,35 +253,47 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default=",".join(DEFAULT_VARIANTS), help="variants, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run ABLATIONS with the first seed on the first protocol")
+                        help="also run ABLATIONS on the first protocol")
+    parser.add_argument("--ablation_seeds", default="0", help="seeds of the ablations, comma-separated")
     parser.add_argument("--epochs", type=float, default=None, help="default: the suite's")
-    parser.add_argument("--root", default="/tmp/lgmm_study")
+    parser.add_argument("--root", default=os.path.join(REPOSITORY, "studies"))
     parser.add_argument("--output", default=None, help="default: bench/results/<suite>.json")
+    parser.add_argument("--curve_plot", default=None, help="default: bench/results/<suite>_curve.png")
     args = parser.parse_args(argv)
-    _, protocols, default_epochs = SUITES[args.suite]
+    _, protocols, default_epochs, curve_epochs = SUITES[args.suite]
     epochs = args.epochs or default_epochs
     variants = [v for v in args.only.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    output = args.output or os.path.join(os.path.dirname(__file__), "results", f"{args.suite}.json")
-    plan = [(protocol, variant, seeds) for protocol in protocols for variant in variants]
-    if args.ablations:
-        plan += [(protocols[0], variant, seeds[:1]) for variant in ABLATIONS if variant not in variants]
-    study = {"suite": args.suite, "epochs": epochs, "seeds": seeds, "rows": {}}
+    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
+    results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    output = args.output or os.path.join(results_dir, f"{args.suite}.json")
+    curve_plot = args.curve_plot or os.path.join(results_dir, f"{args.suite}_curve.png")
+    curve_epochs = tuple(e for e in curve_epochs if e < epochs)
+    study = {"suite": args.suite, "epochs": epochs, "curve_epochs": list(curve_epochs), "seeds": seeds,
+             "ablation_seeds": ablation_seeds, "commit": current_commit()}
+    finished: dict = {}
     started = time.time()
-    for protocol, variant, variant_seeds in plan:
-        per_seed = [headline(run_one(args.suite, protocol, variant, s, epochs, args.root)) for s in variant_seeds]
-        study["rows"].setdefault(variant, {})[protocol] = {
-            "seeds": [nest(row) for row in per_seed],
-            "summary": nest(summarise(per_seed)),
-        }
+    for protocol, variant, seed, with_curve in study_plan(protocols, variants, seeds, args.ablations, ablation_seeds):
+        curve = curve_epochs if with_curve else ()
+        results = run_one(args.suite, protocol, variant, seed, epochs, args.root, curve)
+        workdir = run_workdir(args.root, args.suite, protocol, variant, seed)
+        points = read_curve(workdir, curve, epochs, results) if with_curve else None
+        finished.setdefault((protocol, variant), []).append((seed, results, points))
         study["minutes"] = round((time.time() - started) / 60, 1)
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        with open(output, "w") as f:
-            json.dump(study, f, indent=1)
+        write_study(study, finished, output)
+        plot_curve(study, curve_plot)
     print(markdown(study))
+
+
+def current_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def table_from_file(path: str) -> None:

@@ -277,6 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     and the input iterator's position, all as they were after the checkpoint's step. SIGTERM (a
     preemption notice) checkpoints the step reached and raises `checkpointing.Preempted`.
     """
+    config = experiment.resolve_method(config)
     with checkpointing.preemption_guard() as preemption:
         checkpointing.check_compatible(workdir, config)  # before any work: a wrong workdir fails at once
         mesh = make_mesh()
@@ -306,17 +307,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"step {start_step} on {mesh.devices.size} device(s) in {jax.process_count()} process(es){memory}"
             )
             writer = MetricsWriter(workdir, enabled=jax.process_index() == 0, start_step=start_step)
+            train_step = make_train_step(config, model, optimizer, shardings, mesh)
+            curve = curve_steps(config, steps_per_epoch, total_steps)
             with contextlib.closing(writer), preemption.steps() as preempted:
-                state = run_steps(
-                    config, state, start_step, total_steps, steps_per_epoch, train_iter,
-                    make_train_step(config, model, optimizer, shardings, mesh), shardings, mesh,
-                    learning_rate, checkpoints, writer, preempted,
-                )
+                for end_step in [s for s in curve if s > start_step] + [total_steps]:
+                    state = run_steps(
+                        config, state, int(state.step), end_step, total_steps, steps_per_epoch, train_iter,
+                        train_step, shardings, mesh, learning_rate, checkpoints, writer, preempted,
+                    )
+                    if end_step in curve:
+                        evaluate_curve_point(config, workdir, model, state, protocol, mesh, curve[end_step])
         if preemption.notice.is_set():  # SIGTERM after the last step's check: its checkpoint is saved
             raise checkpointing.Preempted(
                 f"preempted after step {total_steps}: checkpoint saved; rerun the same command to evaluate"
             )
         return evaluate.evaluate_and_write(config, workdir, model, state, protocol, mesh)
+
+
+CURVE_DIR = "curve"
+
+
+def curve_steps(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> dict[int, float]:
+    """step -> epoch of each learning-curve evaluation (`eval.epochs`) that falls before the last step."""
+    steps = {int(round(epoch * steps_per_epoch)): float(epoch) for epoch in config.eval.get("epochs", ())}
+    return {step: epoch for step, epoch in sorted(steps.items()) if 0 < step < total_steps}
+
+
+def evaluate_curve_point(config, workdir, model, state, protocol, mesh, epoch: float) -> None:
+    """The final evaluation, run after `epoch` epochs into workdir/curve/epoch_E (once: a resumed run that
+    passes the same step again finds its results.json and moves on)."""
+    folder = os.path.join(workdir, CURVE_DIR, f"epoch_{epoch:g}")
+    if epath.Path(folder, evaluate.RESULTS_FILE).exists():
+        return
+    console(f"learning curve: evaluating after epoch {epoch:g}")
+    evaluate.evaluate_and_write(config, folder, model, state, protocol, mesh)
 
 
 def check_evaluation_data(config: ml_collections.ConfigDict, protocol) -> None:
@@ -327,17 +351,18 @@ def check_evaluation_data(config: ml_collections.ConfigDict, protocol) -> None:
         experiment.data_source(unknown, config=config)
 
 
-def run_steps(config, state, start_step, total_steps, steps_per_epoch, train_iter, train_step, shardings,
-              mesh, learning_rate, checkpoints, writer, preempted):
-    """Steps start_step+1 .. total_steps: log, checkpoint (after the step, with the iterator's position
-    after its batch), re-seed the means after the configured epochs, stop cleanly on preemption."""
+def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch, train_iter, train_step,
+              shardings, mesh, learning_rate, checkpoints, writer, preempted):
+    """Steps start_step+1 .. end_step of a run of total_steps: log, checkpoint (after the step, with the
+    iterator's position after its batch), re-seed the means after the configured epochs, stop cleanly on
+    preemption."""
     reseed_steps = {int(epoch * steps_per_epoch) for epoch in config.loss.get("reseed_epochs", ())}
     is_lgmm = config.model.head == "lgmm"
     reseed = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)
     pending: list[tuple[int, dict]] = []
     last_log_time, last_log_step, started = time.time(), start_step, time.time()
     step = start_step
-    while step < total_steps:
+    while step < end_step:
         local = next(train_iter)
         local["mask"] = np.ones(local["label"].shape, bool)
         state, metrics = train_step(state, global_batch(local, mesh))

@@ -220,3 +220,34 @@ def test_under_moment_matching_the_gaussians_move_by_the_m_step_only():
     for name in initial["head"]:
         np.testing.assert_array_equal(trained["head"][name], initial["head"][name], err_msg=name)
     assert not np.array_equal(trained["projection"]["kernel"], initial["projection"]["kernel"])
+
+
+def test_learning_curve_evaluations_leave_the_run_unchanged(tmp_path):
+    """eval.epochs=(0.5,) writes curve/epoch_0.5/results.json mid-run; the final numbers are those of a run
+    without it, and a rerun (resume) does not evaluate the same point again."""
+    base = {"num_train_steps": -1, "num_epochs": 1.0, "checkpoint_every_steps": 1000}
+    plain = train.train_and_evaluate(small_config(**base), str(tmp_path / "plain"))
+    with_curve = train.train_and_evaluate(small_config(**base, **{"eval.epochs": (0.5,)}), str(tmp_path / "curve"))
+    assert with_curve == plain
+    point = tmp_path / "curve" / "curve" / "epoch_0.5" / "results.json"
+    midway = json.loads(point.read_text())
+    assert 1 / 6 < midway["closed_set"]["top1"] and midway["closed_set"]["num_examples"] == plain["closed_set"]["num_examples"]
+    assert set(midway["open_set"]["unknown_classes"]) == set(plain["open_set"]["unknown_classes"])
+
+
+def test_paper_method_pins_section_2_as_written(tmp_path):
+    """--config.method=paper: gradient steps on L_G, Eq. 7 untempered, a scale per component, argmax
+    assignments, no re-seed, the whole bank; config.json records the settings the run used."""
+    config = small_config(num_train_steps=3, method="paper")
+    results = train.train_and_evaluate(config, str(tmp_path))
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["model"]["gmm_update"] == "gradient" and written["model"]["share_scale"] is False
+    assert written["loss"]["discriminative_temperature"] == 1.0 and written["loss"]["assignment"] == "posterior"
+    assert written["loss"]["reseed_epochs"] == [] and written["loss"]["bank_sample_size"] == config.memory_size
+    assert results["closed_set"]["num_examples"] > 0
+    assert config.model.gmm_update == "moment_matching"  # the caller's config is left as it was
+
+
+def test_an_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method='papper' is not one of"):
+        train.train_and_evaluate(small_config(method="papper"), "/nonexistent/never/written")
