@@ -341,6 +341,37 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def prepared_tfds_builder(name: str, data_dir: str | None = None, bundled: Sequence[str] = BUNDLED_DATASETS):
+    """The TFDS builder of dataset ``name``, failing fast when the data is not prepared (never downloads).
+
+    Raises:
+      ValueError: ``name`` is no TFDS builder (the message lists the ``bundled`` names as alternatives).
+      DatasetNotAvailableError: the dataset is not prepared in ``data_dir``; the message says how to do it.
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"unknown dataset {name!r}: not bundled ({', '.join(bundled)}) and not a TFDS builder") from error
+    if not builder.is_prepared():
+        location = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        raise DatasetNotAvailableError(
+            f"TFDS dataset {name!r} is not prepared in {location}: run `tfds build {name} --data_dir=DIR` "
+            "(or tfds.data_source with download=True) on a machine with TensorFlow and internet, "
+            "then copy DIR's content to the data_dir you pass here (a local folder or gs:// bucket)")
+    return builder
+
+
+def tfds_split_data_source(builder, split: str, **kwargs):
+    """``builder.as_data_source(split=split, **kwargs)``, with a one-line ValueError for a bad split."""
+    try:
+        return builder.as_data_source(split=split, **kwargs)
+    except (ValueError, KeyError, AssertionError) as error:
+        raise ValueError(f"cannot read split {split!r} of TFDS dataset {builder.name!r}: {_first_line(error)}") from error
+
+
 class TfdsSource:
     """A prepared TFDS dataset read through ``builder.as_data_source`` (array_record, no TensorFlow).
 
@@ -350,32 +381,16 @@ class TfdsSource:
 
     def __init__(self, name: str, split: str, data_dir: str | None = None, *,
                  image_key: str = "image", label_key: str = "label"):
-        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
         self.name = name
         self.split = split
         self._image_key = image_key
         self._label_key = label_key
-        try:
-            self._builder = tfds.builder(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as error:
-            raise ValueError(
-                f"unknown dataset {name!r}: not bundled ({', '.join(BUNDLED_DATASETS)}) and not a TFDS builder"
-            ) from error
-        if not self._builder.is_prepared():
-            location = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-            raise DatasetNotAvailableError(
-                f"TFDS dataset {name!r} is not prepared in {location}: run `tfds build {name} --data_dir=DIR` "
-                "(or tfds.data_source with download=True) on a machine with TensorFlow and internet, "
-                "then copy DIR's content to the data_dir you pass here (a local folder or gs:// bucket)")
+        self._builder = prepared_tfds_builder(name, data_dir)
         features = self._builder.info.features
         for key in (image_key, label_key):
             if key not in features:
                 raise ValueError(f"TFDS dataset {name!r} has no feature {key!r}: pass image_key=/label_key=")
-        try:
-            self._data = self._builder.as_data_source(split=split)
-        except (ValueError, KeyError, AssertionError) as error:
-            raise ValueError(f"cannot read split {split!r} of TFDS dataset {name!r}: {_first_line(error)}") from error
+        self._data = tfds_split_data_source(self._builder, split)
 
     def __len__(self) -> int:
         return len(self._data)

@@ -1,0 +1,318 @@
+"""Segmentation sources: dense labels for closed-set training and evaluation, anomaly maps for open-set sets.
+
+Every source has ``len(source)``, ``name``, ``num_classes``, ``label_names`` and ``source[i]`` -> a dict of
+
+- ``image``: uint8 ``[H, W, 3]``;
+- ``label``: uint8 ``[H, W]``, class ids ``0..num_classes-1`` and `VOID` (255) (closed-set sources);
+- ``anomaly``: uint8 ``[H, W]``, 0 known, 1 anomaly, 255 void (open-set sources: the Fishyscapes format).
+
+``get_segmentation_source(name, split, data_dir=None)`` picks the source:
+
+=====================  ========================================================  ===========================
+name                   data                                                      splits
+=====================  ========================================================  ===========================
+``scenes``             the offline testbed (`scenes.py`): label and anomaly      train / validation / test /
+                                                                                 test_near / test_far
+``scene_parse150``     ADE20K (MIT Scene Parsing, 150 classes), prepared TFDS    train, test (= ADE's val)
+``cityscapes``         Cityscapes fine labels (TFDS config                       train / validation / test
+                       ``semantic_segmentation``), 19 train ids
+``folder=PATH``        Fishyscapes Lost & Found or Road Anomaly files: anomaly   test
+=====================  ========================================================  ===========================
+
+Label conventions:
+
+- ADE20K as mmseg's ``reduce_zero_label``: 0 ("other") becomes void, class k becomes k - 1 (0..149).
+  The annotation is read from its first channel. Caveat: TFDS 4.9.10's ``scene_parse150`` builder
+  downloads ``annotations_instance.tar`` (the instance-challenge masks, whose red channel is a category
+  of that challenge) rather than ADEChallengeData2016's 150-class semantic maps; check a prepared copy
+  against the official maps before trusting its labels (values above 150 are void here).
+- Cityscapes as the official ``labels.py`` (cityscapesScripts): label ids -> the 19 train ids, every
+  other id (unlabelled, ego vehicle, ..., license plate) void.
+- TFDS datasets are never downloaded: an unprepared one raises `DatasetNotAvailableError` at once, with
+  the one-line ``tfds build`` instruction of the classification sources.
+
+Anomaly folders (``folder=PATH``; everything after ``=`` is the path), one of two layouts:
+
+- Fishyscapes format: ``PATH/images/<stem>.<png|jpg|...>`` with ``PATH/labels/<stem>.png`` whose values are
+  0 known, 1 anomaly, 255 void (Fishyscapes Lost & Found exported as files; any set prepared this way).
+- Road Anomaly as it ships: ``PATH/frames/<stem>.jpg`` with ``PATH/frames/<stem>.labels/labels_semantic.png``
+  whose values are 0 (not an anomaly) and 2 (anomaly), read as 0 and 1.
+
+Label PNGs are read as their raw values (pillow, no palette conversion). A label of another size than its
+image, or with a value outside its layout's set, is refused with a one-line ValueError naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lgmm_jax.data import scenes, sources
+from lgmm_jax.data.sources import DatasetNotAvailableError
+
+VOID = 255
+SEGMENTATION_DATASETS = ("scenes", "scene_parse150", "cityscapes")
+
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
+    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
+    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
+    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
+    "glass", "clock", "flag",
+)
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+# cityscapesScripts labels.py: label id -> train id for the 19 evaluated classes; every other id is void.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+FISHYSCAPES_VALUES = {0: 0, 1: 1, VOID: VOID}
+ROAD_ANOMALY_VALUES = {0: 0, 2: 1}
+
+
+def lookup_table(mapping: dict[int, int]) -> np.ndarray:
+    """uint8 ``[256]`` table sending each key of ``mapping`` to its value and every other byte to `VOID`."""
+    table = np.full(256, VOID, dtype=np.uint8)
+    table[list(mapping)] = list(mapping.values())
+    return table
+
+
+def reduce_zero_label_table(num_classes: int) -> np.ndarray:
+    """mmseg's ``reduce_zero_label``: 0 -> void, k -> k - 1 for k in 1..num_classes, anything else void."""
+    return lookup_table({k: k - 1 for k in range(1, num_classes + 1)})
+
+
+def _check_same_size(image: np.ndarray, label: np.ndarray, what: str) -> None:
+    if image.shape[:2] != label.shape[:2]:
+        raise ValueError(f"{what}: image is {image.shape[0]}x{image.shape[1]} but its label is "
+                         f"{label.shape[0]}x{label.shape[1]}: they must have the same size")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# TFDS: ADE20K and Cityscapes
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSegmentationSpec:
+    """How to read one TFDS segmentation dataset: its builder, features, and raw label -> class id table."""
+
+    tfds_name: str
+    image_key: str
+    label_key: str
+    lookup: np.ndarray
+    label_names: tuple[str, ...]
+
+
+TFDS_SEGMENTATION = {
+    "scene_parse150": TfdsSegmentationSpec(
+        "scene_parse150", "image", "annotation", reduce_zero_label_table(len(ADE20K_CLASSES)), ADE20K_CLASSES),
+    "cityscapes": TfdsSegmentationSpec(
+        "cityscapes/semantic_segmentation", "image_left", "segmentation_label",
+        lookup_table(CITYSCAPES_TRAIN_IDS), CITYSCAPES_CLASSES),
+}
+
+
+class TfdsSegmentationSource:
+    """A prepared TFDS segmentation dataset (`TFDS_SEGMENTATION`), read with ``as_data_source``."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None = None):
+        if name not in TFDS_SEGMENTATION:
+            raise ValueError(f"unknown segmentation dataset {name!r}: use one of {', '.join(TFDS_SEGMENTATION)}")
+        self.name = name
+        self.split = split
+        self._spec = TFDS_SEGMENTATION[name]
+        builder = sources.prepared_tfds_builder(self._spec.tfds_name, data_dir, bundled=SEGMENTATION_DATASETS)
+        self._data = sources.tfds_split_data_source(builder, split)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self._data[int(index)]
+        image = np.asarray(record[self._spec.image_key], dtype=np.uint8)
+        raw_label = np.asarray(record[self._spec.label_key], dtype=np.uint8)
+        raw_label = raw_label[..., 0] if raw_label.ndim == 3 else raw_label
+        _check_same_size(image, raw_label, f"record {index} of {self.name} {self.split}")
+        return {"image": image, "label": self._spec.lookup[raw_label]}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._spec.label_names)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self._spec.label_names
+
+    def __repr__(self) -> str:
+        return f"TfdsSegmentationSource(name={self.name!r}, split={self.split!r}, size={len(self)})"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Anomaly folders: Fishyscapes Lost & Found, Road Anomaly
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def fishyscapes_pairs(folder: str) -> list[tuple[str, str]]:
+    """``(image, label)`` paths of the Fishyscapes layout: ``images/<stem>.*`` with ``labels/<stem>.png``."""
+    labels = {_stem(p): p for p in sources.image_files(os.path.join(folder, "labels")) if p.endswith(".png")}
+    pairs = []
+    for image in sources.image_files(os.path.join(folder, "images")):
+        if _stem(image) not in labels:
+            raise DatasetNotAvailableError(f"{image} has no label {os.path.join(folder, 'labels', _stem(image))}.png")
+        pairs.append((image, labels[_stem(image)]))
+    return pairs
+
+
+def road_anomaly_pairs(folder: str) -> list[tuple[str, str]]:
+    """``(image, label)`` paths of Road Anomaly's layout: ``frames/<stem>.jpg`` with its ``.labels`` folder."""
+    frames = os.path.join(folder, "frames")
+    pairs = []
+    for image in sorted(os.path.join(frames, n) for n in os.listdir(frames)
+                        if n.lower().endswith(sources.IMAGE_FILE_EXTENSIONS)):
+        label = os.path.join(frames, f"{_stem(image)}.labels", "labels_semantic.png")
+        if not os.path.isfile(label):
+            raise DatasetNotAvailableError(f"{image} has no label {label}")
+        pairs.append((image, label))
+    return pairs
+
+
+def read_label_png(path: str) -> np.ndarray:
+    """The raw values of a single-channel label PNG (palette indices stay indices), uint8 ``[H, W]``."""
+    with Image.open(path) as label:
+        values = np.asarray(label)
+    if values.ndim != 2:
+        raise ValueError(f"{path}: a label must be a single-channel PNG, got shape {values.shape}")
+    if values.dtype != np.uint8 and (values.min() < 0 or values.max() > 255):
+        raise ValueError(f"{path}: label values {values.min()}..{values.max()} do not fit in 0..255")
+    return values.astype(np.uint8)
+
+
+def anomaly_map(raw: np.ndarray, values: dict[int, int], path: str) -> np.ndarray:
+    """Raw label values -> the Fishyscapes anomaly map, refusing values outside ``values`` (naming the file)."""
+    unexpected = sorted(set(np.unique(raw).tolist()) - set(values))
+    if unexpected:
+        raise ValueError(f"{path}: label values {unexpected} are outside the known set {sorted(values)} "
+                         "of this layout")
+    return lookup_table(values)[raw]
+
+
+class AnomalyFolderSource:
+    """Images with anomaly maps from a folder in the Fishyscapes or the Road Anomaly layout (one split)."""
+
+    def __init__(self, folder: str):
+        self.folder = os.path.abspath(os.path.expanduser(folder))
+        self.name = sources.FOLDER_PREFIX + self.folder
+        if os.path.isdir(os.path.join(self.folder, "images")):
+            self.layout, self._values = "fishyscapes", FISHYSCAPES_VALUES
+            self._pairs = fishyscapes_pairs(self.folder)
+        elif os.path.isdir(os.path.join(self.folder, "frames")):
+            self.layout, self._values = "road_anomaly", ROAD_ANOMALY_VALUES
+            self._pairs = road_anomaly_pairs(self.folder)
+        else:
+            raise DatasetNotAvailableError(
+                f"{self.folder} holds neither images/ + labels/ (Fishyscapes) nor frames/ (Road Anomaly): "
+                "unpack the data set there first")
+        if not self._pairs:
+            raise DatasetNotAvailableError(f"no image files under {self.folder}: unpack the data set there first")
+
+    @property
+    def paths(self) -> tuple[tuple[str, str], ...]:
+        """``(image, label)`` file paths, in order."""
+        return tuple(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_path, label_path = self._pairs[int(index)]
+        image = sources.decode_image(image_path, "RGB")
+        raw = read_label_png(label_path)
+        _check_same_size(image, raw, label_path)
+        return {"image": image, "anomaly": anomaly_map(raw, self._values, label_path)}
+
+    @property
+    def num_classes(self) -> int:
+        return 0  # no closed-set classes: open-set evaluation only
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return ()
+
+    def __repr__(self) -> str:
+        return f"AnomalyFolderSource(folder={self.folder!r}, layout={self.layout!r}, size={len(self)})"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The testbed
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ScenesSource:
+    """A split of the offline testbed (`scenes.load`), with ``label`` and ``anomaly`` for every scene."""
+
+    def __init__(self, split: str, data_dir: str | None = None, seed: int = 0):
+        self.name = "scenes"
+        self.split = split
+        self._arrays = scenes.load(split, data_dir, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self._arrays["image"])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {key: values[int(index)] for key, values in self._arrays.items()}
+
+    @property
+    def num_classes(self) -> int:
+        return scenes.NUM_CLASSES
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return scenes.LABEL_NAMES
+
+    def __repr__(self) -> str:
+        return f"ScenesSource(split={self.split!r}, size={len(self)})"
+
+
+def get_segmentation_source(name: str, split: str, data_dir: str | None = None):
+    """The segmentation source of ``split`` of ``name`` (see the module docstring).
+
+    Args:
+      name: ``scenes``, ``scene_parse150``, ``cityscapes`` or ``folder=PATH`` (an anomaly set).
+      split: a split of that source (any TFDS split string for the TFDS datasets).
+      data_dir: the testbed's cache folder, or the TFDS data_dir (may be ``gs://...``).
+    Raises:
+      DatasetNotAvailableError: the data is not prepared / unpacked (the message says how to get it).
+      ValueError: unknown dataset or split.
+    """
+    if name == "scenes":
+        return ScenesSource(split, data_dir)
+    if name.startswith(sources.FOLDER_PREFIX):
+        if split != "test":
+            raise ValueError(f"unknown split {split!r} for {name}: use test")
+        return AnomalyFolderSource(name[len(sources.FOLDER_PREFIX):])
+    if name in TFDS_SEGMENTATION:
+        return TfdsSegmentationSource(name, split, data_dir)
+    raise ValueError(f"unknown segmentation dataset {name!r}: use one of {', '.join(SEGMENTATION_DATASETS)} "
+                     "or folder=PATH")
