@@ -69,7 +69,7 @@ def create_backbone(name: str, *, dtype: Dtype = jnp.float32, **kwargs) -> nn.Mo
       name: one of `BACKBONE_NAMES`.
       dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are float32 in every case.
       **kwargs: overrides of the module's attributes, e.g. `drop_path_rate=0.1` for Swin,
-        `zero_init_last_bn=True` for ResNets, `widths=(16, 32)` for the small CNN.
+        `zero_init_residual=True` for ResNets, `widths=(16, 32)` for the small CNN.
     """
     _require_known(name)
     try:

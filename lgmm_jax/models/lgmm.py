@@ -26,6 +26,22 @@ def l2_normalize(z: jax.Array, epsilon: float = 1e-6) -> jax.Array:
     return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(z), axis=-1, keepdims=True), epsilon**2))
 
 
+def require_latent_normalization(name: str) -> None:
+    """Raises ValueError unless `name` is one of LATENT_NORMALIZATIONS."""
+    if name not in LATENT_NORMALIZATIONS:
+        raise ValueError(f"unknown latent normalization {name!r}: use one of {LATENT_NORMALIZATIONS}")
+
+
+def normalize_latents(z: jax.Array, normalization: str, layer_norm=None) -> jax.Array:
+    """The projected latents as configured: "none" as they are, "l2" z / |z|, "layernorm_l2" the
+    `layer_norm` module first, then z / |z| (over the last axis)."""
+    if normalization == "layernorm_l2":
+        z = layer_norm(z)
+    if normalization in ("l2", "layernorm_l2"):
+        z = l2_normalize(z)
+    return z
+
+
 class LGMMModel(nn.Module):
     """Backbone + projection + latent normalisation + GMM head.
 
@@ -45,11 +61,7 @@ class LGMMModel(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        if self.latent_normalization not in LATENT_NORMALIZATIONS:
-            raise ValueError(
-                f"unknown latent normalization {self.latent_normalization!r}: "
-                f"use one of {LATENT_NORMALIZATIONS}"
-            )
+        require_latent_normalization(self.latent_normalization)
         self.projection = nn.Dense(self.latent_dim, dtype=self.dtype, param_dtype=jnp.float32)
         if self.latent_normalization == "layernorm_l2":
             self.latent_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
@@ -70,11 +82,8 @@ class LGMMModel(nn.Module):
     def encode(self, images: jax.Array, train: bool = False) -> jax.Array:
         """z = f_phi(x) [B, D] in float32, normalised as configured."""
         z = self.projection(self.features(images, train)).astype(jnp.float32)
-        if self.latent_normalization == "layernorm_l2":
-            z = self.latent_norm(z)
-        if self.latent_normalization in ("l2", "layernorm_l2"):
-            z = l2_normalize(z)
-        return z
+        layer_norm = self.latent_norm if self.latent_normalization == "layernorm_l2" else None
+        return normalize_latents(z, self.latent_normalization, layer_norm)
 
     def __call__(self, images: jax.Array, train: bool = False):
         z = self.encode(images, train)

@@ -47,14 +47,27 @@ def require_nhwc_images(images: jax.Array) -> None:
         )
 
 
-def conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str | None = None) -> nn.Conv:
-    """Bias-free square convolution with PyTorch's symmetric padding `kernel // 2`."""
-    pad = kernel // 2
+def conv(
+    features: int,
+    kernel: int,
+    strides: int,
+    dtype: Dtype,
+    name: str | None = None,
+    dilation: int = 1,
+    groups: int = 1,
+) -> nn.Conv:
+    """Bias-free square convolution with PyTorch's symmetric padding `dilation * (kernel // 2)`.
+
+    `groups` splits the channels as PyTorch's `groups` (the input width for a depthwise convolution).
+    """
+    pad = dilation * (kernel // 2)
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(strides, strides),
         padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
+        feature_group_count=groups,
         use_bias=False,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -89,7 +102,7 @@ class BasicBlock(nn.Module):
 
     features: int
     strides: int = 1
-    zero_init_last_bn: bool = False
+    zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
 
     expansion = 1
@@ -99,16 +112,20 @@ class BasicBlock(nn.Module):
         y = conv(self.features, 3, self.strides, self.dtype)(x)
         y = nn.relu(batch_norm(train, self.dtype)(y))
         y = conv(self.features, 3, 1, self.dtype)(y)
-        y = batch_norm(train, self.dtype, zero_scale=self.zero_init_last_bn)(y)
+        y = batch_norm(train, self.dtype, zero_scale=self.zero_init_residual)(y)
         return nn.relu(y + _shortcut(x, self.features, self.strides, train, self.dtype))
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (strided: v1.5) -> 1x1 bottleneck (ResNet-50+); output width `4 * features`."""
+    """1x1 -> 3x3 (strided: v1.5) -> 1x1 bottleneck (ResNet-50+); output width `4 * features`.
+
+    `dilation` dilates the 3x3 conv (mmseg's dilated ResNets for segmentation; 1 in classification).
+    """
 
     features: int
     strides: int = 1
-    zero_init_last_bn: bool = False
+    zero_init_residual: bool = False
+    dilation: int = 1
     dtype: Dtype = jnp.float32
 
     expansion = 4
@@ -118,10 +135,10 @@ class Bottleneck(nn.Module):
         out_features = self.features * self.expansion
         y = conv(self.features, 1, 1, self.dtype)(x)
         y = nn.relu(batch_norm(train, self.dtype)(y))
-        y = conv(self.features, 3, self.strides, self.dtype)(y)
+        y = conv(self.features, 3, self.strides, self.dtype, dilation=self.dilation)(y)
         y = nn.relu(batch_norm(train, self.dtype)(y))
         y = conv(out_features, 1, 1, self.dtype)(y)
-        y = batch_norm(train, self.dtype, zero_scale=self.zero_init_last_bn)(y)
+        y = batch_norm(train, self.dtype, zero_scale=self.zero_init_residual)(y)
         return nn.relu(y + _shortcut(x, out_features, self.strides, train, self.dtype))
 
 
@@ -134,7 +151,9 @@ class ResNet(nn.Module):
       cifar_stem: True for the 3x3 stride-1 stem without max-pool (32x32 inputs); False for the ImageNet
         7x7 stride-2 stem followed by a 3x3 stride-2 max-pool.
       base_width: channels of the stem and of the first stage (64 in every published ResNet).
-      zero_init_last_bn: start the last BatchNorm scale of each block at zero (Goyal et al. 2017).
+      zero_init_residual: start the scale of the last BatchNorm of each residual block at zero, so that
+        every block begins as the identity (Goyal et al. 2017; mmcls `ResNet(zero_init_residual=True)`).
+        Off by default: torchvision's and mmcls's default.
       dtype: compute dtype; parameters stay float32.
     """
 
@@ -142,7 +161,7 @@ class ResNet(nn.Module):
     block_cls: type[nn.Module] = BasicBlock
     cifar_stem: bool = False
     base_width: int = 64
-    zero_init_last_bn: bool = False
+    zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
 
     @property
@@ -166,7 +185,7 @@ class ResNet(nn.Module):
                 x = self.block_cls(
                     features=self.base_width * 2**stage,
                     strides=2 if stage > 0 and block == 0 else 1,
-                    zero_init_last_bn=self.zero_init_last_bn,
+                    zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)

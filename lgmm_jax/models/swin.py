@@ -181,7 +181,7 @@ def _layer_norm(dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def _drop_path(rate: float, train: bool) -> nn.Dropout:
+def drop_path(rate: float, train: bool) -> nn.Dropout:
     """Stochastic depth: drop the whole residual branch per example, rescale survivors by 1/(1-rate)."""
     return nn.Dropout(rate, broadcast_dims=(1, 2, 3), deterministic=not train)
 
@@ -206,11 +206,11 @@ class SwinBlock(nn.Module):
         y = ShiftedWindowAttention(
             self.num_heads, self.window_size, self.shift_size, self.dtype, name="attn"
         )(y)
-        x = x + _drop_path(self.drop_path_rate, train)(y)
+        x = x + drop_path(self.drop_path_rate, train)(y)
         y = _layer_norm(self.dtype, "norm2")(x)
         y = dense(int(channels * self.mlp_ratio), "mlp_fc1")(y)
         y = dense(channels, "mlp_fc2")(nn.gelu(y, approximate=False))
-        return x + _drop_path(self.drop_path_rate, train)(y)
+        return x + drop_path(self.drop_path_rate, train)(y)
 
 
 class PatchMerging(nn.Module):

@@ -1,0 +1,185 @@
+"""Segmenters: reference parameter counts (DESIGN.md section 6), output shapes on non-square inputs, the
+auxiliary head, the per-pixel L-GMM head, and PyTorch's resizing conventions.
+
+Counts and shapes come from `jax.eval_shape` (nothing is initialised); numerics use a reduced SegFormer.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lgmm_jax.models import SEGMENTER_NAMES, auxiliary_logits, create_segmenter
+from lgmm_jax.models.gmm import head_gaussians, log_likelihood
+from lgmm_jax.models.resize import resize_bilinear, resize_labels_nearest
+
+# Checked against HF transformers' SegFormer and a PyTorch rebuild of mmseg's DeepLabv3+ (DESIGN.md).
+REFERENCE_COUNTS = {
+    ("segformer_b0", 150): 3_752_694, ("segformer_b1", 150): 13_715_798, ("segformer_b2", 150): 27_461_974,
+    ("segformer_b3", 150): 47_337_814, ("segformer_b4", 150): 64_108_374, ("segformer_b5", 150): 84_708_694,
+    ("segformer_b0", 19): 3_719_027, ("segformer_b1", 19): 13_682_131, ("segformer_b2", 19): 27_361_235,
+    ("segformer_b3", 19): 47_237_075, ("segformer_b4", 19): 64_007_635, ("segformer_b5", 19): 84_607_955,
+    ("deeplabv3plus_r101", 150): 62_682_876, ("deeplabv3plus_r101", 19): 62_582_006,
+}
+REFERENCE_COUNTS_WITHOUT_AUXILIARY = {150: 60_284_518, 19: 60_217_315}
+REFERENCE_ENCODER_COUNTS = {
+    "segformer_b0": 3_319_392, "segformer_b1": 13_151_424, "segformer_b2": 24_196_288,
+    "segformer_b3": 44_072_128, "segformer_b4": 60_842_688, "segformer_b5": 81_443_008,
+    "deeplabv3plus_r101": 42_519_392,
+    # torchvision's ResNet-50 without its classifier (23,508,032) plus the deep stem's 19,232.
+    "deeplabv3plus_r50": 23_527_264,
+}
+TINY_SEGFORMER = {"widths": (8, 16, 40, 32), "depths": (1, 1, 1, 1), "decoder_width": 16}
+IMAGE_SHAPE = (2, 96, 128, 3)
+
+
+def count(tree) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+
+def abstract_variables(model, shape=IMAGE_SHAPE):
+    """(output, variables) shapes of an evaluation-mode init."""
+    return jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros(shape), train=False)
+    )
+
+
+@pytest.mark.parametrize("name,num_classes", sorted(REFERENCE_COUNTS))
+def test_parameter_counts_equal_the_reference(name, num_classes):
+    _, variables = abstract_variables(create_segmenter(name, num_classes))
+    assert count(variables["params"]) == REFERENCE_COUNTS[name, num_classes]
+
+
+@pytest.mark.parametrize("num_classes", sorted(REFERENCE_COUNTS_WITHOUT_AUXILIARY))
+def test_deeplab_count_without_its_auxiliary_head(num_classes):
+    model = create_segmenter("deeplabv3plus_r101", num_classes, decoder_kwargs={"auxiliary_head": False})
+    _, variables = abstract_variables(model)
+    assert count(variables["params"]) == REFERENCE_COUNTS_WITHOUT_AUXILIARY[num_classes]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_ENCODER_COUNTS))
+def test_encoder_counts_equal_the_reference(name):
+    _, variables = abstract_variables(create_segmenter(name, 150))
+    assert count(variables["params"]["decoder"]["backbone"]) == REFERENCE_ENCODER_COUNTS[name]
+
+
+@pytest.mark.parametrize("head", ["softmax", "lgmm"])
+@pytest.mark.parametrize("name", SEGMENTER_NAMES)
+def test_scores_at_a_quarter_of_a_non_square_input(name, head):
+    model = create_segmenter(name, 7, head)
+    scores, variables = abstract_variables(model)
+    assert scores.shape == (2, 24, 32, 7) and scores.dtype == jnp.float32
+    assert "auxiliary" not in variables  # variables never carry a batch's auxiliary logits
+    if head == "lgmm":
+        latents = jax.eval_shape(
+            functools.partial(model.apply, train=False, method=model.encode), variables, jnp.zeros(IMAGE_SHAPE)
+        )
+        assert latents.shape == (2, 24, 32, 64)
+
+
+@pytest.mark.parametrize("name,expected", [("deeplabv3plus_r50", (2, 12, 16, 7)), ("segformer_b0", None)])
+def test_auxiliary_logits_in_training_only(name, expected):
+    model = create_segmenter(name, 7)
+    _, variables = abstract_variables(model)
+    images = jnp.zeros(IMAGE_SHAPE)
+
+    def run(variables, train):
+        _, collections = model.apply(
+            variables, images, train=train, mutable=["batch_stats", "auxiliary"],
+            rngs={"dropout": jax.random.key(0)},
+        )
+        return auxiliary_logits(collections)
+
+    training = jax.eval_shape(functools.partial(run, train=True), variables)
+    assert (None if training is None else training.shape) == expected
+    assert jax.eval_shape(functools.partial(run, train=False), variables) is None
+
+
+def test_odd_input_sizes_round_up_as_the_strided_convolutions_do():
+    scores, _ = abstract_variables(create_segmenter("segformer_b0", 3), (1, 97, 61, 3))
+    assert scores.shape == (1, 25, 16, 3)
+    scores, _ = abstract_variables(create_segmenter("deeplabv3plus_r50", 3), (1, 97, 61, 3))
+    assert scores.shape == (1, 25, 16, 3)
+
+
+def test_lgmm_scores_are_the_gmm_log_likelihoods_of_unit_latents():
+    model = create_segmenter("segformer_b0", 5, "lgmm", latent_dim=8, decoder_kwargs=TINY_SEGFORMER)
+    images = np.random.default_rng(0).normal(size=(2, 32, 48, 3)).astype(np.float32)
+
+    @jax.jit
+    def initialise_and_run(images):
+        variables = model.init(jax.random.key(1), images, train=False)
+        return variables, model.apply(variables, images), model.apply(variables, images, method=model.encode)
+
+    variables, scores, z = initialise_and_run(images)
+    assert z.shape == (2, 8, 12, 8) and scores.shape == (2, 8, 12, 5)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
+    means, scales = head_gaussians(variables["params"]["head"], 0.05, 3)
+    expected = log_likelihood(z.reshape(-1, 8), means, scales, variables["mixture"]["head"]["log_weights"])
+    np.testing.assert_allclose(scores.reshape(-1, 5), expected, rtol=1e-5, atol=1e-4)
+    assert np.all(np.isfinite(scores))
+
+
+def test_training_uses_batch_statistics_dropout_and_drop_path():
+    model = create_segmenter("segformer_b0", 4, decoder_kwargs=TINY_SEGFORMER)
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+
+    @jax.jit
+    def run(images):
+        variables = model.init(jax.random.key(1), images, train=False)
+        train = lambda key: model.apply(
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(key)}
+        )
+        return train(0), train(1), model.apply(variables, images, train=False)
+
+    (first, updates), (second, _), evaluation = run(images)
+    assert first.shape == evaluation.shape == (2, 8, 8, 4)
+    assert not np.allclose(first, second)
+    assert not np.allclose(first, evaluation)
+    assert set(updates["batch_stats"]["decoder"]["decode_head"]) == {"linear_fuse_bn"}
+
+
+def _torch_bilinear_reference(x: np.ndarray, size) -> np.ndarray:
+    """F.interpolate(mode="bilinear", align_corners=False) written out: source coordinate
+    (dst + 0.5) * in / out - 0.5 clamped at 0, neighbours clamped at the last index."""
+
+    def weights(out_size, in_size):
+        source = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
+        low = np.minimum(np.floor(source).astype(int), in_size - 1)
+        high = np.minimum(low + 1, in_size - 1)
+        frac = source - low
+        matrix = np.zeros((out_size, in_size))
+        np.add.at(matrix, (np.arange(out_size), low), 1 - frac)
+        np.add.at(matrix, (np.arange(out_size), high), frac)
+        return matrix
+
+    rows, cols = weights(size[0], x.shape[1]), weights(size[1], x.shape[2])
+    return np.einsum("Hh,bhwc,Ww->bHWc", rows, x, cols)
+
+
+@pytest.mark.parametrize("in_size,out_size", [((6, 8), (24, 32)), ((13, 7), (25, 13)), ((5, 5), (5, 9))])
+def test_bilinear_resize_is_pytorchs_align_corners_false(in_size, out_size):
+    x = np.random.default_rng(0).normal(size=(2, *in_size, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        resize_bilinear(jnp.asarray(x), out_size), _torch_bilinear_reference(x, out_size), atol=1e-5
+    )
+
+
+def test_nearest_label_resize_picks_pytorchs_source_pixels():
+    labels = np.arange(2 * 10 * 9).reshape(2, 10, 9)
+    small = np.asarray(resize_labels_nearest(jnp.asarray(labels), (3, 4)))
+    rows, cols = [0, 3, 6], [0, 2, 4, 6]  # floor(i * 10 / 3), floor(j * 9 / 4)
+    np.testing.assert_array_equal(small, labels[:, rows][:, :, cols])
+
+
+def test_bad_names_and_options_raise_one_line_errors():
+    with pytest.raises(ValueError, match="unknown segmenter 'pspnet'.*segformer_b5"):
+        create_segmenter("pspnet", 3)
+    with pytest.raises(ValueError, match="unknown segmentation head 'crf'"):
+        create_segmenter("segformer_b0", 3, "crf")
+    with pytest.raises(ValueError, match="invalid option for segmenter 'segformer_b0'"):
+        create_segmenter("segformer_b0", 3, "lgmm", latent_size=4)
+    with pytest.raises(ValueError, match="num_classes"):
+        create_segmenter("segformer_b0", 0)
