@@ -1,9 +1,9 @@
 """Train-step and eval-step time of L-GMM against its softmax counterpart, and data-pipeline throughput.
 
 Everything is built the way training builds it: a config (`configs/default.py` with `model.encoder`,
-`model.head`, `batch_size`, `model.dtype` overridden), `state.create_model`, `state.create_optimizer`,
+`model.head`, `batch_size`, `model.dtype` overridden), `models.configured.create_model`, `state.create_optimizer`,
 `state.create_sharded_train_state` and `train.make_train_step` (jitted, state donated, batch sharded over
-the mesh); the eval step is `evaluate.make_forward` (what evaluation runs on every batch). Each step is
+the mesh); the eval step is `forward.make_forward` (what evaluation runs on every batch). Each step is
 compiled once with `.lower(...).compile()`, which also gives XLA's FLOP count (`cost_analysis`).
 
 For each encoder the two train steps (L-GMM, softmax) run round-robin, the order rotating every round,
@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgmm_jax import evaluate, state as state_lib, train
+from lgmm_jax import forward as forward_lib, state as state_lib, train
+from lgmm_jax.models.configured import create_model
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource
 from lgmm_jax.sharding import check_batch_size, global_batch, make_mesh
@@ -201,7 +202,7 @@ def build_steps(case: EncoderCase, head: str, batch: dict, args, batch_size: int
                           sinkhorn_iterations if sinkhorn_iterations >= 0 else args.sinkhorn_iterations)
     name = name or head
     image_shape = (case.image_size, case.image_size, 3)
-    model = state_lib.create_model(config.model, case.num_classes)
+    model = create_model(config.model, case.num_classes)
     optimizer, _ = state_lib.create_optimizer(config, STEPS_PER_EPOCH, TOTAL_STEPS)
     train_state, shardings = state_lib.create_sharded_train_state(
         config, model, optimizer, image_shape, case.num_classes, mesh
@@ -211,9 +212,9 @@ def build_steps(case: EncoderCase, head: str, batch: dict, args, batch_size: int
     compiled_train = train_step.lower(train_state, batch).compile()
     timed_eval = None
     if with_eval:
-        forward = evaluate.make_forward(model, head, mesh)
+        forward = forward_lib.make_forward(model, head, mesh)
         # A copy: the train step donates (deletes) the state's buffers, the eval step keeps its own.
-        variables = jax.tree.map(jnp.copy, evaluate.model_variables(train_state))
+        variables = jax.tree.map(jnp.copy, forward_lib.model_variables(train_state))
         compiled_eval = forward.lower(variables, batch["image"]).compile()
         timed_eval = Timed(f"{name}_eval", compiled_eval, [variables, batch["image"]], carries_state=False)
     compile_s = time.perf_counter() - start
@@ -295,7 +296,7 @@ def step_entry(step: Timed, batch_size: int, peak: float | None) -> dict:
 def benchmark_encoder(case: EncoderCase, args, mesh, peak: float | None, log) -> dict:
     """Both heads' train and eval steps (and with --diagnose, L-GMM variants), interleaved; the pipeline."""
     batch_size = args.batch or (case.quick_batch if args.quick else case.cpu_batch)
-    check_batch_size(batch_size, mesh)
+    check_batch_size(batch_size, mesh.devices.size)
     reps = args.reps or default_rounds(case, args.quick)
     batch = synthetic_batch(case, batch_size, mesh)
     built, compile_s = {}, {}

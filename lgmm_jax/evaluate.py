@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -26,30 +28,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lgmm_jax import checkpointing, cli, experiment, losses, report
+from lgmm_jax import checkpointing, cli, experiment, forward, losses, report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
 from lgmm_jax.mixture import labelled_log_prob
 from lgmm_jax.models.gmm import head_gaussians
-from lgmm_jax.models.lgmm import LGMMModel
 from lgmm_jax.ood import metrics, scores
-from lgmm_jax.sharding import batch_sharding, global_batch, make_mesh, replicated
-from lgmm_jax.state import create_model, create_optimizer, create_train_state, state_shardings
+from lgmm_jax.models.configured import create_model
+from lgmm_jax.sharding import batch_sharding, make_mesh, replicated
+from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
 
 RESULTS_FILE = "results.json"
-
-
-def model_variables(state) -> dict:
-    """The variables `model.apply` needs, from a TrainState or an exported model's arrays."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    if state.mixture:
-        variables["mixture"] = state.mixture
-    return variables
+ODIN_SELECTION_SIZE = 1000  # held-out images ODIN*'s step is chosen on (eval.odin_selection_size)
 
 
 def available_scores(config) -> tuple[str, ...]:
@@ -62,20 +57,6 @@ def available_scores(config) -> tuple[str, ...]:
     return chosen
 
 
-def make_forward(model, head: str, mesh):
-    """Jitted inference on a sharded batch: per-example outputs of the head."""
-
-    def forward(variables, images):
-        if head == "lgmm":
-            z, class_log_likelihood = model.apply(variables, images, train=False)
-            return {"latent": z, "class_log_likelihood": class_log_likelihood}
-        logits = model.apply(variables, images, train=False)
-        features = model.apply(variables, images, False, method=lambda m, x, t: m.backbone(x, t))
-        return {"logits": logits, "features": features.astype(jnp.float32)}
-
-    return jax.jit(forward, in_shardings=(replicated(mesh), batch_sharding(mesh)))
-
-
 def make_odin(model, mesh, temperature: float, epsilon):
     """Jitted ODIN scores of a sharded batch (inference-mode BatchNorm treats examples independently)."""
 
@@ -86,15 +67,11 @@ def make_odin(model, mesh, temperature: float, epsilon):
     return jax.jit(odin, in_shardings=(replicated(mesh), batch_sharding(mesh)))
 
 
-def gather(array) -> np.ndarray:
-    """A global array -> the full numpy array on every host."""
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
-
-
-def every_process_images(batches) -> np.ndarray:
-    """The real (unmasked) images of every process's padded batches, the same array on every host,
-    so that choices fitted on them (ODIN*'s step) agree across processes."""
-    parts = list(batches)
+def every_process_images(batches, max_batches: int) -> np.ndarray:
+    """The real (unmasked) images of the first `max_batches` padded global batches, the same array on
+    every host, so that choices fitted on them (ODIN*'s step) agree across processes. Bounded: the pool
+    is held as float32 images."""
+    parts = list(itertools.islice(batches, max_batches))
     images = np.concatenate([b["image"] for b in parts])
     mask = np.concatenate([b["mask"] for b in parts])
     if jax.process_count() > 1:
@@ -102,42 +79,22 @@ def every_process_images(batches) -> np.ndarray:
     return images[mask]
 
 
-def collect(batches, mesh, variables, forward, extra=None) -> dict[str, np.ndarray]:
-    """Run `forward` (and `extra`, name -> jitted fn) over padded batches; keep the real examples."""
-    parts: dict[str, list] = {}
-    for local in batches:
-        batch = global_batch(local, mesh)
-        outputs = dict(forward(variables, batch["image"]))
-        for name, fn in (extra or {}).items():
-            outputs[name] = fn(variables, batch["image"])
-        for name in ("label", "original_label", "mask"):
-            outputs[name] = batch[name]
-        for name, value in outputs.items():
-            parts.setdefault(name, []).append(gather(value))
-    arrays = {name: np.concatenate(values) for name, values in parts.items()}
-    keep = arrays.pop("mask")
-    return {name: value[keep] for name, value in arrays.items()}
+def odin_selection_images(config, stream, validation_source, known) -> np.ndarray:
+    """At most `eval.odin_selection_size` held-out known-class images for ODIN*'s choice of step."""
+    limit = int(config.eval.get("odin_selection_size", ODIN_SELECTION_SIZE))
+    max_batches = max(math.ceil(limit / experiment.eval_batch_size(config)), 1)
+    return every_process_images(stream(validation_source, known), max_batches)[:limit]
 
 
-def score_table(head: str, outputs: dict, fitted: dict, chosen) -> dict[str, np.ndarray]:
-    """name -> [N] scores (higher = more in-distribution) for one evaluation set."""
-    table = {}
-    for name in chosen:
-        if name in ("likelihood", "marginal"):
-            table[name] = getattr(scores, name)(outputs["class_log_likelihood"])
-        elif name in ("msp", "maxlogit", "energy"):
-            table[name] = getattr(scores, name)(outputs["logits"])
-        elif name == "odin":
-            table[name] = outputs["odin"]
-        elif name == "kl_matching":
-            table[name] = scores.kl_matching(outputs["logits"], fitted["kl_templates"])
-        elif name == "mahalanobis":
-            table[name] = scores.mahalanobis(outputs["features"], *fitted["mahalanobis"])
-    return {name: np.asarray(value, np.float64) for name, value in table.items()}
-
-
-def predictions(head: str, outputs: dict) -> np.ndarray:
-    return outputs["class_log_likelihood"] if head == "lgmm" else outputs["logits"]
+def fit_mahalanobis_streamed(outputs_per_batch, num_classes: int):
+    """(class means, tied precision) from the features of every batch, one batch in memory at a time."""
+    statistics = None
+    for outputs in outputs_per_batch:
+        if len(outputs["label"]):
+            statistics = scores.accumulate_mahalanobis(statistics, outputs["features"], outputs["label"], num_classes)
+    if statistics is None:
+        raise ValueError("no training example to fit the Mahalanobis statistics on: check the training split")
+    return scores.mahalanobis_from_statistics(statistics)
 
 
 def component_usage(config, variables, outputs) -> dict[str, Any]:
@@ -199,11 +156,12 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     """Every number of results.json for a model's variables (see the module docstring)."""
     head = config.model.head
     chosen = available_scores(config)
-    forward = make_forward(model, head, mesh)
+    forward_fn = forward.make_forward(model, head, mesh)
     source = functools.partial(experiment.data_source, config=config)
     stream = functools.partial(experiment.eval_stream, config, protocol)
     train_source = source(protocol.dataset, protocol.train_split)
     known = protocol.known_classes
+    num_classes = experiment.num_known_classes(protocol, train_source)
     # Every unknown set is found and checked before the first forward pass.
     unknown_sources = [source(ref) for ref in protocol.unknown]
     unknown_names: list[str] = []
@@ -214,40 +172,38 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
         )
 
     def run(ref_source, classes, all_unknown=False, extra=None):
-        return collect(stream(ref_source, classes, all_unknown), mesh, variables, forward, extra)
+        return forward.collect(stream(ref_source, classes, all_unknown), mesh, variables, forward_fn, extra)
 
     fitted: dict[str, Any] = {}
     extra = {}
     validation_source = source(protocol.dataset, protocol.validation_split)
     if "odin" in chosen:
-        # ODIN's steps are in [0, 1] pixel units; our inputs are standardised by the dataset's std.
-        pixel_std = float(np.mean(pipeline.get_normalization(protocol.dataset, train_source).std))
-        val_images = every_process_images(stream(validation_source, known))
+        # ODIN's steps are in [0, 1] pixel units; our inputs are standardised per channel.
+        pixel_std = pipeline.get_normalization(protocol.dataset, train_source).std
         choice = scores.select_odin_hyperparameters(
             functools.partial(model.apply, variables, train=False),
-            val_images,
-            epsilons=tuple(eps / pixel_std for eps in scores.ODIN_STAR_EPSILONS),
+            odin_selection_images(config, stream, validation_source, known),
+            input_std=pixel_std,
         )
         fitted["odin"] = choice
-        extra["odin"] = make_odin(model, mesh, choice.temperature, choice.epsilon)
+        extra["odin"] = make_odin(model, mesh, choice.temperature, scores.odin_step(choice.epsilon, pixel_std))
     validation = run(validation_source, known, extra=extra)
     if "kl_matching" in chosen:
         fitted["kl_templates"] = scores.fit_kl_templates(validation["logits"], validation["logits"].shape[1])
     if "mahalanobis" in chosen:
-        train_outputs = run(train_source, known)
-        fitted["mahalanobis"] = scores.fit_mahalanobis(
-            train_outputs["features"], train_outputs["label"], train_outputs["logits"].shape[1]
+        fitted["mahalanobis"] = fit_mahalanobis_streamed(
+            forward.iterate_outputs(stream(train_source, known), mesh, variables, forward_fn), num_classes
         )
 
     known_test = run(source(protocol.dataset, protocol.test_split), known, extra=extra)
-    known_scores = score_table(head, known_test, fitted, chosen)
-    validation_scores = score_table(head, validation, fitted, chosen)
+    known_scores = forward.score_table(known_test, fitted, chosen)
+    validation_scores = forward.score_table(validation, fitted, chosen)
     results: dict[str, Any] = {
         "protocol": protocol.name,
         "head": head,
         "encoder": config.model.encoder,
         "closed_set": {
-            **metrics.topk_accuracies(predictions(head, known_test), known_test["label"]),
+            **metrics.topk_accuracies(forward.predictions(head, known_test), known_test["label"]),
             "num_examples": int(len(known_test["label"])),
         },
         "thresholds": {
@@ -261,7 +217,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     plots = {}
     for ref, name, unknown_source in zip(protocol.unknown, unknown_names, unknown_sources):
         unknown = run(unknown_source, ref.classes, all_unknown=True, extra=extra)
-        unknown_scores = score_table(head, unknown, fitted, chosen)
+        unknown_scores = forward.score_table(unknown, fitted, chosen)
         results["open_set"][name] = {
             score: metrics.ood_metrics(known_scores[score], unknown_scores[score]) for score in chosen
         }
@@ -295,7 +251,7 @@ def evaluate_variables_and_write(config, folder, model, variables, protocol, mes
 
 def evaluate_and_write(config, workdir, model, state, protocol, mesh) -> dict[str, Any]:
     """What training runs at its end: evaluate the final TrainState and write into the workdir."""
-    return evaluate_variables_and_write(config, workdir, model, model_variables(state), protocol, mesh)
+    return evaluate_variables_and_write(config, workdir, model, forward.model_variables(state), protocol, mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,7 +310,7 @@ def restore_workdir(workdir: str, mesh, config: ml_collections.ConfigDict | None
         protocol=protocol,
         train_source=train_source,
         model=model,
-        variables=model_variables(state),
+        variables=forward.model_variables(state),
         input_shape=tuple(input_shape),
         num_classes=num_classes,
         step=int(state.step),

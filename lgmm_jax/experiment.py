@@ -18,6 +18,9 @@ import ml_collections
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source, get_source
+from lgmm_jax.models.configured import HEADS, compute_dtype
+from lgmm_jax.sharding import check_batch_size, padded_batch_size
+from lgmm_jax.state import create_optimizer
 
 
 METHODS = ("library", "paper")
@@ -52,6 +55,21 @@ def resolve_method(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     resolved = ml_collections.ConfigDict(config.to_dict())
     resolved.update_from_flattened_dict(paper_method_settings(config))
     return resolved
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1):
+    """What a run checks before any work that needs no data, on `num_devices` devices in `num_processes`
+    processes: the method, every batch size it will use (the training batch must split evenly; the
+    evaluation batch is rounded up to the device count), the model's and the optimiser's settings.
+    Returns the config with its method applied (`resolve_method`); raises ValueError naming the key."""
+    config = resolve_method(config)
+    check_batch_size(config.batch_size, num_devices, num_processes)
+    eval_batch_size(config, num_devices)
+    create_optimizer(config, steps_per_epoch=1, total_steps=1)  # names of optimiser, schedule, GMM update
+    compute_dtype(config.model.dtype)
+    if config.model.head not in HEADS:
+        raise ValueError(f"model.head={config.model.head!r} is not one of {HEADS}")
+    return config
 
 
 def parse_data_ref(spec: str) -> DataRef:
@@ -134,11 +152,17 @@ def train_stream(config, protocol: OpenSetProtocol, source: Source):
     )
 
 
+def eval_batch_size(config: ml_collections.ConfigDict, num_devices: int | None = None) -> int:
+    """`eval_batch_size` rounded up to a multiple of the device count (all devices of all processes):
+    evaluation batches are padded and masked, so a larger batch changes no number."""
+    return padded_batch_size(config.eval_batch_size, jax.device_count() if num_devices is None else num_devices)
+
+
 def eval_stream(config, protocol: OpenSetProtocol, source: Source, classes=None, all_unknown=False):
     """Padded, masked evaluation batches of this process, normalised as the training data was."""
     return pipeline.eval_batches(
         source,
-        batch_size=config.eval_batch_size,
+        batch_size=eval_batch_size(config),
         preprocess=preprocess_preset(config, protocol),
         known_classes=() if all_unknown else protocol.known_classes,
         classes=classes,

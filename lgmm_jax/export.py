@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
 
-from lgmm_jax import cli, evaluate, experiment, inference
+from lgmm_jax import cli, evaluate, experiment, forward, inference
 from lgmm_jax.data import pipeline
 from lgmm_jax.ood import metrics
 from lgmm_jax.sharding import make_mesh
@@ -62,9 +62,9 @@ def validation_scores(trained: evaluate.TrainedModel, score_name: str, mesh) -> 
     config, protocol = trained.config, trained.protocol
     source = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
     batches = experiment.eval_stream(config, protocol, source, protocol.known_classes)
-    forward = evaluate.make_forward(trained.model, config.model.head, mesh)
-    outputs = evaluate.collect(batches, mesh, trained.variables, forward)
-    return evaluate.score_table(config.model.head, outputs, {}, (score_name,))[score_name]
+    forward_fn = forward.make_forward(trained.model, config.model.head, mesh)
+    outputs = forward.collect(batches, mesh, trained.variables, forward_fn)
+    return forward.score_table(outputs, {}, (score_name,))[score_name]
 
 
 def describe(

@@ -26,11 +26,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lgmm_jax import evaluate
+from lgmm_jax import forward
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource
-from lgmm_jax.sharding import make_mesh, replicated
-from lgmm_jax.state import create_model, initial_variables
+from lgmm_jax.models.configured import create_model, initial_variables
+from lgmm_jax.sharding import make_mesh, padded_batch_size, replicated
 
 EXPORT_FORMAT = "lgmm_jax.export/1"
 MODEL_FILE = "model.json"
@@ -108,7 +108,7 @@ def restore_variables(path: str, module, input_shape, mesh) -> dict:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model:
-    """An exported model, ready to predict.
+    """An exported model, ready to predict (`batch_size`: rounded up to a multiple of the device count).
 
     known_labels: original label id of each known class, in model order (class i of the posterior).
     label_names: their names. threshold: accept as known when score >= threshold. score_name: the score.
@@ -157,9 +157,9 @@ class Model:
         batches = pipeline.eval_batches(
             inputs, batch_size=self.batch_size, preprocess=self.preprocess, normalization=self.normalization
         )
-        outputs = evaluate.collect(batches, self.mesh, self.variables, self.forward)
-        head_outputs = evaluate.predictions(self.head, outputs)
-        score = evaluate.score_table(self.head, outputs, {}, (self.score_name,))[self.score_name]
+        outputs = forward.collect(batches, self.mesh, self.variables, self.forward)
+        head_outputs = forward.predictions(self.head, outputs)
+        score = forward.score_table(outputs, {}, (self.score_name,))[self.score_name]
         score = score.astype(np.float32)
         return {
             "label": np.asarray(self.known_labels, np.int64)[np.argmax(head_outputs, axis=-1)],
@@ -184,9 +184,7 @@ def load(path: str, batch_size: int | None = None) -> Model:
     mesh = make_mesh()
     module = create_model(config.model, description["num_classes"])
     variables = restore_variables(path, module, description["model_input_shape"], mesh)
-    batch_size = batch_size or config.eval_batch_size
-    if batch_size % mesh.devices.size:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.devices.size} devices")
+    batch_size = padded_batch_size(batch_size or config.eval_batch_size, mesh.devices.size)
     normalization = description["normalization"]
     return Model(
         known_labels=[int(label) for label in description["known_labels"]],
@@ -203,6 +201,6 @@ def load(path: str, batch_size: int | None = None) -> Model:
         variables=variables,
         batch_size=batch_size,
         mesh=mesh,
-        forward=evaluate.make_forward(module, head, mesh),
+        forward=forward.make_forward(module, head, mesh),
         description=description,
     )

@@ -52,10 +52,18 @@ def memory_placement(mesh: Mesh, num_classes: int) -> str:
     return f"memory bank replicated ({num_classes} classes do not split evenly over {devices} devices)"
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-    """The global batch must split evenly over devices and processes."""
-    devices, processes = mesh.devices.size, jax.process_count()
-    if global_batch_size % devices or global_batch_size % processes:
+def padded_batch_size(batch_size: int, num_devices: int) -> int:
+    """The smallest multiple of `num_devices` that is at least `batch_size` (and at least one per device)."""
+    if batch_size < 1:
+        raise ValueError(f"a batch size must be at least 1, got {batch_size}")
+    return -(-batch_size // num_devices) * num_devices
+
+
+def check_batch_size(global_batch_size: int, num_devices: int, num_processes: int = 1) -> None:
+    """The global training batch must split evenly over devices and processes (it is not padded: that
+    would change the recipe)."""
+    devices, processes = num_devices, num_processes
+    if global_batch_size < 1 or global_batch_size % devices or global_batch_size % processes:
         multiple = math.lcm(devices, processes)
         raise ValueError(
             f"batch_size={global_batch_size} does not split evenly over {devices} devices in "

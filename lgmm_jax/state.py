@@ -1,4 +1,5 @@
-"""Building what a run trains from its config: the model, the optimiser, and the train state.
+"""Building what a run trains from its config: the optimiser and the train state (the model itself comes
+from `lgmm_jax.models.configured`).
 
 Shared by training, evaluation and export, so that each rebuilds exactly the same structures.
 """
@@ -15,12 +16,10 @@ import ml_collections
 import optax
 
 from lgmm_jax.memory import MemoryBank, create_memory
-from lgmm_jax.models import create_classifier, create_lgmm
+from lgmm_jax.models.configured import initial_variables
 from lgmm_jax.objective import ObjectiveConfig
 from lgmm_jax.sharding import class_sharding, replicated
 
-HEADS = ("lgmm", "softmax")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 GMM_UPDATES = ("gradient", "moment_matching")
 SCHEDULES = ("constant", "cosine", "step", "poly")
@@ -43,33 +42,6 @@ class TrainState:
     opt_state: Any
     memory: MemoryBank | None
     rng: jax.Array
-
-
-def compute_dtype(name: str):
-    if name not in DTYPES:
-        raise ValueError(f"model.dtype={name!r} is not one of {tuple(DTYPES)}")
-    return DTYPES[name]
-
-
-def create_model(model_config: ml_collections.ConfigDict, num_classes: int):
-    """The L-GMM model or its softmax counterpart, as `model_config.head` says."""
-    dtype = compute_dtype(model_config.dtype)
-    if model_config.head == "lgmm":
-        return create_lgmm(
-            model_config.encoder,
-            num_classes,
-            model_config.num_components,
-            model_config.latent_dim,
-            dtype=dtype,
-            latent_normalization=model_config.latent_normalization,
-            init_scale=model_config.init_scale,
-            scale_floor=model_config.scale_floor,
-            share_scale=model_config.share_scale,
-            reduction="max" if model_config.get("variant", "equations") == "appendix_g" else "logsumexp",
-        )
-    if model_config.head == "softmax":
-        return create_classifier(model_config.encoder, num_classes, dtype=dtype)
-    raise ValueError(f"model.head={model_config.head!r} is not one of {HEADS}")
 
 
 def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
@@ -168,13 +140,6 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
     transforms = {"encoder": base_optimizer(opt, encoder_lr, opt.weight_decay), "gmm": gmm}
     labels = functools.partial(parameter_groups, head=config.model.head)
     return optax.multi_transform(transforms, labels), encoder_lr
-
-
-def initial_variables(model, key: jax.Array, image_shape: tuple[int, ...]) -> dict:
-    """The model's variables for one dummy image of `image_shape` (H, W, C)."""
-    params_key, dropout_key = jax.random.split(key)
-    images = jnp.zeros((1, *image_shape), jnp.float32)
-    return model.init({"params": params_key, "dropout": dropout_key}, images, train=False)
 
 
 def create_train_state(

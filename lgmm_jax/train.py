@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from etils import epath
 
 from lgmm_jax import checkpointing, evaluate, experiment, losses
@@ -30,15 +29,14 @@ from lgmm_jax.models.lgmm import LGMMModel
 from lgmm_jax.objective import ObjectiveConfig, lgmm_objective
 from lgmm_jax.sharding import (
     batch_sharding,
-    check_batch_size,
     global_batch,
     make_mesh,
     memory_placement,
     replicated,
 )
+from lgmm_jax.models.configured import create_model
 from lgmm_jax.state import (
     TrainState,
-    create_model,
     create_optimizer,
     create_sharded_train_state,
     gmm_moment_rate,
@@ -277,11 +275,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     and the input iterator's position, all as they were after the checkpoint's step. SIGTERM (a
     preemption notice) checkpoints the step reached and raises `checkpointing.Preempted`.
     """
-    config = experiment.resolve_method(config)
-    with checkpointing.preemption_guard() as preemption:
+    mesh = make_mesh()
+    config = experiment.check_config(config, mesh.devices.size, jax.process_count())
+    with checkpointing.workdir_session(workdir), checkpointing.preemption_guard() as preemption:
         checkpointing.check_compatible(workdir, config)  # before any work: a wrong workdir fails at once
-        mesh = make_mesh()
-        check_batch_size(config.batch_size, mesh)
         protocol = experiment.resolve_protocol(config)
         train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
         check_evaluation_data(config, protocol)

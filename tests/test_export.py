@@ -20,7 +20,7 @@ import pytest
 from scipy import special
 
 import configs.default
-from lgmm_jax import evaluate, experiment, export, inference, train
+from lgmm_jax import evaluate, experiment, export, forward, inference, train
 from lgmm_jax.data import pipeline, sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from lgmm_jax.sharding import make_mesh
@@ -110,9 +110,9 @@ def test_fresh_process_predictions_equal_the_checkpoints_evaluation(run):
     mesh = make_mesh()
     trained = evaluate.restore_workdir(run["workdir"], mesh)
     source = sources.get_source("digits", "test")
-    outputs = evaluate.collect(
+    outputs = forward.collect(
         experiment.eval_stream(trained.config, trained.protocol, source, trained.protocol.known_classes),
-        mesh, trained.variables, evaluate.make_forward(trained.model, "lgmm", mesh))
+        mesh, trained.variables, forward.make_forward(trained.model, "lgmm", mesh))
     np.testing.assert_array_equal(outputs["original_label"], run["test_labels"])
     np.testing.assert_allclose(scores, outputs["class_log_likelihood"].max(-1), rtol=0, atol=1e-5)
     log_posterior = predicted["test/log_posterior"]

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10, cifar100, default
 from lgmm_jax import train
+from lgmm_jax.models.configured import create_model
 from lgmm_jax.ood import scores
 
 
@@ -141,7 +142,7 @@ def test_a_step_updates_only_the_mixtures_of_the_batch_classes(gmm_update):
     num_classes = 6
     config = small_config(batch_size=4, **{"model.gmm_update": gmm_update})
     mesh = make_mesh()
-    model = state_lib.create_model(config.model, num_classes)
+    model = create_model(config.model, num_classes)
     optimizer, _ = state_lib.create_optimizer(config, 10, 100)
     train_state, shardings = state_lib.create_sharded_train_state(
         config, model, optimizer, (8, 8, 1), num_classes, mesh
@@ -186,7 +187,7 @@ def trained_parameters(config, num_steps=3):
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
     num_classes = experiment.num_known_classes(protocol, source)
     mesh = make_mesh()
-    model = state_lib.create_model(config.model, num_classes)
+    model = create_model(config.model, num_classes)
     optimizer, _ = state_lib.create_optimizer(config, 10, 100)
     train_state, shardings = state_lib.create_sharded_train_state(
         config, model, optimizer, experiment.model_input_shape(config, protocol, source), num_classes, mesh

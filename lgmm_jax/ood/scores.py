@@ -34,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.covariance import EmpiricalCovariance
+import scipy.linalg
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -154,6 +154,12 @@ def odin(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
     return msp(_as_float(logits_fn(perturbed)) / temperature)
 
 
+def odin_step(epsilon: float, input_std: float | Sequence[float] = 1.0) -> jax.Array:
+    """ODIN's step in the units of standardised inputs: epsilon (in [0, 1] pixel units) divided by each
+    channel's own std, float32 [C] (a scalar for a scalar std), broadcasting on the images' last axis."""
+    return jnp.asarray(np.float32(epsilon) / np.asarray(input_std, np.float32))
+
+
 class OdinHyperparameters(NamedTuple):
     """What ``select_odin_hyperparameters`` chose, with the criterion it maximised for each epsilon."""
 
@@ -168,6 +174,7 @@ def select_odin_hyperparameters(
     temperature: float = ODIN_TEMPERATURE,
     epsilons: Sequence[float] = ODIN_STAR_EPSILONS,
     batch_size: int = 256,
+    input_std: float | Sequence[float] = 1.0,
 ) -> OdinHyperparameters:
     """ODIN* hyperparameters chosen on held-out ID data only, without any OOD data.
 
@@ -181,8 +188,11 @@ def select_odin_hyperparameters(
       logits_fn: images [B, ...] -> logits [B, C] (see ``odin``).
       id_val_images: [N, ...] held-out known-class images (never the test or OOD sets).
       temperature: T > 0, fixed.
-      epsilons: the candidate steps, in the units of the images (see ``odin``).
+      epsilons: the candidate steps, in [0, 1] pixel units as ODIN's (with ``input_std`` 1: the units of
+        the images).
       batch_size: images scored per call; the last batch may be smaller.
+      input_std: the per-channel std the images were standardised by (broadcast on their trailing axis):
+        each channel steps by epsilon / its own std, as ODIN's and OpenOOD's code do (``odin_step``).
 
     Returns:
       OdinHyperparameters(temperature, epsilon, mean_id_score_by_epsilon).
@@ -200,7 +210,7 @@ def select_odin_hyperparameters(
         score_sum = 0.0
         for start in range(0, id_val_images.shape[0], batch_size):
             batch = id_val_images[start:start + batch_size]
-            score_sum += float(jnp.sum(batched_odin(batch, jnp.float32(epsilon))))
+            score_sum += float(jnp.sum(batched_odin(batch, odin_step(epsilon, input_std))))
         mean_scores[float(epsilon)] = score_sum / id_val_images.shape[0]
     best_epsilon = max(mean_scores, key=mean_scores.get)  # the first maximum in `epsilons` order.
     return OdinHyperparameters(float(temperature), best_epsilon, mean_scores)
@@ -252,12 +262,80 @@ def kl_matching(logits: jax.Array, templates: jax.Array) -> jax.Array:
     return -jnp.min(negative_entropy + cross_entropy, axis=-1)
 
 
+class MahalanobisStatistics(NamedTuple):
+    """Sufficient statistics of class-conditional Gaussians with a tied covariance, float64, taken about a
+    fixed `shift` (the first batch's mean feature, against cancellation): per-class `counts` [C] and
+    feature `sums` [C, F], and the `scatter` sum_i (f_i - shift)(f_i - shift)^T [F, F]. Memory is
+    O(C*F + F^2) whatever the number of examples."""
+
+    counts: np.ndarray
+    sums: np.ndarray
+    scatter: np.ndarray
+    shift: np.ndarray
+
+
+def _check_features(features: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    if features.ndim != 2 or labels.shape != features.shape[:1] or features.shape[0] == 0:
+        raise ValueError(
+            f"features must be [N > 0, F] with labels [N], got {features.shape} and {labels.shape}.")
+    if not np.all(np.isfinite(features)):
+        raise ValueError("features contain NaN or inf; fix the encoder output before fitting.")
+    if not (np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0 and labels.max() < num_classes):
+        raise ValueError(f"labels must be integers in [0, {num_classes}); fit on the known classes' data.")
+
+
+def accumulate_mahalanobis(statistics: MahalanobisStatistics | None, features, labels,
+                           num_classes: int) -> MahalanobisStatistics:
+    """`statistics` (None: empty) plus one batch of features [N, F] with labels [N] in [0, C)."""
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    _check_features(features, labels, num_classes)
+    if statistics is None:
+        num_features = features.shape[1]
+        statistics = MahalanobisStatistics(
+            counts=np.zeros(num_classes, np.int64),
+            sums=np.zeros((num_classes, num_features)),
+            scatter=np.zeros((num_features, num_features)),
+            shift=features.mean(axis=0),
+        )
+    shifted = features - statistics.shift
+    sums = statistics.sums.copy()
+    np.add.at(sums, labels, shifted)
+    return statistics._replace(
+        counts=statistics.counts + np.bincount(labels, minlength=num_classes),
+        sums=sums,
+        scatter=statistics.scatter + shifted.T @ shifted,
+    )
+
+
+def mahalanobis_from_statistics(statistics: MahalanobisStatistics) -> tuple[jax.Array, jax.Array]:
+    """(class_means [C, F], precision [F, F]) float32 from accumulated statistics (see fit_mahalanobis).
+
+    The tied covariance is the within-class scatter over N: (sum_i g_i g_i^T - sum_c n_c m_c m_c^T) / N
+    with g = f - shift and m_c the mean of class c's g; its pseudo-inverse is taken with
+    `scipy.linalg.pinvh`, as `sklearn.covariance.EmpiricalCovariance` does.
+    """
+    counts = statistics.counts
+    if np.any(counts == 0):
+        raise ValueError(
+            f"classes {np.flatnonzero(counts == 0).tolist()} have no example; fit on data that holds "
+            "every known class.")
+    shifted_means = statistics.sums / counts[:, None]
+    within = statistics.scatter - (shifted_means * counts[:, None]).T @ shifted_means
+    covariance = within / counts.sum()
+    precision = scipy.linalg.pinvh(covariance, check_finite=False)
+    class_means = shifted_means + statistics.shift
+    return jnp.asarray(class_means, jnp.float32), jnp.asarray(precision, jnp.float32)
+
+
 def fit_mahalanobis(features, labels, num_classes: int) -> tuple[jax.Array, jax.Array]:
     """Class means and the tied precision for the Mahalanobis score (Lee et al., 2018, Eq. 1).
 
     mu_c is the mean feature of class c; Sigma = 1/N sum_c sum_{i: y_i = c} (f_i - mu_c)(f_i - mu_c)^T
-    (the maximum-likelihood tied covariance); the precision is its pseudo-inverse, computed by
-    ``sklearn.covariance.EmpiricalCovariance`` as in Lee et al.'s code. Fitted in float64.
+    (the maximum-likelihood tied covariance); the precision is its pseudo-inverse, as Lee et al.'s code
+    computes it (sklearn's EmpiricalCovariance). Fitted in float64 from streamed sufficient statistics:
+    for data that does not fit in memory, call `accumulate_mahalanobis` batch by batch and then
+    `mahalanobis_from_statistics`.
 
     Args:
       features: [N, F] penultimate features of training (or held-out) ID examples.
@@ -267,23 +345,7 @@ def fit_mahalanobis(features, labels, num_classes: int) -> tuple[jax.Array, jax.
     Returns:
       (class_means [C, F], precision [F, F]), float32.
     """
-    features = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels)
-    if features.ndim != 2 or labels.shape != features.shape[:1] or features.shape[0] == 0:
-        raise ValueError(
-            f"features must be [N > 0, F] with labels [N], got {features.shape} and {labels.shape}.")
-    if not np.all(np.isfinite(features)):
-        raise ValueError("features contain NaN or inf; fix the encoder output before fitting.")
-    integer_labels = np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0
-    counts = np.bincount(labels, minlength=num_classes) if integer_labels else None
-    if counts is None or counts.size != num_classes or np.any(counts == 0):
-        raise ValueError(
-            f"labels must be integers in [0, {num_classes}) with every class present; "
-            "fit on data that holds every known class.")
-    class_means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
-    centred = features - class_means[labels]
-    precision = EmpiricalCovariance(assume_centered=True).fit(centred).precision_
-    return jnp.asarray(class_means, jnp.float32), jnp.asarray(precision, jnp.float32)
+    return mahalanobis_from_statistics(accumulate_mahalanobis(None, features, labels, num_classes))
 
 
 @jax.jit

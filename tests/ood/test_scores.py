@@ -255,9 +255,9 @@ def test_mahalanobis_score_matches_scipy_distance():
 
 def test_mahalanobis_bad_input_raises():
     features, labels = _class_data(seed=14)
-    with pytest.raises(ValueError, match="every class"):
+    with pytest.raises(ValueError, match=r"classes \[4\] have no example.*every known class"):
         scores.fit_mahalanobis(features, labels, 5)  # class 4 has no example.
-    with pytest.raises(ValueError, match="every class"):
+    with pytest.raises(ValueError, match="integers"):
         scores.fit_mahalanobis(features, labels.astype(np.float32), 4)
     class_means, precision = scores.fit_mahalanobis(features, labels, 4)
     with pytest.raises(ValueError, match="feature sizes"):
@@ -278,3 +278,41 @@ def test_odin_accepts_a_partial_logits_fn():
     logits_fn = functools.partial(lambda w, b, x: x.reshape(x.shape[0], -1) @ w + b, weights, bias)
     expected, _ = _numpy_linear_odin(weights, bias, images, 1000.0, 0.0014)
     np.testing.assert_allclose(scores.odin(logits_fn, images), expected, rtol=1e-5)
+
+
+def test_mahalanobis_streamed_in_batches_equals_sklearn_on_all_features():
+    """Issue 12: the fit keeps O(C*F + F^2) statistics, not the features. Batch by batch, with features far
+    from the origin (cancellation), it must equal sklearn's EmpiricalCovariance on every feature at once
+    (what the fit computed before)."""
+    from sklearn.covariance import EmpiricalCovariance
+
+    features, labels = _class_data(seed=17, num_classes=5, num_features=8, per_class=90, offset=300.0)
+    order = _rng(18).permutation(len(labels))
+    features, labels = features[order], labels[order]
+    statistics = None
+    for batch in np.array_split(np.arange(len(labels)), 7):
+        statistics = scores.accumulate_mahalanobis(statistics, features[batch], labels[batch], 5)
+    class_means, precision = scores.mahalanobis_from_statistics(statistics)
+    x = features.astype(np.float64)
+    expected_means = np.stack([x[labels == c].mean(axis=0) for c in range(5)])
+    expected_precision = EmpiricalCovariance(assume_centered=True).fit(x - expected_means[labels]).precision_
+    np.testing.assert_allclose(class_means, expected_means, rtol=1e-6)
+    np.testing.assert_allclose(precision, expected_precision, rtol=1e-4, atol=1e-7)
+    assert statistics.scatter.shape == (8, 8) and statistics.sums.shape == (5, 8)
+
+
+def test_odin_steps_each_channel_by_epsilon_over_its_own_std():
+    """ODIN's and OpenOOD's code divide the step by each channel's std, not by their mean."""
+    std = (0.2, 0.3, 0.4)
+    step = np.asarray(scores.odin_step(0.01, std))
+    np.testing.assert_allclose(step, [0.05, 0.01 / 0.3, 0.025], rtol=1e-6)
+    rng = _rng(19)
+    weights = rng.normal(size=(2 * 2 * 3, 4)).astype(np.float32)
+    images = rng.normal(size=(5, 2, 2, 3)).astype(np.float32)
+    logits_fn = lambda x: x.reshape(x.shape[0], -1) @ weights  # noqa: E731
+    direction = np.asarray(scores.odin_perturbation(logits_fn, images, 10.0))
+    by_hand = scores.msp(logits_fn(images + step * direction) / 10.0)
+    np.testing.assert_allclose(scores.odin(logits_fn, images, 10.0, step), by_hand, rtol=1e-6)
+    chosen = scores.select_odin_hyperparameters(logits_fn, images, 10.0, (0.0, 0.01), input_std=std)
+    expected = float(np.mean(by_hand))
+    assert chosen.mean_id_score_by_epsilon[0.01] == pytest.approx(expected, rel=1e-5)

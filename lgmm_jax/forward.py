@@ -1,0 +1,106 @@
+"""The evaluation forward pass and what is computed from its outputs, shared by evaluation, export and
+inference (which sit above this module and never import one another for it).
+
+`make_forward` runs the model in inference mode on a sharded batch; `iterate_outputs` / `collect` run it
+over padded, masked batches and keep the real examples; `score_table` turns the outputs into open-set
+scores (higher = more in-distribution) and `predictions` into the class scores whose argmax is the label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from lgmm_jax.ood import scores
+from lgmm_jax.sharding import batch_sharding, global_batch, replicated
+
+# The per-example columns of an evaluation batch that travel with the model's outputs.
+BATCH_COLUMNS = ("label", "original_label", "mask")
+
+
+def model_variables(state) -> dict:
+    """The variables `model.apply` needs, from a TrainState or an exported model's arrays."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if state.mixture:
+        variables["mixture"] = state.mixture
+    return variables
+
+
+def make_forward(model, head: str, mesh):
+    """Jitted inference on a sharded batch: per-example outputs of the head.
+
+    L-GMM: `latent` z [B, D] and `class_log_likelihood` log p(z|y) [B, C] (Eq. 4); softmax: `logits`
+    [B, C] and the backbone's pooled `features` [B, F] (for Mahalanobis).
+    """
+
+    def forward(variables, images):
+        if head == "lgmm":
+            z, class_log_likelihood = model.apply(variables, images, train=False)
+            return {"latent": z, "class_log_likelihood": class_log_likelihood}
+        logits = model.apply(variables, images, train=False)
+        features = model.apply(variables, images, False, method=lambda m, x, t: m.backbone(x, t))
+        return {"logits": logits, "features": features.astype(jnp.float32)}
+
+    return jax.jit(forward, in_shardings=(replicated(mesh), batch_sharding(mesh)))
+
+
+def gather(array) -> np.ndarray:
+    """A global array -> the full numpy array on every host."""
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def iterate_outputs(batches, mesh, variables, forward, extra=None) -> Iterator[dict[str, np.ndarray]]:
+    """`forward` (and `extra`, name -> jitted fn of the same arguments) on each padded batch; yields the
+    real (unmasked) examples' outputs and batch columns of every process, one global batch at a time."""
+    for local in batches:
+        batch = global_batch(local, mesh)
+        outputs = dict(forward(variables, batch["image"]))
+        for name, fn in (extra or {}).items():
+            outputs[name] = fn(variables, batch["image"])
+        for name in BATCH_COLUMNS:
+            outputs[name] = batch[name]
+        arrays = {name: gather(value) for name, value in outputs.items()}
+        keep = arrays.pop("mask")
+        yield {name: value[keep] for name, value in arrays.items()}
+
+
+def collect(batches, mesh, variables, forward, extra=None) -> dict[str, np.ndarray]:
+    """Every output of `iterate_outputs`, concatenated over the batches."""
+    parts: dict[str, list] = {}
+    for outputs in iterate_outputs(batches, mesh, variables, forward, extra):
+        for name, value in outputs.items():
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def score_table(outputs: dict, fitted: dict, chosen) -> dict[str, np.ndarray]:
+    """name -> [N] float64 scores (higher = more in-distribution) of one evaluation set's outputs.
+
+    `fitted` holds what a score fitted on known data beforehand: `kl_templates`, `mahalanobis`
+    ((class means, precision)); ODIN's scores come computed, as the output `odin`.
+    """
+    table: dict[str, Any] = {}
+    for name in chosen:
+        if name in ("likelihood", "marginal"):
+            table[name] = getattr(scores, name)(outputs["class_log_likelihood"])
+        elif name in ("msp", "maxlogit", "energy"):
+            table[name] = getattr(scores, name)(outputs["logits"])
+        elif name == "odin":
+            table[name] = outputs["odin"]
+        elif name == "kl_matching":
+            table[name] = scores.kl_matching(outputs["logits"], fitted["kl_templates"])
+        elif name == "mahalanobis":
+            table[name] = scores.mahalanobis(outputs["features"], *fitted["mahalanobis"])
+        else:
+            raise ValueError(f"unknown score {name!r}: use one of {tuple(scores.SCORE_FUNCTIONS)}")
+    return {name: np.asarray(value, np.float64) for name, value in table.items()}
+
+
+def predictions(head: str, outputs: dict) -> np.ndarray:
+    """[N, C] class scores whose argmax is the predicted class: log p(z|y) (L-GMM) or the logits."""
+    return outputs["class_log_likelihood"] if head == "lgmm" else outputs["logits"]

@@ -1,0 +1,55 @@
+"""A model from the `model` section of a run's config: what training, evaluation and an exported model's
+loader build, so that each rebuilds exactly the same structure."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lgmm_jax.models.backbones import create_classifier
+from lgmm_jax.models.lgmm import create_lgmm
+
+HEADS = ("lgmm", "softmax")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    """The jnp dtype of `model.dtype` ('float32' or 'bfloat16')."""
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r} is not one of {tuple(DTYPES)}")
+    return DTYPES[name]
+
+
+def backbone_options(model_config: ml_collections.ConfigDict) -> dict:
+    """Keyword arguments of `create_backbone` that the config sets (only those it sets)."""
+    return {"zero_init_residual": True} if model_config.get("zero_init_residual", False) else {}
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int):
+    """The L-GMM model or its softmax counterpart, as `model_config.head` says."""
+    dtype = compute_dtype(model_config.dtype)
+    if model_config.head == "lgmm":
+        return create_lgmm(
+            model_config.encoder,
+            num_classes,
+            model_config.num_components,
+            model_config.latent_dim,
+            dtype=dtype,
+            backbone_kwargs=backbone_options(model_config),
+            latent_normalization=model_config.latent_normalization,
+            init_scale=model_config.init_scale,
+            scale_floor=model_config.scale_floor,
+            share_scale=model_config.share_scale,
+            reduction="max" if model_config.get("variant", "equations") == "appendix_g" else "logsumexp",
+        )
+    if model_config.head == "softmax":
+        return create_classifier(model_config.encoder, num_classes, dtype=dtype, **backbone_options(model_config))
+    raise ValueError(f"model.head={model_config.head!r} is not one of {HEADS}")
+
+
+def initial_variables(model, key: jax.Array, image_shape: tuple[int, ...]) -> dict:
+    """The model's variables for one dummy image of `image_shape` (H, W, C)."""
+    params_key, dropout_key = jax.random.split(key)
+    images = jnp.zeros((1, *image_shape), jnp.float32)
+    return model.init({"params": params_key, "dropout": dropout_key}, images, train=False)
