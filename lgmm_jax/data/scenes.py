@@ -40,7 +40,7 @@ difficulty.
 
 Every scene is drawn from its own generator ``np.random.default_rng((seed, split number, scene index))``,
 so a split is deterministic from the seed and independent of the other splits. A split is built on first
-use (about a second) and cached as ``<data_dir>/scenes/<version>-seed<seed>/<split>.npz``; the default
+use (0.1-1.5 s here) and cached as ``<data_dir>/scenes/<version>-seed<seed>/<split>.npz``; the default
 data dir is ``$XDG_CACHE_HOME/lgmm_jax`` (``~/.cache/lgmm_jax``).
 """
 

@@ -126,8 +126,11 @@ class Float32Buffer:
     def __init__(self):
         self._data = np.empty(0, dtype=np.float32)
         self.size = 0
+        self._handed_out = False
 
     def append(self, values: np.ndarray) -> None:
+        if self._handed_out:  # resizing an array someone else holds would leave them a dangling pointer
+            raise ValueError("trimmed() was already called: a Float32Buffer takes no values after that")
         end = self.size + values.size
         if end > self._data.size:
             self._data.resize(max(end, self._data.size * 3 // 2), refcheck=False)
@@ -135,8 +138,10 @@ class Float32Buffer:
         self.size = end
 
     def trimmed(self) -> np.ndarray:
-        """The values appended so far, as the buffer's own (shrunk) array: append no more after this."""
-        self._data.resize(self.size, refcheck=False)
+        """The values appended so far, as the buffer's own (shrunk) array; no `append` after this."""
+        if not self._handed_out:
+            self._data.resize(self.size, refcheck=False)
+            self._handed_out = True
         return self._data
 
 

@@ -186,3 +186,6 @@ def test_float32_buffer_keeps_every_appended_value_in_order():
     values = buffer.trimmed()
     assert values.dtype == np.float32 and buffer.size == values.size == 151
     np.testing.assert_array_equal(values, np.concatenate(parts))
+    assert buffer.trimmed() is values
+    with pytest.raises(ValueError, match="takes no values after that"):
+        buffer.append(parts[1])
