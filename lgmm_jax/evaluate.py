@@ -3,6 +3,7 @@
     python -m lgmm_jax.evaluate --workdir=DIR                      # the latest checkpoint of a training run
     python -m lgmm_jax.evaluate --model=EXPORTED --output=DIR      # an exported model (lgmm_jax.export)
     python -m lgmm_jax.evaluate --workdir=DIR --ood_datasets=folder=/data/LSUN_resize --output=DIR2
+    python -m lgmm_jax.evaluate --workdir=DIR --config.eval_batch_size=64   # any key of the run's config
 
 Every example of every evaluation set is seen once (padded, masked batches). Known-class test data give
 top-1/top-5; each unknown set is scored against them with every score the head has (L-GMM: `likelihood`,
@@ -32,7 +33,7 @@ from absl import flags
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lgmm_jax import checkpointing, cli, experiment, forward, losses, report
+from lgmm_jax import checkpointing, cli, experiment, forward, inference, losses, report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
@@ -317,9 +318,12 @@ def restore_workdir(workdir: str, mesh, config: ml_collections.ConfigDict | None
     )
 
 
-def with_overrides(config: ml_collections.ConfigDict, ood_datasets=(), data_dir: str | None = None):
-    """A copy of `config` with extra unknown sets (`ood_datasets` entries) and another data_dir."""
+def with_overrides(config: ml_collections.ConfigDict, ood_datasets=(), data_dir: str | None = None,
+                   config_overrides: dict | None = None):
+    """A copy of `config` with extra unknown sets (`ood_datasets` entries), another data_dir, and
+    `config_overrides` ({dotted key: value}, e.g. {"eval_batch_size": 64}) written in."""
     config = ml_collections.ConfigDict(json.loads(config.to_json()))
+    config.update_from_flattened_dict(dict(config_overrides or {}))
     if ood_datasets:
         config.ood_datasets = tuple(config.ood_datasets) + tuple(ood_datasets)
     if data_dir:
@@ -327,25 +331,24 @@ def with_overrides(config: ml_collections.ConfigDict, ood_datasets=(), data_dir:
     return config
 
 
-def evaluate_workdir(workdir: str, output: str | None = None, *, ood_datasets=(), data_dir=None) -> dict:
+def evaluate_workdir(workdir: str, output: str | None = None, *, ood_datasets=(), data_dir=None,
+                     config_overrides=None) -> dict:
     """Evaluate the latest checkpoint of a training run; write results.json, report.md, plots to `output`
     (default: the workdir)."""
     mesh = make_mesh()
-    config = with_overrides(checkpointing.read_config(workdir), ood_datasets, data_dir)
+    config = with_overrides(checkpointing.read_config(workdir), ood_datasets, data_dir, config_overrides)
     trained = restore_workdir(workdir, mesh, config)
     return evaluate_variables_and_write(
         config, output or workdir, trained.model, trained.variables, trained.protocol, mesh
     )
 
 
-def evaluate_export(path: str, output: str, *, ood_datasets=(), data_dir=None) -> dict:
+def evaluate_export(path: str, output: str, *, ood_datasets=(), data_dir=None, config_overrides=None) -> dict:
     """Evaluate an exported model (`lgmm_jax.export`) on the data its config names; same numbers as
     `evaluate_workdir` on the checkpoint it was exported from."""
-    from lgmm_jax import inference  # inference builds on this module
-
     exported = inference.load(path)
     mesh = make_mesh()
-    config = with_overrides(exported.config, ood_datasets, data_dir)
+    config = with_overrides(exported.config, ood_datasets, data_dir, config_overrides)
     protocol = experiment.resolve_protocol(config)
     return evaluate_variables_and_write(config, output, exported.module, exported.variables, protocol, mesh)
 
@@ -368,6 +371,7 @@ def define_flags() -> None:
     flags.DEFINE_bool(
         "distributed", None, "jax.distributed.initialize() (default: when a cluster is detected)"
     )
+    cli.define_config_overrides("only --config.KEY=VALUE overrides of the run's config.json")
 
 
 def main(argv):
@@ -379,7 +383,11 @@ def main(argv):
         cli.fail("--model needs --output=DIR: the exported model's folder is left as it is")
     cli.quiet_libraries()
     cli.maybe_initialize_distributed(FLAGS.distributed)
-    overrides = {"ood_datasets": tuple(FLAGS.ood_datasets), "data_dir": FLAGS.data_dir}
+    overrides = {
+        "ood_datasets": tuple(FLAGS.ood_datasets),
+        "data_dir": FLAGS.data_dir,
+        "config_overrides": cli.config_overrides(),
+    }
     if FLAGS.workdir:
         return cli.run_guarded(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.output, **overrides))
     return cli.run_guarded(lambda: evaluate_export(FLAGS.model, FLAGS.output, **overrides))

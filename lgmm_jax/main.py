@@ -12,7 +12,6 @@ Mistakes in the input end with one `error: ...` line on stderr and a non-zero st
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags
@@ -20,13 +19,11 @@ from ml_collections import config_flags
 
 from lgmm_jax import cli
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
-
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file", lock_config=True)
+    config_flags.DEFINE_config_file("config", cli.DEFAULT_CONFIG, "ml_collections config file", lock_config=True)
     flags.DEFINE_string("workdir", "workdir", "where checkpoints, metrics and results go")
     flags.DEFINE_bool(
         "distributed", None,

@@ -57,6 +57,9 @@ def run(tmp_path_factory):
         "workdir": start("lgmm_jax.evaluate", f"--workdir={workdir}", f"--ood_datasets=folder={folder}"),
         "model": start("lgmm_jax.evaluate", f"--model={exported}", f"--output={root / 'model_evaluation'}"),
         "no_checkpoint": start("lgmm_jax.evaluate", f"--workdir={no_checkpoint}"),
+        "override": start("lgmm_jax.evaluate", f"--workdir={workdir}", f"--output={root / 'batch_7'}",
+                          "--config.eval_batch_size=7"),
+        "config_file": start("lgmm_jax.evaluate", f"--workdir={workdir}", "--config=configs/cifar10.py"),
     }
     completed = {name: finish(process) for name, process in processes.items()}
     for name in ("workdir", "model"):
@@ -65,7 +68,11 @@ def run(tmp_path_factory):
         evaluated = json.load(f)
     with open(root / "model_evaluation" / "results.json") as f:
         model_evaluated = json.load(f)
+    assert completed["override"].returncode == 0, completed["override"].stderr
+    with open(root / "batch_7" / "results.json") as f:
+        overridden = json.load(f)
     return {"workdir": workdir, "exported": exported, "no_checkpoint": no_checkpoint, "trained": trained,
+            "overridden": overridden,
             "evaluated": evaluated, "model_evaluated": model_evaluated, "completed": completed}
 
 
@@ -122,3 +129,17 @@ def test_a_workdir_without_checkpoints_is_one_line_and_a_nonzero_exit(run):
     message = one_line_error(run["completed"]["no_checkpoint"])
     assert "no complete checkpoint" in message and run["no_checkpoint"] in message
     assert not os.path.exists(os.path.join(run["no_checkpoint"], "checkpoints"))  # nothing created
+
+
+def test_config_overrides_reach_the_evaluation_and_padding_changes_no_number(run):
+    """`--config.eval_batch_size=7`: a batch size that splits no data set evenly; every example is still
+    seen once (the last batch padded and masked), so every number equals the training run's."""
+    trained, overridden = run["trained"], run["overridden"]
+    for key in ("closed_set", "thresholds", "components"):
+        assert_same_numbers(overridden[key], trained[key])
+    assert_same_numbers(overridden["open_set"], trained["open_set"])
+
+
+def test_a_config_file_is_refused_by_evaluate(run):
+    message = one_line_error(run["completed"]["config_file"])
+    assert "--config.KEY=VALUE" in message and "config.json" in message
