@@ -67,6 +67,36 @@ def update_memory(
     )
 
 
+def sample_per_class(
+    key: jax.Array, labels: jax.Array, eligible: jax.Array, num_classes: int, per_class: int
+) -> tuple[jax.Array, jax.Array]:
+    """Up to `per_class` eligible examples of every class, uniformly without replacement.
+
+    labels [N] in [0, C) where eligible [N] is True (elsewhere anything, e.g. a void label). Returns
+    (indices [C * S], valid [C * S]), S = per_class, class-major: row block c holds class c's picks in
+    ascending index order, then invalid placeholders (index 0). Pushing `labels[indices]` with
+    `update_memory(..., mask=valid)` therefore writes each class's picks in their original order: when no
+    class has more than S eligible examples, exactly what pushing the whole batch writes.
+
+    One sort of N (class, random priority) keys picks the S lowest priorities of each class; everything
+    after it is O(C * S), so what the bank receives per step does not grow with N (pixels per batch).
+    """
+    num_examples = labels.shape[0]
+    priority = jax.random.uniform(key, (num_examples,))
+    sort_class = jnp.where(eligible, labels, num_classes)  # ineligible examples sort after every class
+    sorted_class, _, order = jax.lax.sort(
+        (sort_class, priority, jnp.arange(num_examples)), num_keys=2
+    )
+    classes = jnp.arange(num_classes)
+    starts = jnp.searchsorted(sorted_class, classes, side="left")
+    counts = jnp.searchsorted(sorted_class, classes, side="right") - starts
+    offsets = jnp.arange(per_class)
+    picked = order[jnp.minimum(starts[:, None] + offsets, num_examples - 1)]  # [C, S]
+    picked = jnp.sort(jnp.where(offsets < counts[:, None], picked, num_examples), axis=1)
+    valid = picked < num_examples
+    return jnp.where(valid, picked, 0).reshape(-1), valid.reshape(-1)
+
+
 def oldest_to_newest(memory: MemoryBank, class_id: int):
     """The valid latents of one class in the order they were written (a host-side view for inspection)."""
     capacity = memory.capacity

@@ -6,6 +6,10 @@ for the encoder and dL_G/dtheta for the Gaussians, in one encoder pass: the disc
 moves the mixture and the generative loss never moves the encoder. The mixture weights pi are not
 parameters at all: they are counted from the memory bank (see `lgmm_jax.mixture`). As in Appendix G,
 a step updates the mixtures of the classes in its batch only (`batch_classes`).
+
+`pixel_lgmm_objective` is the same objective with a pixel as the example (segmentation, Section 5.3):
+L_D on every labelled pixel at the label's resolution, the bank and L_G on a bounded per-class sample of
+the labelled pixels; the void label is a mask. Both share `collaborative_objective`.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from lgmm_jax import losses, mixture
-from lgmm_jax.memory import MemoryBank, update_memory
+from lgmm_jax.memory import MemoryBank, sample_per_class, update_memory
 from lgmm_jax.models.gmm import head_gaussians, log_likelihood
+from lgmm_jax.models.resize import resize_bilinear, resize_labels_nearest
 
 VARIANTS = ("equations", "appendix_g")
 TRAINING_MODES = ("collaborative", "generative_only")
@@ -78,6 +83,31 @@ class ObjectiveConfig:
         return "max" if self.variant == "appendix_g" else "logsumexp"
 
 
+@dataclasses.dataclass(frozen=True)
+class PixelConfig:
+    """What makes a pixel an example of the collaborative objective (segmentation; DESIGN.md section 6).
+
+    void_label: the label of unlabelled pixels (255 in ADE20K with reduce_zero_label and in Cityscapes).
+      It is a mask everywhere and never used as a class index.
+    pixels_per_class: S, how many of each class's labelled pixels (at the decoder's resolution) a step
+      pushes into the memory bank and gives to L_G, drawn uniformly without replacement
+      (`memory.sample_per_class`); all of them when a class has no more. This bounds the bank's and
+      L_G's work per step by C * S whatever the image size (a 512x512 batch of 16 has 262,144 pixels at
+      1/4 resolution). GMMSeg pushes at most 20 per component (100 per class at K = 5).
+    remember_misclassified: True (default) samples among all labelled pixels, as classification pushes
+      every example; False samples only pixels whose prediction argmax_y log p(z|y) is their label
+      (GMMSeg's queue).
+    """
+
+    void_label: int = 255
+    pixels_per_class: int = 64
+    remember_misclassified: bool = True
+
+    def __post_init__(self):
+        if self.pixels_per_class < 1:
+            raise ValueError(f"pixels_per_class={self.pixels_per_class} must be at least 1")
+
+
 class ObjectiveOutputs(NamedTuple):
     """Everything the train step needs besides the gradient."""
 
@@ -90,7 +120,7 @@ class ObjectiveOutputs(NamedTuple):
     bank_latents: jax.Array  # [P, S, D] the remembered latents this step looked at
     bank_valid: jax.Array  # [P, S]
     bank_weights: jax.Array  # [P, S, K] their assignments (one-hot or soft)
-    class_log_likelihood: jax.Array  # [B, C] log p(z|y) (theta held fixed)
+    class_log_likelihood: jax.Array  # [B, C] log p(z|y) (theta held fixed); pixels: [B, h, w, C]
     terms: dict  # scalar loss terms for logging
 
 
@@ -140,24 +170,53 @@ def lgmm_objective(
 ) -> tuple[jax.Array, ObjectiveOutputs]:
     """L_D(phi; sg(theta)) + L_G(theta; sg(z)) (Eq. 5-7), the memory bank updated with this batch.
 
-    `key` draws the bank slots this step looks at (`ObjectiveConfig.bank_sample_size`); without it
-    the whole bank is used.
+    z [B, D], labels [B], mask [B] (False on padding: such examples count nowhere). `key` draws the bank
+    slots this step looks at (`ObjectiveConfig.bank_sample_size`); without it the whole bank is used.
     """
-    num_components = config.num_components
-    means, scales = head_gaussians(head_params, config.scale_floor, num_components)
-    fixed = jax.lax.stop_gradient
-
+    means, scales = head_gaussians(head_params, config.scale_floor, config.num_components)
     # L_D (Eq. 7): the encoder learns from the posterior of a mixture it cannot move.
-    class_log_likelihood = log_likelihood(
-        z, fixed(means), fixed(scales), log_weights, config.reduction
-    )
+    class_log_likelihood = fixed_mixture_log_likelihood(z, means, scales, log_weights, config)
     discriminative = losses.discriminative_loss(
         class_log_likelihood, labels, mask, config.discriminative_temperature
     )
+    memory = update_memory(memory, jax.lax.stop_gradient(z), labels, mask)
+    return collaborative_objective(
+        discriminative, class_log_likelihood, z, labels, mask, means, scales, log_weights, memory, config,
+        key,
+    )
+
+
+def fixed_mixture_log_likelihood(
+    z: jax.Array, means: jax.Array, scales: jax.Array, log_weights: jax.Array, config: ObjectiveConfig
+) -> jax.Array:
+    """log p(z|y) [B, C] under a mixture held fixed (Eq. 4): what L_D (Eq. 7) differentiates, w.r.t. z only."""
+    fixed = jax.lax.stop_gradient
+    return log_likelihood(z, fixed(means), fixed(scales), log_weights, config.reduction)
+
+
+def collaborative_objective(
+    discriminative: jax.Array,
+    class_log_likelihood: jax.Array,
+    z: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    means: jax.Array,
+    scales: jax.Array,
+    log_weights: jax.Array,
+    memory: MemoryBank,
+    config: ObjectiveConfig,
+    key: jax.Array | None,
+) -> tuple[jax.Array, ObjectiveOutputs]:
+    """L_D (given) + L_G(theta; sg(z)) on the examples (z [B, D], labels, mask) and the updated bank.
+
+    The part of the objective that classification and segmentation share: they differ only in what an
+    example is and in where L_D is taken (`lgmm_objective`, `pixel_lgmm_objective`).
+    """
+    num_components = config.num_components
+    fixed = jax.lax.stop_gradient
 
     # L_G (Eq. 5-6): the mixture learns from latents it cannot move (unless generative-only).
     generative_z = z if config.training == "generative_only" else fixed(z)
-    memory = update_memory(memory, fixed(z), labels, mask)
     temperature = config.responsibility_temperature
     batch_log_prob = mixture.labelled_log_prob(generative_z, labels, means, scales)  # [B, K]
     batch_joint = batch_log_prob + log_weights[labels]
@@ -232,3 +291,68 @@ def lgmm_objective(
         terms=terms,
     )
     return total, outputs
+
+
+def pixel_lgmm_objective(
+    z: jax.Array,
+    labels: jax.Array,
+    head_params: dict,
+    log_weights: jax.Array,
+    memory: MemoryBank,
+    config: ObjectiveConfig,
+    key: jax.Array,
+    pixels: PixelConfig = PixelConfig(),
+) -> tuple[jax.Array, ObjectiveOutputs]:
+    """The collaborative objective with a pixel as the example (Section 5.3 with Eq. 5-7; DESIGN.md 6).
+
+    z [B, h, w, D]: per-pixel latents at the decoder's resolution (`LGMMSegmenter.encode`); labels
+    [B, H, W]: integer labels at the image's resolution, `pixels.void_label` where unlabelled.
+
+    * L_D (Eq. 7): log p(z|y) with theta held fixed, [B, h, w, C], upsampled bilinearly to [B, H, W, C]
+      (align_corners=False, as mmseg upsamples its logits before the loss), cross-entropy averaged over
+      the labelled pixels.
+    * Memory bank and L_G (Eq. 5-6): the labels brought to h x w by PyTorch's nearest resizing (as
+      GMMSeg), then up to `pixels.pixels_per_class` labelled pixels of every class sampled
+      (`PixelConfig`); those pixels are pushed into the bank and are L_G's examples exactly as a
+      classification batch's are (`collaborative_objective`: MLE with balanced targets, L_one, L_avg,
+      counts for the mixture weights, Appendix G's variant).
+
+    `key` draws the pixel sample and the bank slots (`ObjectiveConfig.bank_sample_size`). With labels
+    at the decoder's resolution and no class above S labelled pixels this is `lgmm_objective` on the
+    flattened labelled pixels. Returns (total, outputs); `outputs.class_log_likelihood` is the
+    [B, h, w, C] map at the decoder's resolution.
+    """
+    if z.ndim != 4 or labels.ndim != 3 or labels.shape[0] != z.shape[0]:
+        raise ValueError(f"expected latents [B, h, w, D] and labels [B, H, W], got {z.shape} and {labels.shape}")
+    batch, height, width, dim = z.shape
+    num_classes = log_weights.shape[0]
+    means, scales = head_gaussians(head_params, config.scale_floor, config.num_components)
+    pixel_key, slot_key = jax.random.split(key)
+
+    flat_z = z.reshape(-1, dim)
+    class_log_likelihood = fixed_mixture_log_likelihood(flat_z, means, scales, log_weights, config)
+    class_log_likelihood = class_log_likelihood.reshape(batch, height, width, num_classes)
+    upsampled = resize_bilinear(class_log_likelihood, labels.shape[1:])
+    labelled = labels != pixels.void_label
+    discriminative = losses.discriminative_loss(
+        upsampled.reshape(-1, num_classes),
+        jnp.where(labelled, labels, 0).reshape(-1),
+        labelled.reshape(-1),
+        config.discriminative_temperature,
+    )
+
+    small_labels = resize_labels_nearest(labels, (height, width)).reshape(-1)
+    eligible = small_labels != pixels.void_label
+    if not pixels.remember_misclassified:
+        predicted = jnp.argmax(class_log_likelihood.reshape(-1, num_classes), axis=-1)
+        eligible &= predicted == small_labels
+    picked, picked_valid = sample_per_class(
+        pixel_key, small_labels, eligible, num_classes, pixels.pixels_per_class
+    )
+    sample_z = flat_z[picked]
+    sample_labels = jnp.where(picked_valid, small_labels[picked], 0)
+    memory = update_memory(memory, jax.lax.stop_gradient(sample_z), sample_labels, picked_valid)
+    return collaborative_objective(
+        discriminative, class_log_likelihood, sample_z, sample_labels, picked_valid, means, scales,
+        log_weights, memory, config, slot_key,
+    )

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgmm_jax.memory import create_memory, oldest_to_newest, update_memory
+from lgmm_jax.memory import create_memory, oldest_to_newest, sample_per_class, update_memory
 
 
 def reference_push(queues, latents, labels, mask):
@@ -63,3 +63,23 @@ def test_latents_are_stored_without_gradient():
 def test_rejects_empty_capacity():
     with pytest.raises(ValueError, match="capacity"):
         create_memory(2, 0, 4)
+
+
+def test_sample_per_class_is_uniform_without_replacement_and_keeps_the_original_order():
+    labels = jnp.array([0, 1, 0, 2, 0, 255, 0, 1, 0, 0])  # class 0: six examples, 1: two, 2: one, 3: none
+    eligible = labels != 255
+    draw = jax.jit(lambda key: sample_per_class(key, labels, eligible, 4, 3))
+    picks = np.zeros(len(labels))
+    trials = 600
+    for seed in range(trials):
+        indices, valid = (np.asarray(a).reshape(4, 3) for a in draw(jax.random.key(seed)))
+        np.testing.assert_array_equal(valid.sum(1), [3, 2, 1, 0])
+        for row, (index, ok) in enumerate(zip(indices, valid)):
+            chosen = index[ok]
+            assert np.all(np.asarray(labels)[chosen] == row)
+            assert np.all(np.diff(chosen) > 0)  # distinct, in their original order
+            picks[chosen] += 1
+    # Each of class 0's six examples is kept with probability 3/6; classes 1 and 2 keep all theirs.
+    np.testing.assert_allclose(picks[np.asarray(labels) == 0] / trials, 0.5, atol=0.08)
+    np.testing.assert_array_equal(picks[[1, 3, 7]], trials)
+    assert picks[5] == 0  # never an ineligible (void) example

@@ -1,6 +1,7 @@
 """The gradient split (Section 2.1): L_D trains only phi, L_G trains only theta, in one value_and_grad.
 
-The reference is a second, naive computation: a broadcast [B, C, K, D] Gaussian log-density and two
+The per-pixel objective (segmentation) is checked against the classification objective on the flattened
+labelled pixels, and against scipy's upsampling. The reference is a second, naive computation: a broadcast [B, C, K, D] Gaussian log-density and two
 separate `jax.grad` calls, one per loss, each w.r.t. its own parameters only.
 """
 import math
@@ -9,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.ndimage
 
 from lgmm_jax.memory import create_memory
 from lgmm_jax.models.gmm import GMMHead
-from lgmm_jax.objective import VARIANTS, ObjectiveConfig, lgmm_objective
+from lgmm_jax.objective import VARIANTS, ObjectiveConfig, PixelConfig, lgmm_objective, pixel_lgmm_objective
 
 C, K, D, F, B = 4, 3, 8, 6, 16
 FLOOR = 0.05
@@ -189,3 +191,171 @@ def test_a_batch_with_fewer_examples_than_classes_updates_only_its_classes(varia
     np.testing.assert_allclose(grads[0], expected_grads[0][:batch], rtol=1e-5, atol=1e-7)
     for name in theta:
         np.testing.assert_allclose(grads[1][name], expected_grads[1][name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+# --- The per-pixel objective (segmentation): a pixel is an example --------------------------------------
+
+VOID = 255
+H, W = 4, 6  # the decoder's resolution in these tests
+
+
+def pixel_setup(void_fraction=0.3, scale=1, seed=0):
+    """A per-pixel linear encoder (images [2, H, W, F] -> unit latents) and labels at `scale` x the
+    latents' resolution, some void."""
+    theta, log_weights, phi, _, _ = setup()
+    images = jax.random.normal(jax.random.key(seed + 10), (2, H, W, F))
+    labels = jax.random.randint(jax.random.key(seed + 11), (2, H * scale, W * scale), 0, C)
+    void = jax.random.uniform(jax.random.key(seed + 12), labels.shape) < void_fraction
+    return theta, log_weights, phi, images, jnp.where(void, VOID, labels)
+
+
+def pixel_config(**overrides):
+    return ObjectiveConfig(
+        num_components=K, scale_floor=FLOOR, bank_sample_size=1000, **overrides
+    )
+
+
+def pixel_objective_and_grads(phi, theta, images, labels, log_weights, memory, config, pixels, key=0):
+    def objective(phi, theta):
+        return pixel_lgmm_objective(
+            encode(phi, images), labels, theta, log_weights, memory, config, jax.random.key(key), pixels
+        )
+
+    return jax.jit(jax.value_and_grad(objective, (0, 1), has_aux=True))(phi, theta)
+
+
+@pytest.mark.parametrize("assignment", ["posterior", "sinkhorn"])
+def test_pixel_objective_is_the_classification_objective_on_the_labelled_pixels(assignment):
+    """Labels at the latents' resolution and every class within the per-class sample: same value, same
+    gradients (encoder and Gaussians), same bank and counts as `lgmm_objective` on the flattened labelled
+    pixels, which the reference picks by numpy indexing."""
+    theta, log_weights, phi, images, labels = pixel_setup()
+    config = pixel_config(assignment=assignment, lambda_one=0.3, discriminative_temperature=3.0)
+    memory = create_memory(C, 40, D)
+    (total, outputs), grads = pixel_objective_and_grads(
+        phi, theta, images, labels, log_weights, memory, config, PixelConfig(pixels_per_class=H * W * 2)
+    )
+
+    keep = np.asarray(labels).reshape(-1) != VOID
+    flat_images = np.asarray(images).reshape(-1, F)[keep]
+    flat_labels = jnp.asarray(np.asarray(labels).reshape(-1)[keep])
+
+    def reference(phi, theta):
+        return lgmm_objective(
+            encode(phi, flat_images), flat_labels, jnp.ones(keep.sum(), bool), theta, log_weights, memory, config
+        )
+
+    (expected_total, expected), expected_grads = jax.jit(jax.value_and_grad(reference, (0, 1), has_aux=True))(
+        phi, theta
+    )
+    np.testing.assert_allclose(total, expected_total, rtol=1e-6)
+    for name in expected.terms:
+        np.testing.assert_allclose(outputs.terms[name], expected.terms[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(grads[0], expected_grads[0], rtol=1e-4, atol=1e-7)
+    for name in theta:
+        np.testing.assert_allclose(grads[1][name], expected_grads[1][name], rtol=1e-4, atol=1e-7, err_msg=name)
+    np.testing.assert_array_equal(outputs.memory.valid, expected.memory.valid)
+    np.testing.assert_array_equal(outputs.memory.write_index, expected.memory.write_index)
+    # The same latents in the same slots (the encoder's matmul on another shape may differ by an ulp).
+    np.testing.assert_allclose(outputs.memory.latents, expected.memory.latents, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(outputs.counts, expected.counts)
+    assert outputs.class_log_likelihood.shape == (2, H, W, C)
+
+
+def naive_upsampled_discriminative(phi, theta, log_weights, images, labels, temperature):
+    """L_D with log p(z|y) upsampled by scipy (order-1 zoom on the pixel grid: PyTorch's bilinear
+    align_corners=False) and the naive broadcast log-density, averaged over labelled pixels (numpy)."""
+    z = encode(phi, images.reshape(-1, F))
+    log_likelihood = jax.nn.logsumexp(naive_log_normal(z, theta) + log_weights, -1).reshape(2, H, W, C)
+    factor = labels.shape[1] // H
+    upsampled = scipy.ndimage.zoom(np.asarray(log_likelihood), (1, factor, factor, 1), order=1, grid_mode=True, mode="nearest")
+    log_posterior = np.asarray(jax.nn.log_softmax(jnp.asarray(upsampled) / temperature))
+    labels = np.asarray(labels)
+    keep = labels != VOID
+    return -log_posterior[keep, labels[keep]].mean()
+
+
+def test_pixel_discriminative_loss_is_taken_on_log_likelihoods_upsampled_to_the_labels():
+    theta, log_weights, phi, images, labels = pixel_setup(scale=4)
+    config = pixel_config(discriminative_temperature=2.0)
+    (_, outputs), _ = pixel_objective_and_grads(
+        phi, theta, images, labels, log_weights, create_memory(C, 8, D), config, PixelConfig()
+    )
+    expected = naive_upsampled_discriminative(phi, theta, log_weights, images, labels, 2.0)
+    np.testing.assert_allclose(outputs.terms["discriminative"], expected, rtol=1e-5)
+
+
+def test_void_pixels_have_no_influence():
+    """Labels at 4x the latents' resolution with the first 16 label columns void: the latents of the first
+    three decoder columns feed only void pixels (bilinear footprint) and are void after nearest
+    downsampling. Changing their image content changes nothing: value, gradients, bank."""
+    theta, log_weights, phi, images, labels = pixel_setup(void_fraction=0.1, scale=4)
+    labels = labels.at[:, :, :16].set(VOID)
+    changed = images.at[:, :, :3].set(jax.random.normal(jax.random.key(99), (2, H, 3, F)))
+    config = pixel_config()
+    pixels = PixelConfig(pixels_per_class=5)  # fewer than most classes have: a real sample
+    memory = create_memory(C, 7, D)
+    (total, outputs), grads = pixel_objective_and_grads(phi, theta, images, labels, log_weights, memory, config, pixels)
+    (total2, outputs2), grads2 = pixel_objective_and_grads(phi, theta, changed, labels, log_weights, memory, config, pixels)
+    assert float(total) == float(total2)
+    for a, b in zip(jax.tree.leaves((grads, outputs.memory, outputs.counts)), jax.tree.leaves((grads2, outputs2.memory, outputs2.counts))):
+        np.testing.assert_array_equal(a, b)
+
+    def latent_gradient(z):
+        def f(z):
+            return pixel_lgmm_objective(z, labels, theta, log_weights, memory, config, jax.random.key(0), pixels)[0]
+        return jax.grad(f)(z)
+
+    dz = latent_gradient(encode(phi, images))
+    assert float(jnp.abs(dz[:, :, :3]).max()) == 0.0
+    assert float(jnp.abs(dz[:, :, 3]).max()) > 0.0
+
+
+def test_pixel_objective_keeps_the_gradient_split():
+    theta, log_weights, phi, images, labels = pixel_setup(scale=4)
+    config = pixel_config()
+    memory = create_memory(C, 5, D)
+
+    def term(name):
+        def f(phi, theta):
+            _, outputs = pixel_lgmm_objective(
+                encode(phi, images), labels, theta, log_weights, memory, config, jax.random.key(0), PixelConfig(pixels_per_class=3)
+            )
+            return outputs.terms[name]
+
+        return jax.jit(jax.grad(f, (0, 1)))(phi, theta)
+
+    d_phi, d_theta = term("discriminative")
+    g_phi, g_theta = term("generative")
+    assert float(jnp.abs(d_phi).max()) > 0
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(d_theta))
+    assert float(jnp.abs(g_phi).max()) == 0
+    assert float(jnp.abs(g_theta["means"]).max()) > 0
+
+
+@pytest.mark.parametrize("remember_misclassified", [True, False])
+def test_the_bank_receives_a_bounded_sample_of_each_class(remember_misclassified):
+    theta, log_weights, phi, images, labels = pixel_setup(void_fraction=0.2)
+    pixels = PixelConfig(pixels_per_class=2, remember_misclassified=remember_misclassified)
+    memory = create_memory(C, 10, D)
+    (_, outputs), _ = pixel_objective_and_grads(phi, theta, images, labels, log_weights, memory, pixel_config(), pixels)
+    flat_labels = np.asarray(labels).reshape(-1)
+    z = np.asarray(encode(phi, images)).reshape(-1, D)
+    predicted = np.asarray(outputs.class_log_likelihood).reshape(-1, C).argmax(-1)
+    for c in range(C):
+        candidates = (flat_labels == c) & (remember_misclassified | (predicted == c))
+        remembered = np.asarray(outputs.memory.latents[c][outputs.memory.valid[c]])
+        assert len(remembered) == min(2, candidates.sum())
+        for latent in remembered:  # each one is a latent of an eligible pixel of its class
+            assert np.any(np.all(z[candidates] == latent, axis=1))
+
+
+def test_pixel_options_are_checked():
+    with pytest.raises(ValueError, match="pixels_per_class=0"):
+        PixelConfig(pixels_per_class=0)
+    theta, log_weights, phi, images, labels = pixel_setup()
+    with pytest.raises(ValueError, match=r"latents \[B, h, w, D\] and labels \[B, H, W\]"):
+        pixel_lgmm_objective(
+            encode(phi, images).reshape(-1, D), labels, theta, log_weights, create_memory(C, 2, D), pixel_config(),
+            jax.random.key(0),
+        )
