@@ -11,6 +11,12 @@ What a crash can leave behind, and what happens to it:
 - A step folder without orbax's `commit_success.txt` (a copy cut short, a file system that lost data)
   is never loaded either: it is renamed to `<step>.orbax-checkpoint-tmp-incomplete` (kept, not deleted)
   and the previous complete step is restored.
+- A committed step whose files are damaged (truncated, missing, undecodable: bit-rot, a bad copy) is
+  found when restoring it: a training run renames it to `<step>.orbax-checkpoint-tmp-damaged` and
+  restores the step before it; evaluation and export, read-only, skip it. One `warning:` line says so
+  (`restore_latest`).
+- A full disk while saving leaves a `<step>.orbax-checkpoint-tmp` folder, never loaded, and the complete
+  steps as they were: `disk_full_reported` says which in one line.
 - `config.json` is written (atomically, by process 0) only once the workdir's checkpoint, if any, has
   been restored, so a workdir whose checkpoint does not fit the config is left exactly as it was.
 
@@ -21,10 +27,13 @@ small JSON items from process 0).
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import os
+import re
 import signal
+import sys
 import tempfile
 import threading
 from typing import Callable, Iterator
@@ -36,9 +45,15 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lgmm_jax import workdir_claim
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 INCOMPLETE_SUFFIX = f"{ocp.path.atomicity.TMP_DIR_SUFFIX}-incomplete"
+DAMAGED_SUFFIX = f"{ocp.path.atomicity.TMP_DIR_SUFFIX}-damaged"
+# What TensorStore and orbax say when a checkpoint's files are truncated, missing or corrupt.
+DAMAGE_STATUSES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION")
+DAMAGE_ERRORS = (FileNotFoundError, json.JSONDecodeError, EOFError, UnicodeDecodeError)
 # Keys whose change alters the shape of what a checkpoint holds.
 SHAPE_KEYS = (
     "dataset",
@@ -153,20 +168,25 @@ def path_name(path) -> str:
     return "/".join(str(getattr(key, "name", getattr(key, "key", getattr(key, "idx", key)))) for key in path)
 
 
-def shape_mismatch(manager: ocp.CheckpointManager, step: int, state) -> str | None:
-    """The first array whose saved shape differs from `state`'s (read from metadata, no array data)."""
-    saved = manager.item_metadata(step)["state"]
-    saved_shapes = {
+def array_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """Path name -> shape of every array (or array metadata) in a tree."""
+    return {
         path_name(path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
         if hasattr(leaf, "shape")
     }
-    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        name = path_name(path)
-        expected = tuple(leaf.shape)
-        if saved_shapes.get(name, expected) != expected:
-            return f"{name} is {saved_shapes[name]} there, {expected} here"
-    return None
+
+
+def misfit(saved_metadata, state) -> str | None:
+    """How a checkpoint's arrays (from its metadata) differ from `state`'s, or None when they fit."""
+    saved, expected = array_shapes(saved_metadata), array_shapes(state)
+    for name, shape in expected.items():
+        if name not in saved:
+            return f"{name} is not there"
+        if saved[name] != shape:
+            return f"{name} is {saved[name]} there, {shape} here"
+    extra = sorted(set(saved) - set(expected))
+    return f"{extra[0]} is there, not in this config's state" if extra else None
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, train_iter) -> None:
@@ -201,38 +221,53 @@ def is_committed(manager: ocp.CheckpointManager, step: int) -> bool:
     return (step_path(manager, step) / ocp.path.atomicity.COMMIT_SUCCESS_FILE).exists()
 
 
-def set_aside_incomplete(manager: ocp.CheckpointManager, step: int) -> None:
-    """Rename an uncommitted step folder so that orbax sees it as an unfinished write.
+def is_read_only(manager: ocp.CheckpointManager) -> bool:
+    """Whether the manager was opened read-only (evaluation, export): it must rename nothing."""
+    return bool(manager._options.read_only)  # pylint: disable=protected-access  (no public accessor)
 
-    Renamed rather than deleted: nothing in a workdir is destroyed. Where renaming fails (a read-only
-    workdir) the folder stays as it is; it is skipped all the same.
+
+def set_aside(manager: ocp.CheckpointManager, step: int, suffix: str) -> epath.Path | None:
+    """Rename step folder `step` to `<step><suffix>` (a free name): orbax no longer lists it as a step.
+
+    Renamed rather than deleted: nothing in a workdir is destroyed. Returns the new path, or None where
+    renaming failed (a read-only workdir): the folder stays as it is and is skipped all the same.
     """
     source = step_path(manager, step)
-    target, copies = source.parent / f"{step}{INCOMPLETE_SUFFIX}", 0
+    target, copies = source.parent / f"{step}{suffix}", 0
     while target.exists():
         copies += 1
-        target = source.parent / f"{step}{INCOMPLETE_SUFFIX}-{copies}"
-    logging.warning("checkpoint %s is incomplete (no commit marker): not loaded, kept as %s", source, target)
+        target = source.parent / f"{step}{suffix}-{copies}"
     try:
         source.rename(target)
     except OSError as error:
         logging.warning("could not rename %s (%s): skipped", source, error)
+        return None
+    return target
 
 
 def latest_committed_step(manager: ocp.CheckpointManager) -> int | None:
-    """The newest complete step (None: start afresh).
+    """The newest complete step (None: start afresh)."""
+    steps = committed_steps_newest_first(manager)
+    return steps[0] if steps else None
 
-    Process 0 first sets aside the uncommitted step folders newer than it (see the module docstring);
-    every process then sees the same steps.
+
+def committed_steps_newest_first(manager: ocp.CheckpointManager) -> list[int]:
+    """The complete steps, newest first.
+
+    Process 0 of a training run first sets aside the uncommitted step folders newer than them (see the
+    module docstring; evaluation and export, read-only, only skip them); every process then sees the
+    same steps.
     """
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not is_read_only(manager):
         newest_first = sorted(manager.all_steps(), reverse=True)
         for step in itertools.takewhile(lambda step: not is_committed(manager, step), newest_first):
-            set_aside_incomplete(manager, step)
+            target = set_aside(manager, step, INCOMPLETE_SUFFIX)
+            logging.warning("checkpoint %s is incomplete (no commit marker): not loaded, kept as %s",
+                            step_path(manager, step), target)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("lgmm_jax: incomplete checkpoints set aside")
     manager.reload()
-    return max((step for step in manager.all_steps() if is_committed(manager, step)), default=None)
+    return sorted((step for step in manager.all_steps() if is_committed(manager, step)), reverse=True)
 
 
 def first_sentence(error: Exception) -> str:
@@ -240,37 +275,187 @@ def first_sentence(error: Exception) -> str:
     return text.split(". ")[0].rstrip(":.")[:300]
 
 
-def restore_latest(manager: ocp.CheckpointManager, state, shardings, train_iter=None):
-    """The latest complete checkpoint restored into `state`'s structure, or `state` when there is none.
+def error_chain(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from (orbax wraps TensorStore's), outermost first."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
 
-    `state` may be concrete or abstract (`jax.eval_shape`); `train_iter` (a grain iterator) is moved to
-    the position saved with the state.
+
+def damage_in(error: BaseException) -> str | None:
+    """What in `error` says a checkpoint's files are damaged (truncated, missing, undecodable), in a few
+    words; None for anything else (a storage outage, a permission problem: the files may be fine)."""
+    for cause in reversed(error_chain(error)):  # the innermost cause names the file
+        text = " ".join(str(cause).split())
+        if text.split(":", 1)[0] in DAMAGE_STATUSES:
+            return tensorstore_summary(text)
+        if isinstance(cause, DAMAGE_ERRORS):
+            return first_sentence(cause)
+    return None
+
+
+def tensorstore_summary(text: str) -> str:
+    """'OUT_OF_RANGE reading params.head.means/0.0.0: Requested byte range [..) is not valid for value of
+    size 1000' from TensorStore's error text (which goes on with paths and a dump of its spec)."""
+    text = text.split(" [tensorstore_spec=")[0]
+    keys = re.findall(r'Error reading "([^"]+)"', text)
+    reading = f" reading {keys[0]}" if keys else ""
+    return f"{text.split(':', 1)[0]}{reading}: {text.rsplit(': ', 1)[-1]}"[:200]
+
+
+class DamagedCheckpoint(Exception):
+    """A committed checkpoint whose files cannot be read back (raised and handled in this module)."""
+
+
+class UnreadableCheckpointError(OSError):
+    """A checkpoint could not be read for a reason that is not damage (the storage did not answer)."""
+
+
+class DamagedCheckpointError(ValueError):
+    """A damaged checkpoint in a multi-process run: named, left for the operator to set aside."""
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, state, shardings):
+    """Checkpoint `step` restored into `state`'s structure (orbax's Composite: `.state`, `.data`).
+
+    Raises:
+      IncompatibleCheckpointError: its arrays do not fit `state` (from its metadata: no array read).
+      DamagedCheckpoint: a file of it is truncated, missing or undecodable.
+      UnreadableCheckpointError: reading it failed otherwise; nothing was changed.
     """
-    step = latest_committed_step(manager)
-    if step is None:
-        return state
-    mismatch = shape_mismatch(manager, step, state)
-    if mismatch:
-        raise IncompatibleCheckpointError(
-            f"checkpoint {step} in {manager.directory} does not fit this config ({mismatch}): "
-            f"use a new --workdir (the checkpoint is left untouched)"
-        )
+    where = f"checkpoint {step} in {manager.directory}"
     try:
-        restored = manager.restore(
+        mismatch = misfit(manager.item_metadata(step)["state"], state)
+        if mismatch:
+            raise IncompatibleCheckpointError(
+                f"{where} does not fit this config ({mismatch}): use a new --workdir "
+                f"(the checkpoint is left untouched)"
+            )
+        return manager.restore(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state(state, shardings)),
                 data=ocp.args.JsonRestore(),
             ),
         )
-    except (ValueError, KeyError, TypeError) as error:
-        raise IncompatibleCheckpointError(
-            f"checkpoint {step} in {manager.directory} does not fit this config "
-            f"({first_sentence(error)}): use a new --workdir (the checkpoint is left untouched)"
+    except (IncompatibleCheckpointError, Preempted):
+        raise
+    except Exception as error:  # pylint: disable=broad-exception-caught  (orbax raises bare Exception)
+        damage = damage_in(error)
+        if damage:
+            raise DamagedCheckpoint(damage) from None
+        raise UnreadableCheckpointError(
+            f"could not read {where} ({first_sentence(error)}): nothing was changed; rerun once the "
+            f"storage answers"
         ) from None
-    if train_iter is not None:
-        train_iter.set_state(restored.data)
-    return restored.state
+
+
+def handle_damaged(manager: ocp.CheckpointManager, step: int, damage: DamagedCheckpoint, previous) -> None:
+    """Say in one line which checkpoint is damaged and what happens instead; set it aside in training.
+
+    A training run (process 0) renames it to `<step>.orbax-checkpoint-tmp-damaged` (kept, never
+    deleted; orbax no longer lists it); evaluation and export (read-only) leave it as it is and skip it.
+    With several processes the run stops instead, naming the step: a restore is collective in orbax,
+    and the processes that did read their shards wait for the others.
+    """
+    where = f"checkpoint {step} in {manager.directory} is damaged ({damage})"
+    fallback = f"using checkpoint {previous} instead" if previous is not None else "no earlier checkpoint"
+    if jax.process_count() > 1:
+        raise DamagedCheckpointError(
+            f"{where}: move {step_path(manager, step)} aside (e.g. to {step}.damaged) and rerun the same "
+            f"command to resume from the checkpoint before it"
+        )
+    if is_read_only(manager):
+        warn(f"{where}; left as it is (read-only); {fallback}")
+        return
+    target = set_aside(manager, step, DAMAGED_SUFFIX)
+    kept = f"set aside as {target.name}" if target is not None else "could not be renamed, skipped"
+    start = f"resuming from checkpoint {previous}" if previous is not None else "starting afresh"
+    warn(f"{where}: {kept}; {start}")
+
+
+def warn(message: str) -> None:
+    """One `warning: ...` line on stderr (process 0 only)."""
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state, shardings, train_iter=None):
+    """The latest complete, readable checkpoint restored into `state`'s structure, or `state` when there
+    is none.
+
+    `state` may be concrete or abstract (`jax.eval_shape`); `train_iter` (a grain iterator) is moved to
+    the position saved with the state. A damaged checkpoint is skipped for the one before it (see
+    `handle_damaged`).
+    """
+    steps = committed_steps_newest_first(manager)
+    for step, previous in zip(steps, steps[1:] + [None]):
+        try:
+            restored = restore_step(manager, step, state, shardings)
+        except DamagedCheckpoint as damage:
+            handle_damaged(manager, step, damage, previous)
+            manager.reload()  # it no longer lists a step set aside: the run saves that step again
+            continue
+        if train_iter is not None:
+            train_iter.set_state(restored.data)
+        return restored.state
+    return state
+
+
+class DiskFullError(OSError):
+    """The workdir's disk filled up while the run wrote to it; the complete checkpoints are intact."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC from Python, or TensorStore's RESOURCE_EXHAUSTED on a write (not XLA's out-of-memory)."""
+    return any(
+        (isinstance(cause, OSError) and cause.errno == errno.ENOSPC)
+        or ("RESOURCE_EXHAUSTED" in str(cause) and "Error writing" in str(cause))
+        for cause in error_chain(error)
+    )
+
+
+def complete_steps_on_disk(workdir: str) -> list[int]:
+    """The committed checkpoint steps in `workdir`, read from its folders (no orbax manager needed)."""
+    folder = epath.Path(workdir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(
+        int(path.name) for path in folder.iterdir()
+        if path.name.isdigit() and (path / ocp.path.atomicity.COMMIT_SUCCESS_FILE).exists()
+    )
+
+
+def disk_full_message(workdir: str) -> str:
+    steps = complete_steps_on_disk(workdir)
+    if not steps:
+        return (f"the disk of {workdir} is full: no checkpoint was complete yet; free space and rerun the "
+                f"same command (it starts afresh)")
+    intact = ", ".join(map(str, steps))
+    return (f"the disk of {workdir} is full: checkpoints {intact} are intact (a half-written one is never "
+            f"loaded); free space and rerun the same command to resume from step {steps[-1]}")
+
+
+@contextlib.contextmanager
+def disk_full_reported(workdir: str) -> Iterator[None]:
+    """Turn a full disk anywhere in the block (a checkpoint, metrics, results) into `DiskFullError`:
+    one line that says so, which checkpoints are intact and that rerunning resumes."""
+    try:
+        yield
+    except Exception as error:  # pylint: disable=broad-exception-caught  (orbax raises ValueError, bare Exception)
+        if not is_disk_full(error):
+            raise
+        raise DiskFullError(disk_full_message(workdir)) from None
+
+
+@contextlib.contextmanager
+def workdir_session(workdir: str) -> Iterator[None]:
+    """A training run's hold on its workdir: its alone for the block (`workdir_claim.claimed`), and a
+    full disk reported in one line (`disk_full_reported`)."""
+    with workdir_claim.claimed(workdir), disk_full_reported(workdir):
+        yield
 
 
 class Preemption:

@@ -7,6 +7,7 @@ traceback. SIGTERM during training saves a checkpoint and exits with status 0.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 from typing import Callable
@@ -15,6 +16,8 @@ from absl import app, flags, logging
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
+WORKDIR_BUSY = 75  # EX_TEMPFAIL: try again once the other run is over
+DISK_FULL = 74  # EX_IOERR
 INTERRUPTED = 130
 
 
@@ -74,8 +77,15 @@ def run_app(main: Callable) -> int:
 
 def run_guarded(task: Callable[[], object]) -> int:
     """Run `task`; turn the errors a user can fix into one line and an exit status."""
-    from lgmm_jax.checkpointing import IncompatibleCheckpointError, Preempted
+    from lgmm_jax.checkpointing import (
+        DamagedCheckpointError,
+        DiskFullError,
+        IncompatibleCheckpointError,
+        Preempted,
+        UnreadableCheckpointError,
+    )
     from lgmm_jax.data.sources import DatasetNotAvailableError
+    from lgmm_jax.workdir_claim import WorkdirBusyError
 
     try:
         task()
@@ -84,9 +94,14 @@ def run_guarded(task: Callable[[], object]) -> int:
         return 0
     except KeyboardInterrupt:
         fail("interrupted (Ctrl-C): rerun the same command to resume from the last checkpoint", INTERRUPTED)
-    except (IncompatibleCheckpointError, DatasetNotAvailableError, FileNotFoundError) as error:
+    except WorkdirBusyError as error:
+        fail(str(error), WORKDIR_BUSY)
+    except DiskFullError as error:
+        fail(str(error), DISK_FULL)
+    except (IncompatibleCheckpointError, DamagedCheckpointError, UnreadableCheckpointError,
+            DatasetNotAvailableError, FileNotFoundError) as error:
         fail(str(error), RUN_ERROR)
-    except OSError as error:  # an unwritable or full workdir, a file where a folder should be, ...
+    except OSError as error:  # an unwritable workdir, a file where a folder should be, ...
         fail(f"{error}: check --workdir and --config.data_dir", RUN_ERROR)
     except ValueError as error:
         fail(str(error), USAGE_ERROR)
@@ -99,9 +114,31 @@ def run_guarded(task: Callable[[], object]) -> int:
 
 def quiet_libraries() -> None:
     """Warnings and errors only from absl-logging libraries (orbax logs every file it writes), unless
-    the user asked for more with --verbosity."""
+    the user asked for more with --verbosity; and no tracebacks from orbax's background threads."""
+    silence_closed_loop_callbacks()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+        std_logging.getLogger("absl").addFilter(lambda record: not is_orbax_noise(record))
+
+
+def is_orbax_noise(record: std_logging.LogRecord) -> bool:
+    """An error orbax logs with its traceback from a background thread (a failed async save) before
+    raising it again in the caller, where `run_guarded` reports it in one line; or its notices that a
+    manager opened read-only (evaluation, export) does not save."""
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+        return False
+    return record.exc_info is not None or "read_only=True" in record.getMessage() or "is read only" in record.getMessage()
+
+
+def is_closed_loop_callback(unraisable) -> bool:
+    """TensorStore's completion callbacks that reach an asyncio loop orbax already closed after a failed
+    read or write: noise after an error that is reported anyway."""
+    return isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)
+
+
+def silence_closed_loop_callbacks() -> None:
+    default_hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None if is_closed_loop_callback(unraisable) else default_hook(unraisable)
 
 
 # JAX's own cluster environments that never start from a plain environment check: k8s needs the

@@ -1,5 +1,7 @@
 """Faults: a run killed (SIGKILL) or preempted (SIGTERM) and started again with the same command ends with
-exactly the numbers of a run that never stopped; a half-written checkpoint is never loaded.
+exactly the numbers of a run that never stopped; a half-written checkpoint is never loaded; a damaged
+one is set aside (training) or skipped (evaluation, export) for the one before it; a second run on a
+busy workdir is refused; a full disk stops the run with one line, and the rerun resumes.
 
 The end-to-end test runs `python -m lgmm_jax.main` in subprocesses on the CPU (where a run is
 deterministic, so "the same numbers" means equal floats) and compares with an uninterrupted run of the
@@ -10,9 +12,13 @@ memory bank, the RNG key and the data iterator (40 steps: several epochs of 9 st
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import jax
@@ -23,8 +29,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import default
-from lgmm_jax import checkpointing, experiment, train
+from lgmm_jax import checkpointing, cli, experiment, train, workdir_claim
+from tests.subprocesses import one_line_error
 from tests.test_cli import (
+    BAD_INPUT_SECONDS,
     REFERENCE_ARGS,
     REFERENCE_BATCH_SIZE,
     REFERENCE_STEPS,
@@ -33,6 +41,8 @@ from tests.test_cli import (
     reference_run,
     run_main,
     start_main,
+    timed_run,
+    tree_digest,
     wait_for,
 )
 
@@ -131,15 +141,17 @@ def test_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(
     finally:
         process.kill()
     assert process.wait(timeout=60) == -signal.SIGKILL  # killed while training, not finished
+    assert claim_owner(workdir).pid == process.pid  # the claim the killed run left behind: no lock holds it
     assert resumed_from((tmp_path / "killed.out").read_text()) == preempted_step
     killed_step = max(committed_steps(workdir))
     assert killed_step < REFERENCE_STEPS and not (workdir / "results.json").exists()
 
-    # 3. The same command once more, to the end.
+    # 3. The same command once more, to the end: the killed run's claim does not block it.
     rerun = run_main(workdir, *REFERENCE_ARGS, cache=cache)
     assert rerun.returncode == 0, rerun.stderr
     assert resumed_from(rerun.stdout) == killed_step
     assert_same_numbers(workdir, uninterrupted)
+    assert not (workdir / workdir_claim.OWNER_FILE).exists()  # released at the end
 
 
 def test_every_checkpoint_resumes_the_data_where_its_step_left_off(uninterrupted, reference_stream):
@@ -229,3 +241,235 @@ def test_metrics_after_the_restored_step_are_dropped_and_a_torn_line_ignored():
     text = "".join(json.dumps({"step": s, "loss": -s}) + "\n" for s in (5, 10, 15)) + '{"step": 20, "lo'
     assert train.read_metrics(text, up_to_step=10) == [{"step": 5, "loss": -5}, {"step": 10, "loss": -10}]
     assert [r["step"] for r in train.read_metrics(text, up_to_step=99)] == [5, 10, 15]
+
+
+# --------------------------------------------------------------------------------------------------
+# A damaged committed checkpoint (bit-rot, a bad copy between buckets): truncated or missing array data.
+# --------------------------------------------------------------------------------------------------
+
+
+def damage(step_folder, how: str) -> None:
+    """Truncate (to 100 bytes) or delete the largest array data file of a committed step."""
+    largest = max((p for p in (step_folder / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    if how == "truncated":
+        largest.write_bytes(largest.read_bytes()[:100])
+    else:
+        largest.unlink()
+
+
+def damaged_copy(uninterrupted, tmp_path, how: str):
+    """A copy of the finished reference workdir whose latest checkpoint (step 40) is damaged."""
+    workdir = tmp_path / "workdir"
+    shutil.copytree(uninterrupted, workdir)
+    damage(workdir / "checkpoints" / str(REFERENCE_STEPS), how)
+    return workdir
+
+
+def stderr_lines(completed) -> list[str]:
+    """stderr's lines, less absl's own warnings (`W1130 12:00:00 ...`), which are not ours."""
+    return [line for line in completed.stderr.splitlines() if line.strip() and not re.match(r"[IWE]\d{4} ", line)]
+
+
+def the_one_warning(completed) -> str:
+    lines = stderr_lines(completed)
+    assert len(lines) == 1 and lines[0].startswith("warning: "), completed.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_damaged_latest_checkpoint_is_set_aside_and_the_rerun_resumes_from_the_one_before(
+    uninterrupted, tmp_path, cache, how
+):
+    workdir = damaged_copy(uninterrupted, tmp_path, how)
+    damaged = workdir / "checkpoints" / str(REFERENCE_STEPS)
+    damaged_files = tree_digest(damaged)
+    previous = REFERENCE_STEPS - 5
+
+    rerun = run_main(workdir, *REFERENCE_ARGS, cache=cache)
+
+    assert rerun.returncode == 0, rerun.stderr
+    warning = the_one_warning(rerun)
+    assert f"checkpoint {REFERENCE_STEPS} in {workdir / 'checkpoints'} is damaged" in warning
+    assert f"set aside as {REFERENCE_STEPS}{checkpointing.DAMAGED_SUFFIX}" in warning
+    assert f"resuming from checkpoint {previous}" in warning
+    assert resumed_from(rerun.stdout) == previous
+    set_aside = workdir / "checkpoints" / f"{REFERENCE_STEPS}{checkpointing.DAMAGED_SUFFIX}"
+    assert tree_digest(set_aside) == damaged_files  # renamed, every file as it was
+    assert REFERENCE_STEPS in committed_steps(workdir)  # saved again, whole this time
+    assert_same_numbers(workdir, uninterrupted)
+
+
+def test_evaluate_and_export_skip_a_damaged_checkpoint_say_so_and_change_nothing(uninterrupted, tmp_path, cache):
+    """Read-only: the damaged step stays where it is; the checkpoint before it is evaluated and exported,
+    with the numbers an evaluation of that checkpoint gives."""
+    workdir = damaged_copy(uninterrupted, tmp_path, "truncated")
+    before = tree_digest(workdir)
+    previous = REFERENCE_STEPS - 5
+    expected = tmp_path / "up_to_previous"  # the same run without its last checkpoint
+    shutil.copytree(uninterrupted, expected)
+    shutil.rmtree(expected / "checkpoints" / str(REFERENCE_STEPS))
+
+    evaluated = run_main(workdir, f"--output={tmp_path / 'evaluated'}", module="lgmm_jax.evaluate", cache=cache)
+    exported = run_main(workdir, f"--output={tmp_path / 'exported'}", module="lgmm_jax.export", cache=cache)
+    reference = run_main(expected, f"--output={tmp_path / 'reference'}", module="lgmm_jax.evaluate", cache=cache)
+
+    for completed in (evaluated, exported):
+        assert completed.returncode == 0, completed.stderr
+        warning = the_one_warning(completed)
+        assert f"checkpoint {REFERENCE_STEPS} in {workdir / 'checkpoints'} is damaged" in warning
+        assert f"left as it is (read-only); using checkpoint {previous} instead" in warning
+    assert reference.returncode == 0, reference.stderr
+    assert json.loads((tmp_path / "evaluated" / "results.json").read_text()) == json.loads(
+        (tmp_path / "reference" / "results.json").read_text()
+    )
+    assert json.loads((tmp_path / "exported" / "model.json").read_text())["checkpoint"]["step"] == previous
+    assert tree_digest(workdir) == before
+
+
+def test_damage_is_told_from_a_storage_outage():
+    """Only errors that say the files are bad set a checkpoint aside; an outage changes nothing."""
+    truncated = ValueError('OUT_OF_RANGE: Error reading "params.head.means/0.0.0" in OCDBT database at local '
+                           'file "/w/checkpoints/40/state/": Requested byte range [0, 9) is not valid for value '
+                           'of size 1 [tensorstore_spec=\'{"driver": "zarr"}\']')
+    wrapped = Exception("Encountered error while reading array index")
+    wrapped.__cause__ = truncated
+    assert checkpointing.damage_in(wrapped) == (
+        "OUT_OF_RANGE reading params.head.means/0.0.0: Requested byte range [0, 9) is not valid for value of size 1"
+    )
+    assert checkpointing.damage_in(FileNotFoundError("File /w/checkpoints/40/data/metadata not found."))
+    assert checkpointing.damage_in(ValueError('UNAVAILABLE: Error reading "x" in gs://bucket: 503')) is None
+    assert checkpointing.damage_in(PermissionError(13, "Permission denied")) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Two runs on one workdir.
+# --------------------------------------------------------------------------------------------------
+
+
+def claim_owner(workdir) -> workdir_claim.Owner:
+    return workdir_claim.parse_owner((workdir / workdir_claim.OWNER_FILE).read_text())
+
+
+def test_second_run_on_a_busy_workdir_is_refused_at_once_and_the_first_is_unaffected(
+    uninterrupted, tmp_path, cache
+):
+    workdir = tmp_path / "workdir"
+    first = start_main(workdir, *REFERENCE_ARGS, log=tmp_path / "first", cache=cache)
+    try:
+        owner = wait_for(
+            lambda: (workdir / workdir_claim.OWNER_FILE).exists() and claim_owner(workdir), what="the first run's claim"
+        )
+        first.send_signal(signal.SIGSTOP)  # held still: the second run surely meets it mid-run
+        try:
+            second, seconds = timed_run(workdir, *REFERENCE_ARGS, cache=cache)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        status = first.wait(timeout=300)
+    finally:
+        first.kill()
+
+    error = one_line_error(second)
+    assert second.returncode == cli.WORKDIR_BUSY
+    assert f"workdir {workdir} is in use by pid {first.pid} on {socket.gethostname()} since {owner.since}" in error
+    assert seconds < BAD_INPUT_SECONDS, f"refused after {seconds:.1f}s"
+    assert status == 0, (tmp_path / "first.err").read_text()
+    assert_same_numbers(workdir, uninterrupted)
+
+
+def test_claim_is_exclusive_and_dies_with_its_process(tmp_path):
+    """With file locks: a second claim is refused while the first is held; a claim left by a process
+    killed with SIGKILL (its owner.json still there) is taken at once."""
+    release = workdir_claim.claim(str(tmp_path))
+    with pytest.raises(workdir_claim.WorkdirBusyError, match=f"in use by pid {os.getpid()} on "):
+        workdir_claim.claim(str(tmp_path))
+    release()
+    assert not (tmp_path / workdir_claim.OWNER_FILE).exists()
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lgmm_jax import workdir_claim; "
+         "workdir_claim.claim(sys.argv[1]); print('claimed', flush=True); time.sleep(600)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim_owner(tmp_path).pid == holder.pid  # stale: the lock died with the process
+    workdir_claim.claim(str(tmp_path))()
+
+
+def write_claim(workdir, host: str, pid: int, heartbeat_age: float) -> None:
+    owner = workdir_claim.Owner(host, pid, "2025-01-01 00:00:00 UTC", time.time() - heartbeat_age)
+    (workdir / workdir_claim.OWNER_FILE).write_text(owner.to_json())
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_claim_without_locks_tells_stale_claims_by_pid_on_this_host_and_by_heartbeat_elsewhere(tmp_path):
+    """The protocol for gs:// (no locks): what is refused and what is taken over."""
+    here, stale_age = socket.gethostname(), workdir_claim.STALE_AFTER_SECONDS + 1
+    me = workdir_claim.Owner.this_process()
+    live = [(here, os.getppid(), stale_age), ("other-host", 1234, 10)]
+    stale = [(here, dead_pid(), 0), ("other-host", 1234, stale_age)]
+    for host, pid, age in live:
+        write_claim(tmp_path, host, pid, age)
+        with pytest.raises(workdir_claim.WorkdirBusyError, match=f"in use by pid {pid} on {host} since 2025"):
+            workdir_claim.claim_with_heartbeat(str(tmp_path), me)
+        assert claim_owner(tmp_path).pid == pid  # a refused run leaves the claim alone
+    for host, pid, age in stale:
+        write_claim(tmp_path, host, pid, age)
+        release = workdir_claim.claim_with_heartbeat(str(tmp_path), me)
+        assert claim_owner(tmp_path) == me
+        release()
+        assert not (tmp_path / workdir_claim.OWNER_FILE).exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# A full disk during a save.
+# --------------------------------------------------------------------------------------------------
+
+
+def disk_usage(folder) -> int:
+    """Bytes `folder` takes on a tmpfs (whole 4 KiB pages per file and folder)."""
+    paths = [folder, *folder.rglob("*")]
+    return sum(4096 * max(1, -(-p.stat().st_size // 4096)) if p.is_file() else 4096 for p in paths)
+
+
+@pytest.fixture
+def small_disk(tmp_path, uninterrupted):
+    """A tmpfs with room for two of the reference run's checkpoints and a half (unmounted afterwards)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    checkpoint = disk_usage(uninterrupted / "checkpoints" / str(REFERENCE_STEPS))
+    size_kib = (5 * checkpoint // 2 + 512 * 1024) // 1024
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount_point)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mount.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_stops_with_one_line_and_the_rerun_after_freeing_space_resumes(uninterrupted, small_disk, cache):
+    workdir = small_disk / "workdir"
+
+    full = run_main(workdir, *REFERENCE_ARGS, cache=cache)
+
+    error = one_line_error(full)
+    assert full.returncode == cli.DISK_FULL
+    intact = committed_steps(workdir)
+    assert intact and max(intact) < REFERENCE_STEPS
+    assert f"the disk of {workdir} is full: checkpoints {', '.join(map(str, intact))} are intact" in error
+    assert f"rerun the same command to resume from step {max(intact)}" in error
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    rerun = run_main(workdir, *REFERENCE_ARGS, cache=cache)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert resumed_from(rerun.stdout) == max(intact)
+    assert_same_numbers(workdir, uninterrupted)
