@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.protocol = "digits_6_4"
     config.protocol_split = 0  # which of the published class splits (0..4)
     config.ood_datasets = ()  # extra out-of-distribution sets, e.g. ('mnist_5k:test',)
+    # Folders of unknown images (`folder=` sets) below `ood_folder_root`, used when the root is set: the
+    # CIFAR configs name ODIN's TinyImageNet/LSUN/iSUN folders (Table 3).
+    config.ood_folder_root = config_dict.placeholder(str)
+    config.ood_folders = ()
     config.train_split = "train"
     config.validation_split = "validation"  # held-out known data: thresholds, never trained on
     config.test_split = "test"
@@ -60,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.gmm_update = "moment_matching"
     config.model.moment_rate = 0.5  # moment_matching: share of the way to the bank's fit per step
     config.model.dtype = "float32"  # compute dtype of the encoder; bfloat16 for mixed precision
+    config.model.zero_init_residual = False  # ResNets: zero the last BN scale of each block (mmcls)
 
     # Memory bank (Appendix B.2): the last `memory_size` latents of each class.
     config.memory_size = 200
@@ -74,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.nesterov = False
     config.optimizer.schedule = "cosine"  # constant, cosine, step or poly
     config.optimizer.warmup_epochs = 0.0
+    config.optimizer.warmup_start_factor = 0.0  # warm-up from this share of the rate (mmcls: 1e-3)
+    config.optimizer.decay_norms_and_biases = True  # False: no decay on biases, norms, position tables
+    config.optimizer.clip_grad_norm = 0.0  # > 0: clip the encoder's gradient at this global norm
     config.optimizer.decay_epochs = ()  # step schedule: epochs where the rate is multiplied
     config.optimizer.decay_factor = 0.1
     config.optimizer.power = 1.0  # poly schedule

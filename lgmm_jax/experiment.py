@@ -11,6 +11,7 @@ Named protocols get the entries as extra unknown sets.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import ml_collections
@@ -84,6 +85,16 @@ def parse_data_ref(spec: str) -> DataRef:
     return DataRef(dataset, split or "test")
 
 
+def extra_unknown_sets(config: ml_collections.ConfigDict) -> tuple[DataRef, ...]:
+    """The config's unknown sets beyond its protocol's: `ood_datasets`, then each of `ood_folders` below
+    `ood_folder_root` (when the root is set) as a `folder=` set."""
+    specs = list(config.ood_datasets)
+    root = config.get("ood_folder_root")
+    if root:
+        specs += [f"{FOLDER_PREFIX}{os.path.join(root, name)}" for name in config.get("ood_folders", ())]
+    return tuple(parse_data_ref(spec) for spec in specs)
+
+
 def resolve_protocol(config: ml_collections.ConfigDict) -> OpenSetProtocol:
     """The protocol the config describes (a named one, or closed-set training on `config.dataset`)."""
     if config.protocol:
@@ -93,13 +104,12 @@ def resolve_protocol(config: ml_collections.ConfigDict) -> OpenSetProtocol:
                 f"protocol {config.protocol!r} trains on {protocol.dataset!r} but dataset={config.dataset!r}: "
                 f"set --config.dataset={protocol.dataset} or --config.protocol=''"
             )
-        extra = tuple(parse_data_ref(s) for s in config.ood_datasets)
-        return dataclasses.replace(protocol, unknown=protocol.unknown + extra)
+        return dataclasses.replace(protocol, unknown=protocol.unknown + extra_unknown_sets(config))
     return OpenSetProtocol(
         name=config.dataset,
         dataset=config.dataset,
         known_classes=None,
-        unknown=tuple(parse_data_ref(s) for s in config.ood_datasets),
+        unknown=extra_unknown_sets(config),
         train_split=config.train_split,
         validation_split=config.validation_split,
         test_split=config.test_split,

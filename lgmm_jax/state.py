@@ -78,7 +78,8 @@ def learning_rate_schedule(
     steps_per_epoch: int,
     total_steps: int,
 ) -> optax.Schedule:
-    """Warm-up, then constant, cosine, step (x decay_factor at each of decay_epochs) or polynomial."""
+    """Linear warm-up from `warmup_start_factor` of the rate, then constant, cosine, step (x decay_factor at
+    each of decay_epochs) or polynomial decay to 0."""
     name = optimizer_config.schedule
     warmup_steps = int(optimizer_config.warmup_epochs * steps_per_epoch)
     decay_steps = max(total_steps - warmup_steps, 1)
@@ -100,22 +101,52 @@ def learning_rate_schedule(
         raise ValueError(f"optimizer.schedule={name!r} is not one of {SCHEDULES}")
     if warmup_steps == 0:
         return main
-    warmup = optax.linear_schedule(0.0, base_learning_rate, warmup_steps)
+    start = base_learning_rate * optimizer_config.get("warmup_start_factor", 0.0)
+    warmup = optax.linear_schedule(start, base_learning_rate, warmup_steps)
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
+# Parameters mmcls's Swin recipe exempts from weight decay besides norms and biases (paramwise_cfg).
+NO_DECAY_TABLES = ("relative_position_bias_table", "absolute_pos_embed")
+
+
+def takes_weight_decay(path) -> bool:
+    """False for biases, the scales of norm layers (BatchNorm, LayerNorm) and position tables."""
+    name = getattr(path[-1], "key", None)
+    return name not in ("bias", "scale") and name not in NO_DECAY_TABLES
+
+
+def weight_decay_mask(params):
+    """True where `takes_weight_decay` (optax's mask for add_decayed_weights / adamw)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: takes_weight_decay(path), params)
+
+
 def base_optimizer(optimizer_config, learning_rate, weight_decay: float):
+    """SGD (momentum, Nesterov), Adam or AdamW with `weight_decay` (coupled for SGD and Adam: added to the
+    gradient; decoupled for AdamW); with `decay_norms_and_biases` False the decay skips biases, norm
+    scales and position tables, as mmcls's Swin recipe does."""
     name = optimizer_config.name
+    mask = None if optimizer_config.get("decay_norms_and_biases", True) else weight_decay_mask
     if name == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(weight_decay),
+            optax.add_decayed_weights(weight_decay, mask),
             optax.sgd(learning_rate, momentum=optimizer_config.momentum, nesterov=optimizer_config.nesterov),
         )
     if name == "adam":
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+        return optax.chain(optax.add_decayed_weights(weight_decay, mask), optax.adam(learning_rate))
     if name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=weight_decay)
+        return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
     raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
+
+
+def encoder_optimizer(optimizer_config, learning_rate):
+    """The encoder's optimiser (phi, and the softmax counterpart's classifier): `base_optimizer` with the
+    configured weight decay, after clipping the gradient's global norm at `clip_grad_norm` (0 = no clip)."""
+    optimizer = base_optimizer(optimizer_config, learning_rate, optimizer_config.weight_decay)
+    clip = optimizer_config.get("clip_grad_norm", 0.0)
+    if clip < 0:
+        raise ValueError(f"optimizer.clip_grad_norm={clip} must be >= 0 (0 = no clipping)")
+    return optax.chain(optax.clip_by_global_norm(clip), optimizer) if clip > 0 else optimizer
 
 
 def parameter_groups(params, head: str):
@@ -137,7 +168,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
     encoder_lr = learning_rate_schedule(opt, opt.learning_rate, steps_per_epoch, total_steps)
     gmm_lr = learning_rate_schedule(opt, opt.gmm_learning_rate, steps_per_epoch, total_steps)
     gmm = base_optimizer(opt, gmm_lr, 0.0) if gmm_moment_rate(config.model) is None else optax.set_to_zero()
-    transforms = {"encoder": base_optimizer(opt, encoder_lr, opt.weight_decay), "gmm": gmm}
+    transforms = {"encoder": encoder_optimizer(opt, encoder_lr), "gmm": gmm}
     labels = functools.partial(parameter_groups, head=config.model.head)
     return optax.multi_transform(transforms, labels), encoder_lr
 

@@ -1,0 +1,132 @@
+"""Every config in configs/ passes the run's up-front checks on 1, 2, 4 and 8 devices with its own batch
+sizes, and its train state builds abstractly (jax.eval_shape) with the shardings a run would give it.
+
+Paper-scale configs otherwise fail only where their data is (CIFAR, ImageNet: not here) or, worse, after
+hours of training (an evaluation batch that does not split over 8 devices). The devices are 8 CPU
+devices forced in a subprocess (XLA_FLAGS must be set before jax starts).
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+    os.path.splitext(os.path.basename(path))[0]
+    for path in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if not path.endswith("__init__.py")
+)
+
+# What each dataset is, from its publication (not from our code): classes and stored image shape.
+DATASETS = {
+    "digits": (10, (8, 8, 1)),
+    "fashion_mnist": (10, (28, 28, 1)),
+    "cifar10": (10, (32, 32, 3)),
+    "cifar100": (100, (32, 32, 3)),
+    "tiny_imagenet": (200, (64, 64, 3)),
+    "imagenet2012": (1000, (None, None, 3)),
+}
+
+CHECK_EVERY_CONFIG = textwrap.dedent("""
+    import importlib, json, sys
+    import jax
+    from lgmm_jax import experiment
+    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.sharding import make_mesh
+    from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
+
+    datasets = json.loads(sys.argv[1])
+    report = {}
+    for name in sys.argv[2:]:
+        config = importlib.import_module(f"configs.{name}").get_config()
+        protocol = experiment.resolve_protocol(config)
+        num_classes, stored_shape = datasets[protocol.dataset]
+        if protocol.known_classes is not None:
+            num_classes = len(protocol.known_classes)
+        preset = experiment.preprocess_preset(config, protocol)
+        image_shape = (224, 224, 3) if preset.startswith("imagenet") else tuple(stored_shape)
+        rows = []
+        for num_devices in (1, 2, 4, 8):
+            mesh = make_mesh(num_devices)
+            checked = experiment.check_config(config, num_devices)
+            model = create_model(checked.model, num_classes)
+            optimizer, _ = create_optimizer(checked, steps_per_epoch=100, total_steps=1000)
+            abstract = jax.eval_shape(
+                lambda: create_train_state(checked, model, optimizer, image_shape, num_classes))
+            shardings = state_shardings(abstract, mesh, num_classes)
+            leaves = jax.tree.leaves(abstract.params)
+            rows.append({
+                "devices": num_devices,
+                "eval_batch_size": experiment.eval_batch_size(checked, num_devices),
+                "parameters": int(sum(x.size for x in leaves)),
+                "memory": None if abstract.memory is None else list(abstract.memory.latents.shape),
+                "memory_split": None if abstract.memory is None else str(shardings.memory.latents.spec),
+            })
+        report[name] = {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
+                        "num_classes": num_classes, "rows": rows}
+    print(json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module")
+def report():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    completed = subprocess.run(
+        [sys.executable, "-c", CHECK_EVERY_CONFIG, json.dumps(DATASETS), *CONFIGS],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_every_config_is_checked(report):
+    assert set(report) == set(CONFIGS) and len(CONFIGS) >= 13
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_passes_the_up_front_checks_on_1_to_8_devices(report, name):
+    entry = report[name]
+    for row in entry["rows"]:
+        devices = row["devices"]
+        assert entry["batch_size"] % devices == 0
+        # The evaluation batch is the config's, rounded up to the device count (padding is masked).
+        assert row["eval_batch_size"] % devices == 0
+        assert entry["eval_batch_size"] <= row["eval_batch_size"] < entry["eval_batch_size"] + devices
+        assert row["parameters"] == entry["rows"][0]["parameters"]
+        if row["memory"] is not None:
+            assert row["memory"][0] == entry["num_classes"]
+            splits = entry["num_classes"] % devices == 0
+            assert ("data" in row["memory_split"]) == splits, row
+
+
+def test_the_paper_configs_hold_the_published_encoders(report):
+    """Parameter counts of the encoders with their heads against torchvision's published counts: the
+    ImageNet ResNet-50 softmax model has 25,557,032 parameters; L-GMM swaps the 2048x1000 classifier
+    (2,049,000) for a 2048->128 projection (262,272) and a GMM of C*K*D means plus C*D shared scales."""
+    resnet50 = report["imagenet_resnet50"]["rows"][0]["parameters"]
+    gmm = 1000 * 3 * 128 + 1000 * 128
+    assert resnet50 == 25_557_032 - 2_049_000 + 262_272 + gmm
+
+
+def test_an_eval_batch_that_does_not_split_is_rounded_not_refused():
+    """The CIFAR configs' 500 does not split over 8 devices: evaluation pads batches to 504."""
+    from configs import cifar10
+    from lgmm_jax import experiment
+
+    config = cifar10.get_config()
+    assert experiment.eval_batch_size(config, 8) == 504 and experiment.eval_batch_size(config, 4) == 500
+
+
+def test_a_training_batch_that_does_not_split_is_refused_up_front():
+    from configs import default
+    from lgmm_jax import experiment
+
+    config = default.get_config()
+    config.batch_size = 60
+    with pytest.raises(ValueError, match="batch_size=60 does not split evenly over 8 devices.*multiple of 8"):
+        experiment.check_config(config, 8)
