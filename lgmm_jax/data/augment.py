@@ -3,7 +3,9 @@
 Random operations take a ``np.random.Generator``; inside the grain pipeline that generator is the one
 grain derives from the pipeline seed and the element's index, so augmentation is deterministic for a seed.
 The geometry follows torchvision (``RandomCrop(padding=...)``, ``RandomResizedCrop``, ``Resize``,
-``CenterCrop``), the de-facto reference for the CIFAR and ImageNet recipes.
+``CenterCrop``), the de-facto reference for the CIFAR and ImageNet recipes; `random_erasing` follows
+mmclassification's ``RandomErasing`` (the Swin recipe). Resizing resamples bilinearly unless told otherwise
+(``resample=BICUBIC`` for mmcls's ``interpolation='bicubic', backend='pillow'``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,22 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+BILINEAR = Image.Resampling.BILINEAR
+BICUBIC = Image.Resampling.BICUBIC
+
 
 def _check_image(image: np.ndarray) -> None:
     if image.ndim != 3:
         raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
+
+
+def _per_channel(values: Sequence[float], channels: int, name: str) -> np.ndarray:
+    """``values`` as float64 ``[channels]`` (a single value serves every channel)."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size not in (1, channels):
+        raise ValueError(f"{name} has {values.size} values for an image with {channels} channels: "
+                         f"pass one value per channel")
+    return np.broadcast_to(values, (channels,))
 
 
 def crop(image: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
@@ -44,23 +58,24 @@ def random_horizontal_flip(image: np.ndarray, rng: np.random.Generator, probabil
     return horizontal_flip(image) if rng.random() < probability else image
 
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with pillow (antialiased when shrinking), keeping dtype uint8 and the channel axis."""
+def resize(image: np.ndarray, height: int, width: int, resample: Image.Resampling = BILINEAR) -> np.ndarray:
+    """Pillow resize (antialiased when shrinking; bilinear by default), keeping dtype uint8 and the channels."""
     _check_image(image)
     if image.shape[:2] == (height, width):
         return image
     channels = image.shape[2]
     pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    out = np.asarray(pil.resize((width, height), resample=Image.BILINEAR))
+    out = np.asarray(pil.resize((width, height), resample=resample))
     return out[..., None] if channels == 1 else out
 
 
-def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes so that the shorter side is ``size`` and the aspect ratio is kept (torchvision ``Resize(int)``)."""
+def resize_shorter_side(image: np.ndarray, size: int, resample: Image.Resampling = BILINEAR) -> np.ndarray:
+    """Resizes so that the shorter side is ``size`` and the aspect ratio is kept (torchvision ``Resize(int)``,
+    mmcls ``Resize(size=(size, -1))``)."""
     height, width = image.shape[:2]
     if height <= width:
-        return resize(image, size, int(size * width / height))
-    return resize(image, int(size * height / width), size)
+        return resize(image, size, int(size * width / height), resample)
+    return resize(image, int(size * height / width), size, resample)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -104,11 +119,54 @@ def random_resized_crop_window(height: int, width: int, rng: np.random.Generator
 
 def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
                         scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> np.ndarray:
+                        ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        resample: Image.Resampling = BILINEAR) -> np.ndarray:
     """Inception-style crop: a random window (`random_resized_crop_window`) resized to ``size x size``."""
     _check_image(image)
     top, left, h, w = random_resized_crop_window(image.shape[0], image.shape[1], rng, scale, ratio)
-    return resize(crop(image, top, left, h, w), size, size)
+    return resize(crop(image, top, left, h, w), size, size, resample)
+
+
+def random_erasing_window(height: int, width: int, rng: np.random.Generator,
+                          min_area_ratio: float = 0.02, max_area_ratio: float = 1 / 3,
+                          aspect_range: Sequence[float] = (3 / 10, 10 / 3)) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of the rectangle mmcls's ``RandomErasing`` erases.
+
+    The area is uniform in ``[min_area_ratio, max_area_ratio]`` of the image, the aspect h / w log-uniform
+    in ``aspect_range``; h and w are capped at the image size and the corner is drawn as mmcls draws it,
+    ``randint(0, H - h)`` (the last offset excluded) or 0 when the rectangle spans the image.
+    """
+    log_aspect = np.log(np.asarray(aspect_range, dtype=np.float64))
+    aspect = math.exp(rng.uniform(log_aspect[0], log_aspect[1]))
+    area = height * width * rng.uniform(min_area_ratio, max_area_ratio)
+    h = min(int(round(math.sqrt(area * aspect))), height)
+    w = min(int(round(math.sqrt(area / aspect))), width)
+    top = int(rng.integers(0, height - h)) if height > h else 0
+    left = int(rng.integers(0, width - w)) if width > w else 0
+    return top, left, h, w
+
+
+def random_erasing(image: np.ndarray, rng: np.random.Generator, fill_mean: Sequence[float],
+                   fill_std: Sequence[float], probability: float = 0.25, min_area_ratio: float = 0.02,
+                   max_area_ratio: float = 1 / 3, aspect_range: Sequence[float] = (3 / 10, 10 / 3)) -> np.ndarray:
+    """mmcls ``RandomErasing(mode='rand', fill_color=fill_mean, fill_std=fill_std)`` on a uint8 image.
+
+    With ``probability``, a random rectangle (`random_erasing_window`) is overwritten with per-pixel noise
+    N(fill_mean, fill_std) per channel, in pixel units, truncated to integers and clipped to [0, 255]
+    (the Swin recipe passes the dataset mean and std: the noise is N(0, 1) after normalisation, as timm's
+    ``RandomErasing(mode='pixel')``). The input is not modified.
+    """
+    _check_image(image)
+    mean = _per_channel(fill_mean, image.shape[2], "the erasing mean")
+    std = _per_channel(fill_std, image.shape[2], "the erasing std")
+    if rng.random() > probability:
+        return image
+    top, left, h, w = random_erasing_window(image.shape[0], image.shape[1], rng, min_area_ratio,
+                                            max_area_ratio, aspect_range)
+    noise = rng.normal(mean, std, (h, w, image.shape[2]))
+    erased = image.copy()
+    erased[top:top + h, left:left + w] = np.clip(noise.astype(np.int32), 0, 255).astype(np.uint8)
+    return erased
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

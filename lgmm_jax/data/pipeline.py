@@ -15,14 +15,23 @@ straddle epoch boundaries; `steps_per_epoch` gives the number of full global bat
 
 Preprocessing presets (``preprocess=``):
 
-===========  ==================================================  ====================================
-preset       training                                            evaluation
-===========  ==================================================  ====================================
-``none``     nothing                                             nothing
-``shift``    zero-pad by ``max(1, H // 8)`` px, random crop back  nothing
-``cifar``    zero-pad 4 px, random crop back, horizontal flip    nothing
-``imagenet`` random resized crop 224, scale (0.08, 1), flip      resize shorter side 256, center crop 224
-===========  ==================================================  ====================================
+=================  ==================================================  ====================================
+preset             training                                            evaluation
+=================  ==================================================  ====================================
+``none``           nothing                                             nothing
+``shift``          zero-pad by ``max(1, H // 8)`` px, random crop back  nothing
+``cifar``          zero-pad 4 px, random crop back, horizontal flip    nothing
+``imagenet``       random resized crop 224, scale (0.08, 1), flip      resize shorter side 256, center crop 224
+``imagenet_swin``  random resized crop 224 (bicubic), flip,            resize shorter side 256 (bicubic),
+                   RandAugment, random erasing                         center crop 224
+=================  ==================================================  ====================================
+
+``imagenet_swin`` is mmclassification's ``swin-base_16xb64_in1k`` data pipeline
+(``imagenet_bs64_swin_224.py``): RandomResizedCrop(224, bicubic, pillow), RandomFlip(0.5),
+RandAugment(rand_increasing, 2 policies, level 9, std 0.5; `randaugment`) filling with the mean pixel,
+RandomErasing(0.25, mode 'rand', area 0.02-1/3) with N(mean, std) pixels; the mean and std are those of
+the normalisation the model sees. Mixup / CutMix and label smoothing act on batches (`lgmm_jax.mixing`).
+The presets that resize (`resizes_to_network_input`) accept images of any size.
 
 Normalisation: ``(x / 255 - mean) / std`` per channel, from `NORMALIZATION` keyed by dataset name
 (``normalization=None`` uses the source's own name; datasets not in the table get mean 0.5, std 0.5).
@@ -42,12 +51,16 @@ import numpy as np
 
 from lgmm_jax.data import augment
 from lgmm_jax.data import protocols
+from lgmm_jax.data import randaugment
 from lgmm_jax.data.sources import Source
 
 IMAGENET_TRAIN_SIZE = 224
 IMAGENET_EVAL_RESIZE = 256
 CIFAR_PADDING = 4
-PREPROCESS_PRESETS = ("none", "shift", "cifar", "imagenet")
+SWIN_ERASE_PROBABILITY = 0.25
+PREPROCESS_PRESETS = ("none", "shift", "cifar", "imagenet", "imagenet_swin")
+# The presets that resize and crop every image to IMAGENET_TRAIN_SIZE, with their resampling filter.
+RESIZE_RESAMPLING = {"imagenet": augment.BILINEAR, "imagenet_swin": augment.BICUBIC}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +125,12 @@ def _check_preprocess(preprocess: str) -> None:
         raise ValueError(f"unknown preprocess preset {preprocess!r}: use one of {', '.join(PREPROCESS_PRESETS)}")
 
 
+def resizes_to_network_input(preset: str) -> bool:
+    """Whether ``preset`` resizes and crops every image to ``IMAGENET_TRAIN_SIZE`` (any image size goes in)."""
+    _check_preprocess(preset)
+    return preset in RESIZE_RESAMPLING
+
+
 def _check_processes(batch_size: int, process_index: int, process_count: int) -> None:
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} must be in 0..process_count-1 ({process_count})")
@@ -119,8 +138,26 @@ def _check_processes(batch_size: int, process_index: int, process_count: int) ->
         raise ValueError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
 
 
-def augment_train(image: np.ndarray, preprocess: str, rng: np.random.Generator) -> np.ndarray:
-    """The training augmentation of preset ``preprocess`` (uint8 in, uint8 out)."""
+def _pixels(values: Sequence[float]) -> tuple[float, ...]:
+    return tuple(255.0 * value for value in values)
+
+
+def swin_train_augment(image: np.ndarray, rng: np.random.Generator, normalization: Normalization) -> np.ndarray:
+    """mmcls's Swin training pipeline on a uint8 image (``imagenet_swin``, see the module docstring)."""
+    image = augment.random_resized_crop(image, IMAGENET_TRAIN_SIZE, rng, resample=RESIZE_RESAMPLING["imagenet_swin"])
+    image = augment.random_horizontal_flip(image, rng)
+    mean_pixel = tuple(round(value) for value in _pixels(normalization.mean))
+    image = randaugment.rand_augment(image, rng, fill=mean_pixel)
+    return augment.random_erasing(image, rng, _pixels(normalization.mean), _pixels(normalization.std),
+                                  probability=SWIN_ERASE_PROBABILITY)
+
+
+def augment_train(image: np.ndarray, preprocess: str, rng: np.random.Generator,
+                  normalization: Normalization = NORMALIZATION["imagenet2012"]) -> np.ndarray:
+    """The training augmentation of preset ``preprocess`` (uint8 in, uint8 out).
+
+    ``normalization``: the statistics the model sees; ``imagenet_swin`` fills and erases with them.
+    """
     if preprocess == "none":
         return image
     if preprocess == "shift":
@@ -131,14 +168,16 @@ def augment_train(image: np.ndarray, preprocess: str, rng: np.random.Generator) 
     if preprocess == "imagenet":
         image = augment.random_resized_crop(image, IMAGENET_TRAIN_SIZE, rng)
         return augment.random_horizontal_flip(image, rng)
+    if preprocess == "imagenet_swin":
+        return swin_train_augment(image, rng, normalization)
     raise ValueError(f"unknown preprocess preset {preprocess!r}: use one of {', '.join(PREPROCESS_PRESETS)}")
 
 
 def preprocess_eval(image: np.ndarray, preprocess: str) -> np.ndarray:
     """The deterministic evaluation transform of preset ``preprocess`` (uint8 in, uint8 out)."""
-    if preprocess == "imagenet":
-        return augment.center_crop(augment.resize_shorter_side(image, IMAGENET_EVAL_RESIZE), IMAGENET_TRAIN_SIZE)
-    _check_preprocess(preprocess)
+    if resizes_to_network_input(preprocess):
+        resized = augment.resize_shorter_side(image, IMAGENET_EVAL_RESIZE, RESIZE_RESAMPLING[preprocess])
+        return augment.center_crop(resized, IMAGENET_TRAIN_SIZE)
     return image
 
 
@@ -160,7 +199,7 @@ class TrainExample(grain.transforms.RandomMap):
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
         example = self.source[int(index)]
-        image = augment_train(np.asarray(example["image"]), self.preprocess, rng)
+        image = augment_train(np.asarray(example["image"]), self.preprocess, rng, self.normalization)
         label = example["label"] if self.lookup is None else self.lookup[example["label"]]
         return {
             "image": augment.normalize(image, self.normalization.mean, self.normalization.std),

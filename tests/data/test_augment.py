@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lgmm_jax.data import augment
 
@@ -90,3 +91,62 @@ def test_normalize_matches_the_formula():
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="one value per channel"):
         augment.normalize(_random_image((4, 4, 1)), mean, std)
+
+
+# ------------------------------------------------------------------------------------ resampling, erasing
+
+
+@pytest.mark.parametrize("resample", [augment.BILINEAR, augment.BICUBIC])
+def test_resampling_filter_is_pillows(resample):
+    image = _random_image((30, 45, 3), seed=4)
+    expected = np.asarray(Image.fromarray(image).resize((20, 13), resample=resample))
+    np.testing.assert_array_equal(augment.resize(image, 13, 20, resample), expected)
+    np.testing.assert_array_equal(augment.resize_shorter_side(image, 20, resample),
+                                  np.asarray(Image.fromarray(image).resize((30, 20), resample=resample)))
+    top, left, h, w = augment.random_resized_crop_window(30, 45, np.random.default_rng(7))
+    cropped = np.asarray(Image.fromarray(image[top:top + h, left:left + w]).resize((16, 16), resample=resample))
+    np.testing.assert_array_equal(augment.random_resized_crop(image, 16, np.random.default_rng(7), resample=resample),
+                                  cropped)
+
+
+def test_bicubic_differs_from_the_bilinear_default():
+    image = _random_image((30, 45, 3), seed=5)
+    np.testing.assert_array_equal(augment.resize(image, 13, 20), augment.resize(image, 13, 20, augment.BILINEAR))
+    assert not np.array_equal(augment.resize(image, 13, 20), augment.resize(image, 13, 20, augment.BICUBIC))
+
+
+def test_random_erasing_windows_follow_mmcls_ranges():
+    for seed in range(300):
+        top, left, h, w = augment.random_erasing_window(224, 224, np.random.default_rng(seed))
+        assert 0 <= top and top + h <= 224 and 0 <= left and left + w <= 224
+        # Rounding of h and w moves the area and aspect slightly outside the sampled ranges.
+        assert 0.02 * 0.9 <= h * w / 224 ** 2 <= 1 / 3 * 1.1
+        assert 0.3 * 0.9 <= h / w <= 10 / 3 * 1.1
+        assert top < 224 - h or h == 224  # mmcls's randint(0, H - h) never takes the last offset
+    # A rectangle as tall as the image sits at the top.
+    assert augment.random_erasing_window(4, 100, np.random.default_rng(0), 0.9, 0.9, (10.0, 10.0))[0] == 0
+
+
+def test_random_erasing_fills_one_rectangle_with_clipped_normal_noise():
+    image = np.full((64, 64, 3), 0, np.uint8)
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    erased = augment.random_erasing(image, np.random.default_rng(1), mean, std, probability=1.0)
+    assert not image.any()  # the input is left as it is
+    # The erased pixels form the rectangle drawn right after the probability draw, from the same generator.
+    rng = np.random.default_rng(1)
+    rng.random()
+    top, left, h, w = augment.random_erasing_window(64, 64, rng)
+    noise = np.clip(rng.normal(mean, std, (h, w, 3)).astype(np.int32), 0, 255)
+    expected = np.zeros_like(image)
+    expected[top:top + h, left:left + w] = noise
+    np.testing.assert_array_equal(erased, expected)
+    assert 0.02 * 64 * 64 * 0.9 <= np.count_nonzero(erased.any(axis=-1)) <= h * w
+
+
+def test_random_erasing_happens_with_its_probability_and_checks_channels():
+    image = _random_image((16, 16, 1), seed=6)
+    erased = sum(not np.array_equal(augment.random_erasing(image, np.random.default_rng(s), (128,), (50,)), image)
+                 for s in range(800))
+    assert 160 < erased < 240  # probability 0.25 (an erasure could leave the image unchanged: negligible)
+    with pytest.raises(ValueError, match="the erasing mean has 3 values for an image with 1 channels"):
+        augment.random_erasing(image, np.random.default_rng(0), (1, 2, 3), (1, 2, 3))

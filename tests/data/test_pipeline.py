@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from PIL import Image
+
+from lgmm_jax.data import augment
 from lgmm_jax.data import pipeline
+from lgmm_jax.data import randaugment
 from lgmm_jax.data import sources
 
 # Images whose pixels spell the example index: channel 0 = index % 256, channel 1 = index // 256.
@@ -227,17 +231,73 @@ def test_cifar_preset_shapes_and_changes_images():
     np.testing.assert_allclose(eval_batch["image"], source._images, atol=1e-3)  # eval: untouched
 
 
-def test_imagenet_preset_from_an_odd_sized_image():
+@pytest.mark.parametrize("preset", ["imagenet", "imagenet_swin"])
+def test_imagenet_preset_from_an_odd_sized_image(preset):
     rng = np.random.default_rng(0)
     source = sources.ArraySource("imagenet2012", rng.integers(0, 256, (4, 300, 451, 3), dtype=np.uint8),
                                  np.arange(4), ["a", "b", "c", "d"])
-    (train_batch,) = take(pipeline.train_iterator(source, batch_size=4, seed=0, preprocess="imagenet"), 1)
-    eval_batch = next(iter(pipeline.eval_batches(source, batch_size=4, preprocess="imagenet")))
+    (train_batch,) = take(pipeline.train_iterator(source, batch_size=4, seed=0, preprocess=preset), 1)
+    eval_batch = next(iter(pipeline.eval_batches(source, batch_size=4, preprocess=preset)))
     for batch in (train_batch, eval_batch):
         assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.float32
     assert abs(float(eval_batch["image"].mean()) - float(
         np.mean((np.array([0.5] * 3) - pipeline.NORMALIZATION["imagenet2012"].mean)
                 / pipeline.NORMALIZATION["imagenet2012"].std))) < 0.1
+
+
+def test_imagenet_swin_training_is_mmcls_swin_pipeline_in_order():
+    image = np.random.default_rng(1).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    imagenet = pipeline.NORMALIZATION["imagenet2012"]
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        # mmcls imagenet_bs64_swin_224.py: RandomResizedCrop(224, bicubic) -> RandomFlip(0.5) ->
+        # RandAugment(pad_val = the mean pixel) -> RandomErasing(0.25, 'rand', N(mean, std) in pixels).
+        expected = augment.random_resized_crop(image, 224, rng, resample=augment.BICUBIC)
+        expected = augment.random_horizontal_flip(expected, rng)
+        expected = randaugment.rand_augment(expected, rng, fill=(124, 116, 104))
+        expected = augment.random_erasing(expected, rng, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
+                                          probability=0.25)
+        out = pipeline.augment_train(image, "imagenet_swin", np.random.default_rng(seed), imagenet)
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_imagenet_swin_evaluation_is_a_bicubic_resize_and_a_center_crop():
+    image = np.random.default_rng(2).integers(0, 256, (300, 451, 3), dtype=np.uint8)
+    resized = np.asarray(Image.fromarray(image).resize((int(256 * 451 / 300), 256), resample=Image.BICUBIC))
+    left = int(round((resized.shape[1] - 224) / 2))
+    np.testing.assert_array_equal(pipeline.preprocess_eval(image, "imagenet_swin"),
+                                  resized[16:240, left:left + 224])
+    assert not np.array_equal(pipeline.preprocess_eval(image, "imagenet_swin"),
+                              pipeline.preprocess_eval(image, "imagenet"))  # the ResNet preset stays bilinear
+
+
+def test_imagenet_swin_fills_and_erases_with_the_normalisation_of_the_model(monkeypatch):
+    grey = sources.ArraySource("grey", np.full((8, 40, 40, 1), 50, np.uint8), np.arange(8) % 2, ["a", "b"])
+    statistics = pipeline.Normalization((0.5,), (0.2,))
+    batch = next(pipeline.train_iterator(grey, batch_size=8, seed=0, preprocess="imagenet_swin",
+                                         normalization=statistics))
+    assert batch["image"].shape == (8, 224, 224, 1)
+    seen = {}
+
+    def rand_augment(image, rng, fill):
+        seen["fill"] = fill
+        return image
+
+    def random_erasing(image, rng, fill_mean, fill_std, probability):
+        seen["erasing"] = (fill_mean, fill_std, probability)
+        return image
+
+    monkeypatch.setattr(randaugment, "rand_augment", rand_augment)
+    monkeypatch.setattr(augment, "random_erasing", random_erasing)
+    pipeline.augment_train(grey[0]["image"], "imagenet_swin", np.random.default_rng(0), statistics)
+    assert seen == {"fill": (128,), "erasing": ((127.5,), (51.0,), 0.25)}
+
+
+def test_presets_that_resize_to_the_network_input():
+    assert [p for p in pipeline.PREPROCESS_PRESETS if pipeline.resizes_to_network_input(p)] == [
+        "imagenet", "imagenet_swin"]
+    with pytest.raises(ValueError, match="unknown preprocess preset 'imagenet_vit'"):
+        pipeline.resizes_to_network_input("imagenet_vit")
 
 
 def test_shift_preset_moves_digits_by_at_most_one_pixel():
