@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lgmm_jax.models.resize import resize_bilinear
+
 USAGE_DISTANCES = ("total_variation", "kl")
 
 
@@ -25,6 +27,19 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array 
     """Mean cross-entropy of softmax(logits) against integer labels: the discriminative counterpart."""
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     return masked_mean(losses, mask)
+
+
+def pixel_cross_entropy(scores: jax.Array, labels: jax.Array, void_label: int = 255) -> jax.Array:
+    """mmseg's decode-head loss: per-pixel scores [B, h, w, C] upsampled bilinearly (align_corners=False)
+    to the labels' [B, H, W], softmax cross-entropy averaged over the labelled pixels (the void label is a
+    mask, never a class index). For L-GMM the scores are log p(z|y) / T (Eq. 7 per pixel)."""
+    upsampled = resize_bilinear(scores, labels.shape[1:])
+    labelled = labels != void_label
+    return softmax_cross_entropy(
+        upsampled.reshape(-1, scores.shape[-1]),
+        jnp.where(labelled, labels, 0).reshape(-1),
+        labelled.reshape(-1),
+    )
 
 
 def discriminative_loss(
@@ -115,6 +130,7 @@ __all__ = [
     "max_total_variation",
     "negative_log_likelihood",
     "one_hot_loss",
+    "pixel_cross_entropy",
     "softmax_cross_entropy",
     "usage_distance",
 ]

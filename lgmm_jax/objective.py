@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from lgmm_jax import losses, mixture
 from lgmm_jax.memory import MemoryBank, sample_per_class, update_memory
 from lgmm_jax.models.gmm import head_gaussians, log_likelihood
-from lgmm_jax.models.resize import resize_bilinear, resize_labels_nearest
+from lgmm_jax.models.resize import resize_labels_nearest
 
 VARIANTS = ("equations", "appendix_g")
 TRAINING_MODES = ("collaborative", "generative_only")
@@ -327,18 +327,15 @@ def pixel_lgmm_objective(
     batch, height, width, dim = z.shape
     num_classes = log_weights.shape[0]
     means, scales = head_gaussians(head_params, config.scale_floor, config.num_components)
+    _, compact_scales = head_gaussians(head_params, config.scale_floor, config.num_components, False)
     pixel_key, slot_key = jax.random.split(key)
 
     flat_z = z.reshape(-1, dim)
-    class_log_likelihood = fixed_mixture_log_likelihood(flat_z, means, scales, log_weights, config)
+    # Every pixel's log p(z|y): the largest term per pixel, so with shared scales [C, 1, D].
+    class_log_likelihood = fixed_mixture_log_likelihood(flat_z, means, compact_scales, log_weights, config)
     class_log_likelihood = class_log_likelihood.reshape(batch, height, width, num_classes)
-    upsampled = resize_bilinear(class_log_likelihood, labels.shape[1:])
-    labelled = labels != pixels.void_label
-    discriminative = losses.discriminative_loss(
-        upsampled.reshape(-1, num_classes),
-        jnp.where(labelled, labels, 0).reshape(-1),
-        labelled.reshape(-1),
-        config.discriminative_temperature,
+    discriminative = losses.pixel_cross_entropy(
+        class_log_likelihood / config.discriminative_temperature, labels, pixels.void_label
     )
 
     small_labels = resize_labels_nearest(labels, (height, width)).reshape(-1)

@@ -39,6 +39,18 @@ def test_component_log_prob_matches_scipy(batch, classes, components, dim):
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-3)
 
 
+def test_shared_scales_given_once_per_class_match_scipy():
+    """[C, 1, D] scales (the segmenters' compact form) give scipy's densities with the scale repeated."""
+    rng = np.random.default_rng(3)
+    z, means, scales, _ = random_mixture(rng, 6, 12, 3, 32)
+    shared = scales[:, :1]
+    expected = scipy_component_log_prob(z, means, np.repeat(shared, 3, axis=1))
+    got = np.asarray(gmm.component_log_prob(*as32(z, means, shared)))
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-3)
+    with pytest.raises(ValueError, match=r"must be \[C, K, D\] or \[C, 1, D\]"):
+        gmm.component_log_prob(*as32(z, means, scales[:, :2]))
+
+
 def test_single_component_matches_scipy_multivariate_normal():
     rng = np.random.default_rng(0)
     z, means, scales, _ = random_mixture(rng, 5, 2, 1, 8)

@@ -119,7 +119,7 @@ class LGMMSegmenter(nn.Module):
 
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         z = self.encode(images, train)
-        log_likelihood = self.head(z.reshape(-1, self.latent_dim))
+        log_likelihood = self.head(z.reshape(-1, self.latent_dim), compact_scales=True)
         return log_likelihood.reshape(*z.shape[:3], self.num_classes)
 
 
