@@ -215,3 +215,14 @@ def test_softmax_model_exports_with_msp(tmp_path):
     probabilities = np.exp(predicted["log_posterior"].astype(np.float64))
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(predicted["score"], probabilities.max(-1), atol=1e-5)  # MSP
+
+
+def test_an_exported_model_loads_without_the_trainer_or_the_evaluator():
+    """Imports run one way: inference needs the forward pass and the models, not evaluate/train/state."""
+    code = ("import sys, lgmm_jax.inference; "
+            "print(sorted(m for m in ('lgmm_jax.evaluate', 'lgmm_jax.train', 'lgmm_jax.state', "
+            "'lgmm_jax.export') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
