@@ -409,10 +409,11 @@ class DiskFullError(OSError):
 
 
 def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC from Python, or TensorStore's RESOURCE_EXHAUSTED on a write (not XLA's out-of-memory)."""
+    """ENOSPC from Python, or TensorStore's RESOURCE_EXHAUSTED on writing a local file (not XLA's
+    out-of-memory, not a bucket's rate limit, which TensorStore reports with the same status)."""
     return any(
         (isinstance(cause, OSError) and cause.errno == errno.ENOSPC)
-        or ("RESOURCE_EXHAUSTED" in str(cause) and "Error writing" in str(cause))
+        or all(part in str(cause) for part in ("RESOURCE_EXHAUSTED", "Error writing", "local file"))
         for cause in error_chain(error)
     )
 

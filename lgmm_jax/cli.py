@@ -18,6 +18,7 @@ USAGE_ERROR = 2
 RUN_ERROR = 1
 WORKDIR_BUSY = 75  # EX_TEMPFAIL: try again once the other run is over
 DISK_FULL = 74  # EX_IOERR
+ORBAX_PATH = f"{os.sep}orbax{os.sep}"
 INTERRUPTED = 130
 
 
@@ -114,31 +115,49 @@ def run_guarded(task: Callable[[], object]) -> int:
 
 def quiet_libraries() -> None:
     """Warnings and errors only from absl-logging libraries (orbax logs every file it writes), unless
-    the user asked for more with --verbosity; and no tracebacks from orbax's background threads."""
-    silence_closed_loop_callbacks()
+    the user asked for more with --verbosity; and no tracebacks from orbax's background threads and
+    coroutines, whose errors reach the caller too and are reported there in one line."""
+    silence_orbax_leftovers()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
         std_logging.getLogger("absl").addFilter(lambda record: not is_orbax_noise(record))
+        std_logging.getLogger("asyncio").addFilter(lambda record: not is_orbax_noise(record))
+
+
+def raised_in_orbax(traceback) -> bool:
+    """Whether a traceback passes through orbax's code."""
+    while traceback is not None:
+        if ORBAX_PATH in traceback.tb_frame.f_code.co_filename:
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def is_orbax_noise(record: std_logging.LogRecord) -> bool:
-    """An error orbax logs with its traceback from a background thread (a failed async save) before
-    raising it again in the caller, where `run_guarded` reports it in one line; or its notices that a
-    manager opened read-only (evaluation, export) does not save."""
-    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+    """An error orbax logs with its traceback from a background thread (a failed async save), or asyncio's
+    "exception was never retrieved" about one of orbax's reads or writes, all of them raised again in
+    the caller, where `run_guarded` reports it in one line; or orbax's notices that a manager opened
+    read-only (evaluation, export) does not save."""
+    if record.exc_info and raised_in_orbax(record.exc_info[2]):
+        return True
+    if ORBAX_PATH not in record.pathname:
         return False
-    return record.exc_info is not None or "read_only=True" in record.getMessage() or "is read only" in record.getMessage()
+    message = record.getMessage()
+    return record.exc_info is not None or "read_only=True" in message or "is read only" in message
 
 
-def is_closed_loop_callback(unraisable) -> bool:
-    """TensorStore's completion callbacks that reach an asyncio loop orbax already closed after a failed
-    read or write: noise after an error that is reported anyway."""
-    return isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)
+def is_orbax_leftover(unraisable) -> bool:
+    """What a failed orbax read or write leaves to the garbage collector: TensorStore callbacks that
+    reach an asyncio loop orbax already closed, and orbax coroutines that never finished. Noise after
+    an error that is reported anyway."""
+    error = unraisable.exc_value
+    closed_loop = isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+    return closed_loop or raised_in_orbax(unraisable.exc_traceback)
 
 
-def silence_closed_loop_callbacks() -> None:
+def silence_orbax_leftovers() -> None:
     default_hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None if is_closed_loop_callback(unraisable) else default_hook(unraisable)
+    sys.unraisablehook = lambda unraisable: None if is_orbax_leftover(unraisable) else default_hook(unraisable)
 
 
 # JAX's own cluster environments that never start from a plain environment check: k8s needs the

@@ -341,6 +341,14 @@ def test_damage_is_told_from_a_storage_outage():
     assert checkpointing.damage_in(PermissionError(13, "Permission denied")) is None
 
 
+def test_full_disk_is_told_from_memory_and_rate_limits():
+    assert checkpointing.is_disk_full(OSError(28, "No space left on device"))
+    assert checkpointing.is_disk_full(ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "step/0" in OCDBT database at local file "/w/checkpoints/20": Failed'))
+    assert not checkpointing.is_disk_full(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 GiB"))
+    assert not checkpointing.is_disk_full(ValueError('RESOURCE_EXHAUSTED: Error writing "x" in gs://bucket: 429'))
+
+
 # --------------------------------------------------------------------------------------------------
 # Two runs on one workdir.
 # --------------------------------------------------------------------------------------------------
