@@ -26,12 +26,23 @@ TFDS ImageNet source also decodes JPEGs, which costs more than the augmentation)
 
 Prints the device, one table per encoder, then a JSON object as the last line with `train_step_ratio`
 and `eval_step_ratio` (per encoder and overall: the geometric mean over encoders).
+
+Segmenters (`--segmenters segformer_b0,deeplabv3plus_r50`, issue 14; goal 1.05): the same round-robin
+on `models.create_segmenter(name, C, head)` at a CPU-sized crop. Segmentation has no train loop yet
+(issue 15), so the steps are built here from the library's pieces, alike for both heads: Adam on every
+parameter; softmax: `losses.pixel_cross_entropy` of the logits; L-GMM: `objective.pixel_lgmm_objective`
+(the default config's loss settings, `PixelConfig()`), then the counted mixture weights and the
+moment-matched Gaussians as `train.lgmm_train_step` does; DeepLabv3+'s auxiliary FCN loss (weight 0.4)
+for both. The eval step is the forward, scores upsampled to the image, argmax and max.
+
+    python bench/speed.py --encoders '' --segmenters segformer_b0,deeplabv3plus_r50 --quick
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -42,9 +53,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from lgmm_jax import forward as forward_lib, state as state_lib, train
-from lgmm_jax.models.configured import create_model
+from lgmm_jax import forward as forward_lib, losses, state as state_lib, train
+from lgmm_jax.memory import create_memory
+from lgmm_jax.mixture import counted_log_weights, moment_matched_head
+from lgmm_jax.models import auxiliary_logits, create_segmenter
+from lgmm_jax.models.configured import DTYPES, create_model
+from lgmm_jax.models.resize import resize_bilinear
+from lgmm_jax.objective import PixelConfig, pixel_lgmm_objective
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource
 from lgmm_jax.sharding import check_batch_size, global_batch, make_mesh
@@ -95,14 +112,36 @@ CASES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class SegmenterCase:
+    """One segmenter at a CPU-sized crop: ADE20K's 150 classes or Cityscapes' 19."""
+
+    name: str
+    num_classes: int
+    crop: tuple[int, int]
+    cpu_batch: int
+    quick_batch: int
+
+
+SEGMENTER_CASES = {
+    "segformer_b0": SegmenterCase("segformer_b0", 150, (128, 128), 4, 2),
+    "deeplabv3plus_r50": SegmenterCase("deeplabv3plus_r50", 19, (128, 128), 2, 2),
+}
+SEGMENTATION_GOAL_RATIO = 1.05
+AUXILIARY_LOSS_WEIGHT = 0.4  # mmseg's DeepLabv3+ recipe
+SEGMENTATION_MEMORY = 1000  # bank slots per class (the step looks at `loss.bank_sample_size` of them)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", default=",".join(CASES), help=f"comma-separated, from {list(CASES)}")
+    parser.add_argument("--segmenters", default="",
+                        help=f"comma-separated, from {list(SEGMENTER_CASES)} (issue 14; none by default)")
     parser.add_argument("--batch", type=int, default=0,
                         help="global batch for every encoder (0: per-encoder CPU default)")
     parser.add_argument("--reps", type=int, default=0,
                         help="timed train rounds per encoder, eval gets 3x (0: 10/6 quick, 15 otherwise)")
-    parser.add_argument("--dtype", choices=sorted(state_lib.DTYPES), default="float32",
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="encoder compute dtype (model.dtype)")
     parser.add_argument("--memory-size", type=int, default=0,
                         help="memory bank slots per class (0: the default config's)")
@@ -119,9 +158,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="small batches, few rounds (under 5 min on 2 CPUs)")
     args = parser.parse_args(argv)
     args.encoders = [name.strip() for name in args.encoders.split(",") if name.strip()]
+    args.segmenters = [name.strip() for name in args.segmenters.split(",") if name.strip()]
     unknown = [name for name in args.encoders if name not in CASES]
+    unknown += [name for name in args.segmenters if name not in SEGMENTER_CASES]
     if unknown:
-        parser.error(f"unknown encoders {unknown}; choose from {list(CASES)}")
+        parser.error(f"unknown encoders {unknown}; choose from {list(CASES)} / {list(SEGMENTER_CASES)}")
     if args.batch < 0 or args.reps < 0 or args.memory_size < 0 or args.pipeline_seconds < 0:
         parser.error("--batch, --reps, --memory-size and --pipeline-seconds must not be negative")
     args.pipeline_seconds = args.pipeline_seconds or (2.0 if args.quick else 5.0)
@@ -208,7 +249,7 @@ def build_steps(case: EncoderCase, head: str, batch: dict, args, batch_size: int
         config, model, optimizer, image_shape, case.num_classes, mesh
     )
     start = time.perf_counter()
-    train_step = train.make_train_step(config, model, optimizer, shardings, mesh)
+    train_step = train.make_train_step(config, model, optimizer, shardings, mesh, case.num_classes)
     compiled_train = train_step.lower(train_state, batch).compile()
     timed_eval = None
     if with_eval:
@@ -380,6 +421,141 @@ def print_encoder(name: str, r: dict) -> None:
           f"{p['train_step_images_per_s']:.0f} img/s: headroom x{p['headroom']}", flush=True)
 
 
+# --- Segmenters (issue 14) -----------------------------------------------------------------------------
+
+
+def segmentation_batch(case: SegmenterCase, batch: int, mesh, seed: int = 0) -> dict:
+    """Random standardised images and labels with a tenth of the pixels void (255), sharded."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, *case.crop)
+    labels = rng.integers(0, case.num_classes, size=shape)
+    labels = np.where(rng.random(shape) < 0.1, 255, labels).astype(np.int32)
+    local = {"image": rng.normal(size=(*shape, 3)).astype(np.float32), "label": labels}
+    return global_batch(local, mesh)
+
+
+def segmentation_loss(model, head, objective, pixels, params, state, batch, key):
+    """(loss, (objective outputs or None, updated collections)) of one training forward."""
+    variables = {"params": params, "batch_stats": state["batch_stats"], **state.get("collections", {})}
+    kwargs = dict(train=True, mutable=["batch_stats", "auxiliary"], rngs={"dropout": key})
+    labels = batch["label"]
+    if head == "lgmm":
+        z, updates = model.apply(variables, batch["image"], method=model.encode, **kwargs)
+        loss, outputs = pixel_lgmm_objective(
+            z, labels, params["head"], state["collections"]["mixture"]["head"]["log_weights"],
+            state["memory"], objective, jax.random.fold_in(key, 1), pixels,
+        )
+    else:
+        logits, updates = model.apply(variables, batch["image"], **kwargs)
+        loss, outputs = losses.pixel_cross_entropy(logits, labels, pixels.void_label), None
+    auxiliary = auxiliary_logits(updates)
+    if auxiliary is not None:
+        loss = loss + AUXILIARY_LOSS_WEIGHT * losses.pixel_cross_entropy(auxiliary, labels, pixels.void_label)
+    return loss, (outputs, updates)
+
+
+def segmentation_train_step(state, batch, *, model, head, optimizer, objective, pixels, moment_rate):
+    """Adam on every parameter; for L-GMM also the counted weights and moment-matched Gaussians."""
+    key = jax.random.fold_in(jax.random.key(0), state["step"])
+    loss_fn = lambda params: segmentation_loss(model, head, objective, pixels, params, state, batch, key)
+    (loss, (outputs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    param_updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], param_updates)
+    new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                 "batch_stats": updates["batch_stats"]}
+    if head == "lgmm":
+        rows = outputs.classes
+        gmm = params["head"]
+        moved = moment_matched_head({name: value[rows] for name, value in gmm.items()},
+                                    outputs.bank_latents, outputs.bank_valid, outputs.bank_weights,
+                                    objective.scale_floor, moment_rate)
+        new_state["params"] = {**params, "head": {name: gmm[name].at[rows].set(moved[name]) for name in gmm}}
+        log_weights = state["collections"]["mixture"]["head"]["log_weights"]
+        log_weights = log_weights.at[rows].set(
+            counted_log_weights(outputs.counts, outputs.class_present, log_weights[rows]))
+        new_state["collections"] = {"mixture": {"head": {"log_weights": log_weights}}}
+        new_state["memory"] = outputs.memory
+    return new_state, loss
+
+
+def segmentation_eval_step(variables, images, *, model):
+    """Scores at 1/4, upsampled to the image, argmax (prediction) and max (confidence or likelihood)."""
+    scores = resize_bilinear(model.apply(variables, images, train=False), images.shape[1:3])
+    return jnp.argmax(scores, axis=-1), jnp.max(scores, axis=-1)
+
+
+def build_segmentation_steps(case: SegmenterCase, head: str, batch: dict, args) -> tuple[Timed, Timed, float]:
+    config = default_config()
+    objective = state_lib.objective_config(config)
+    model = create_segmenter(case.name, case.num_classes, head, dtype=DTYPES[args.dtype])
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), batch["image"])
+    optimizer = optax.adam(1e-4)
+    state = {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
+             "batch_stats": variables["batch_stats"], "opt_state": optimizer.init(variables["params"])}
+    if head == "lgmm":
+        state["collections"] = {"mixture": variables["mixture"]}
+        state["memory"] = create_memory(case.num_classes, SEGMENTATION_MEMORY, model.latent_dim)
+    step = functools.partial(
+        segmentation_train_step, model=model, head=head, optimizer=optimizer, objective=objective,
+        pixels=PixelConfig(), moment_rate=float(config.model.moment_rate),
+    )
+    start = time.perf_counter()
+    compiled_train = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    eval_variables = jax.tree.map(jnp.copy, variables)
+    forward = jax.jit(functools.partial(segmentation_eval_step, model=model))
+    compiled_eval = forward.lower(eval_variables, batch["image"]).compile()
+    compile_s = time.perf_counter() - start
+    return (Timed(f"{head}_train", compiled_train, [state, batch], carries_state=True),
+            Timed(f"{head}_eval", compiled_eval, [eval_variables, batch["image"]], carries_state=False),
+            compile_s)
+
+
+def benchmark_segmenter(case: SegmenterCase, args, mesh, log) -> dict:
+    """Both heads' train and eval steps on the same segmenter, interleaved (as `benchmark_encoder`)."""
+    batch_size = args.batch or (case.quick_batch if args.quick else case.cpu_batch)
+    check_batch_size(batch_size, mesh.devices.size)
+    reps = args.reps or (6 if args.quick else 12)
+    batch = segmentation_batch(case, batch_size, mesh)
+    built, compile_s = {}, {}
+    for head in HEADS:
+        built[f"{head}_train"], built[f"{head}_eval"], compile_s[head] = build_segmentation_steps(
+            case, head, batch, args)
+        log(f"{case.name}: {head} steps compiled ({compile_s[head]:.0f} s)")
+    train_steps = [built["lgmm_train"], built["softmax_train"]]
+    eval_steps = [built["lgmm_eval"], built["softmax_eval"]]
+    time_round_robin(train_steps, reps)
+    time_round_robin(eval_steps, 3 * reps)
+    log(f"{case.name}: {reps} train and {3 * reps} eval rounds timed")
+    result = {"num_classes": case.num_classes, "crop": list(case.crop), "batch": batch_size,
+              "train_rounds": reps, "eval_rounds": 3 * reps,
+              "compile_s": {name: round(seconds, 1) for name, seconds in compile_s.items()},
+              "steps": {step.name: step_entry(step, batch_size, None) for step in train_steps + eval_steps}}
+    for kind in ("train", "eval"):
+        lgmm, softmax = built[f"lgmm_{kind}"], built[f"softmax_{kind}"]
+        result[f"{kind}_step_ratio"] = round(lgmm.median_s / softmax.median_s, 4)
+        result[f"{kind}_step_ratio_paired_median"] = round(
+            statistics.median([a / b for a, b in zip(lgmm.times, softmax.times)]), 4)
+        result[f"{kind}_step_ratio_of_minima"] = round(min(lgmm.times) / min(softmax.times), 4)
+        result[f"{kind}_flop_ratio"] = round(lgmm.flops / softmax.flops, 4)
+    return result
+
+
+def print_segmenter(name: str, r: dict) -> None:
+    print(f"\n{name}: C={r['num_classes']} crop {r['crop'][0]}x{r['crop'][1]} batch {r['batch']}, "
+          f"{r['train_rounds']}/{r['eval_rounds']} train/eval rounds, compile s {r['compile_s']}")
+    print(f"{'step':22s} {'median ms':>10s} {'min ms':>9s} {'img/s':>9s} {'GFLOP':>9s}")
+    for step, e in r["steps"].items():
+        print(f"{step:22s} {e['median_ms']:10.1f} {e['min_ms']:9.1f} {e['images_per_s']:9.1f} "
+              f"{e['gflop_per_step']:9.2f}")
+    for kind in ("train", "eval"):
+        ratio = r[f"{kind}_step_ratio"]
+        verdict = "meets" if ratio <= SEGMENTATION_GOAL_RATIO else "misses"
+        print(f"{kind} ratio L-GMM/softmax {ratio:.3f} (paired median "
+              f"{r[f'{kind}_step_ratio_paired_median']:.3f}, of minima {r[f'{kind}_step_ratio_of_minima']:.3f}, "
+              f"FLOP ratio {r[f'{kind}_flop_ratio']:.3f}): {verdict} the {SEGMENTATION_GOAL_RATIO} goal",
+              flush=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = jax.devices()[0]
@@ -397,8 +573,11 @@ def main(argv=None) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", flush=True)
 
     results = {name: benchmark_encoder(CASES[name], args, mesh, peak, log) for name in args.encoders}
+    segmenters = {name: benchmark_segmenter(SEGMENTER_CASES[name], args, mesh, log) for name in args.segmenters}
     for name, r in results.items():
         print_encoder(name, r)
+    for name, r in segmenters.items():
+        print_segmenter(name, r)
     summary = {
         "device": f"{device.platform} {device.device_kind}",
         "device_count": jax.device_count(),
@@ -412,12 +591,23 @@ def main(argv=None) -> None:
         "results": results,
     }
     for kind in ("train", "eval"):
-        summary[f"{kind}_step_ratio"]["overall"] = round(
-            geometric_mean(r[f"{kind}_step_ratio"] for r in results.values()), 4
-        )
+        if results:
+            summary[f"{kind}_step_ratio"]["overall"] = round(
+                geometric_mean(r[f"{kind}_step_ratio"] for r in results.values()), 4
+            )
     summary["goal_met"] = all(
         ratio <= GOAL_RATIO for k in ("train", "eval") for ratio in summary[f"{k}_step_ratio"].values()
     )
+    if segmenters:
+        summary["segmentation"] = {
+            "goal_ratio": SEGMENTATION_GOAL_RATIO,
+            "train_step_ratio": {name: r["train_step_ratio"] for name, r in segmenters.items()},
+            "eval_step_ratio": {name: r["eval_step_ratio"] for name, r in segmenters.items()},
+            "goal_met": all(r[f"{k}_step_ratio"] <= SEGMENTATION_GOAL_RATIO
+                            for r in segmenters.values() for k in ("train", "eval")),
+            "results": segmenters,
+        }
+        summary["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary))
 
 

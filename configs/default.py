@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.test_split = "test"
     # No augmentation on small images: the memory bank remembers latents of augmented images, and a
     # one-pixel shift of an 8x8 digit moves them away from the clean test latents (AUROC 0.73 -> 0.95).
-    config.preprocess = "none"  # none, shift, cifar or imagenet; "" = the protocol's preset
+    config.preprocess = "none"  # none, shift, cifar, imagenet or imagenet_swin; "" = the protocol's preset
 
     # Schedule.
     config.batch_size = 64  # global, over all devices and hosts
@@ -85,6 +85,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.decay_epochs = ()  # step schedule: epochs where the rate is multiplied
     config.optimizer.decay_factor = 0.1
     config.optimizer.power = 1.0  # poly schedule
+
+    # The softmax counterpart's batch recipe (mmcls's Swin recipe; 0 = off). L-GMM takes none of it: a
+    # mixed image's latent belongs to no class (the memory bank would remember it under one label and the
+    # MLE would fit it), and Eq. 7's target is the label itself.
+    config.softmax = ml_collections.ConfigDict()
+    config.softmax.label_smoothing = 0.0
+    config.softmax.mixup_alpha = 0.0
+    config.softmax.cutmix_alpha = 0.0
 
     # The generative objective (Eq. 5-6) and how the mixture is kept alive (issue 8).
     config.loss = ml_collections.ConfigDict()

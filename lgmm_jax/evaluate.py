@@ -144,7 +144,7 @@ def unique_name(name: str, taken) -> str:
 def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset: str) -> None:
     """An unknown set must have the training images' shape (only the channels when the preset resizes)."""
     expected, got = tuple(known.image_shape), tuple(unknown.image_shape)
-    axes = (2,) if preset == "imagenet" else (0, 1, 2)
+    axes = (2,) if pipeline.resizes_to_network_input(preset) else (0, 1, 2)
     if any(expected[a] is not None and got[a] is not None and expected[a] != got[a] for a in axes):
         show = lambda shape: "x".join("?" if d is None else str(d) for d in shape)  # noqa: E731
         raise ValueError(

@@ -125,7 +125,7 @@ def preprocess_preset(config: ml_collections.ConfigDict, protocol: OpenSetProtoc
 def model_input_shape(config: ml_collections.ConfigDict, protocol: OpenSetProtocol, train_source: Source):
     """(H, W, C) of the images the network takes: the training images' shape, or the ImageNet crop."""
     image_shape = tuple(train_source.image_shape)
-    if preprocess_preset(config, protocol) == "imagenet":
+    if pipeline.resizes_to_network_input(preprocess_preset(config, protocol)):
         return (pipeline.IMAGENET_TRAIN_SIZE, pipeline.IMAGENET_TRAIN_SIZE, image_shape[-1])
     return image_shape
 

@@ -76,7 +76,7 @@ def describe(
     preset = experiment.preprocess_preset(config, protocol)
     normalization = pipeline.get_normalization(protocol.dataset, source)
     image_shape = list(source.image_shape)
-    if preset == "imagenet":  # resized and cropped to the network's input: any size goes in
+    if pipeline.resizes_to_network_input(preset):  # resized and cropped to the network's input: any size goes in
         image_shape = [None, None, image_shape[-1]]
     tpr = float(config.eval.threshold_tpr)
     return {

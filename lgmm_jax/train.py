@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from lgmm_jax import checkpointing, evaluate, experiment, losses
+from lgmm_jax import checkpointing, evaluate, experiment, losses, mixing
 from lgmm_jax.data import pipeline
 from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
@@ -128,19 +128,34 @@ def lgmm_train_step(
 
 
 def softmax_train_step(
-    state: TrainState, batch: dict, *, model, optimizer: optax.GradientTransformation
+    state: TrainState, batch: dict, *, model, optimizer: optax.GradientTransformation,
+    num_classes: int, batch_recipe: dict | None = None,
 ) -> tuple[TrainState, dict]:
-    """The discriminative counterpart: the same encoder with a linear softmax head, cross-entropy."""
+    """The discriminative counterpart: the same encoder with a linear softmax head, cross-entropy.
+
+    `batch_recipe` ({label_smoothing, mixup_alpha, cutmix_alpha}, any of them 0 = off): the targets are
+    smoothed and the images mixed by Mixup or CutMix (`mixing.mix_batch`, mmcls's Swin recipe) before the
+    cross-entropy of the soft targets; accuracy is still counted against the batch's labels.
+    """
+    images, mask = batch["image"], batch["mask"]
+    mixing_on = batch_recipe is not None and any(value > 0 for value in batch_recipe.values())
+    if mixing_on:
+        images, targets = mixing.mix_batch(
+            jax.random.fold_in(step_key(state), 2), images, batch["label"], num_classes, mask=mask, **batch_recipe
+        )
 
     def loss_fn(params):
         logits, updates = model.apply(
             encoder_variables(state, params),
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": step_key(state)},
         )
-        loss = losses.softmax_cross_entropy(logits, batch["label"], batch["mask"])
+        if mixing_on:
+            loss = losses.masked_mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets), mask)
+        else:
+            loss = losses.softmax_cross_entropy(logits, batch["label"], mask)
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -148,7 +163,7 @@ def softmax_train_step(
     correct = jnp.argmax(logits, -1) == batch["label"]
     metrics = {
         "loss": loss,
-        "accuracy": losses.masked_mean(correct.astype(jnp.float32), batch["mask"]),
+        "accuracy": losses.masked_mean(correct.astype(jnp.float32), mask),
     }
     new_state = state.replace(
         step=state.step + 1,
@@ -157,6 +172,14 @@ def softmax_train_step(
         opt_state=opt_state,
     )
     return new_state, metrics
+
+
+def softmax_batch_recipe(config: ml_collections.ConfigDict) -> dict | None:
+    """The softmax counterpart's batch recipe from `config.softmax` (None when the config has none)."""
+    recipe = config.get("softmax")
+    if recipe is None:
+        return None
+    return {name: float(recipe.get(name, 0.0)) for name in ("label_smoothing", "mixup_alpha", "cutmix_alpha")}
 
 
 def reseed_means(state: TrainState, num_components: int) -> TrainState:
@@ -245,7 +268,7 @@ class MetricsWriter:
             self.tensorboard.close()
 
 
-def make_train_step(config, model, optimizer, shardings, mesh):
+def make_train_step(config, model, optimizer, shardings, mesh, num_classes: int):
     """The jitted step for the configured head, state donated, batch sharded over `data`."""
     if config.model.head == "lgmm":
         step = functools.partial(
@@ -257,7 +280,10 @@ def make_train_step(config, model, optimizer, shardings, mesh):
             moment_rate=gmm_moment_rate(config.model),
         )
     else:
-        step = functools.partial(softmax_train_step, model=model, optimizer=optimizer)
+        step = functools.partial(
+            softmax_train_step, model=model, optimizer=optimizer, num_classes=num_classes,
+            batch_recipe=softmax_batch_recipe(config),
+        )
     return jax.jit(
         step,
         in_shardings=(shardings, batch_sharding(mesh)),
@@ -304,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"step {start_step} on {mesh.devices.size} device(s) in {jax.process_count()} process(es){memory}"
             )
             writer = MetricsWriter(workdir, enabled=jax.process_index() == 0, start_step=start_step)
-            train_step = make_train_step(config, model, optimizer, shardings, mesh)
+            train_step = make_train_step(config, model, optimizer, shardings, mesh, num_classes)
             curve = curve_steps(config, steps_per_epoch, total_steps)
             with contextlib.closing(writer), preemption.steps() as preempted:
                 for end_step in [s for s in curve if s > start_step] + [total_steps]:

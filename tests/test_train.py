@@ -147,7 +147,7 @@ def test_a_step_updates_only_the_mixtures_of_the_batch_classes(gmm_update):
     train_state, shardings = state_lib.create_sharded_train_state(
         config, model, optimizer, (8, 8, 1), num_classes, mesh
     )
-    step = train.make_train_step(config, model, optimizer, shardings, mesh)
+    step = train.make_train_step(config, model, optimizer, shardings, mesh, num_classes)
     images = np.random.default_rng(0).uniform(size=(2, 4, 8, 8, 1)).astype(np.float32)
 
     def mixture_of(state):
@@ -193,7 +193,7 @@ def trained_parameters(config, num_steps=3):
         config, model, optimizer, experiment.model_input_shape(config, protocol, source), num_classes, mesh
     )
     initial = jax.device_get(train_state.params)
-    step = train.make_train_step(config, model, optimizer, shardings, mesh)
+    step = train.make_train_step(config, model, optimizer, shardings, mesh, num_classes)
     for batch in real_batches(config, num_steps):
         train_state, _ = step(train_state, batch)
     return initial, jax.device_get(train_state.params)
@@ -252,3 +252,38 @@ def test_paper_method_pins_section_2_as_written(tmp_path):
 def test_an_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method='papper' is not one of"):
         train.train_and_evaluate(small_config(method="papper"), "/nonexistent/never/written")
+
+
+def test_softmax_label_smoothing_is_the_cross_entropy_of_smoothed_targets():
+    """config.softmax.label_smoothing=0.1: the first step's loss equals optax's smoothed cross-entropy of
+    the initial model's logits, computed here apart from the train step."""
+    import optax
+
+    from lgmm_jax import experiment
+    from lgmm_jax import state as state_lib
+    from lgmm_jax.sharding import make_mesh
+
+    config = small_config(**{"model.head": "softmax", "softmax.label_smoothing": 0.1})
+    protocol = experiment.resolve_protocol(config)
+    source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    mesh = make_mesh()
+    model = create_model(config.model, 6)
+    optimizer, _ = state_lib.create_optimizer(config, 10, 100)
+    train_state, shardings = state_lib.create_sharded_train_state(config, model, optimizer, (8, 8, 1), 6, mesh)
+    batch = real_batches(config, 1)[0]
+    variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
+    logits, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], 6), 0.1)
+    expected = float(np.mean(optax.softmax_cross_entropy(logits, targets)))
+    step = train.make_train_step(config, model, optimizer, shardings, mesh, 6)
+    _, metrics = step(train_state, batch)
+    assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+    assert experiment.num_known_classes(protocol, source) == 6
+
+
+def test_softmax_with_mixup_and_cutmix_trains_every_parameter():
+    config = small_config(**{"model.head": "softmax", "softmax.label_smoothing": 0.1,
+                             "softmax.mixup_alpha": 0.8, "softmax.cutmix_alpha": 1.0})
+    initial, trained = trained_parameters(config)
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(trained))]
+    assert all(moved)
