@@ -15,6 +15,8 @@ from typing import Callable
 from absl import app, flags, logging
 
 USAGE_ERROR = 2
+# Every config starts from this one, so its keys are the keys --config.KEY=VALUE may override.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 RUN_ERROR = 1
 WORKDIR_BUSY = 75  # EX_TEMPFAIL: try again once the other run is over
 DISK_FULL = 74  # EX_IOERR
@@ -232,3 +234,21 @@ def maybe_initialize_distributed(requested: bool | None) -> None:
              "and JAX_PROCESS_ID; on one machine leave out --distributed", RUN_ERROR)
     logging.info("jax.distributed (%s): process %d of %d", cluster or "requested", jax.process_index(),
                  jax.process_count())
+
+
+def define_config_overrides(help_text: str) -> None:
+    """--config.KEY=VALUE flags for a command that reads a saved run's config (evaluate, export): parsed
+    against configs/default.py, whose keys every config has; `config_overrides` returns what was given."""
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, help_text, lock_config=True)
+
+
+def config_overrides() -> dict:
+    """The --config.KEY=VALUE overrides given on the command line, as a flat {dotted key: value} dict."""
+    from ml_collections import config_flags
+
+    flag = flags.FLAGS["config"]
+    if os.path.abspath(config_flags.get_config_filename(flag)) != DEFAULT_CONFIG:
+        fail("this command reads the run's own config.json: pass only --config.KEY=VALUE overrides, not --config=FILE")
+    return dict(config_flags.get_override_values(flag))
