@@ -73,28 +73,29 @@ def sample_per_class(
     """Up to `per_class` eligible examples of every class, uniformly without replacement.
 
     labels [N] in [0, C) where eligible [N] is True (elsewhere anything, e.g. a void label). Returns
-    (indices [C * S], valid [C * S]), S = per_class, class-major: row block c holds class c's picks in
-    ascending index order, then invalid placeholders (index 0). Pushing `labels[indices]` with
-    `update_memory(..., mask=valid)` therefore writes each class's picks in their original order: when no
-    class has more than S eligible examples, exactly what pushing the whole batch writes.
+    (indices [T], valid [T]) with the static size T = min(C * per_class, N): the picks class by class,
+    each class's in ascending index order, then invalid placeholders (index 0). Pushing
+    `labels[indices]` with `update_memory(..., mask=valid)` therefore writes each class's picks in their
+    original order: when no class has more than `per_class` eligible examples, exactly what pushing the
+    whole batch writes.
 
-    One sort of N (class, random priority) keys picks the S lowest priorities of each class; everything
-    after it is O(C * S), so what the bank receives per step does not grow with N (pixels per batch).
+    Two sorts of N keys: (class, random priority) ranks the examples of each class at random, the first
+    `per_class` of each are kept; (class, index) puts the kept ones in order. What the bank and L_G
+    receive per step is then at most C * per_class examples whatever N (the pixels of a batch) is.
     """
     num_examples = labels.shape[0]
+    size = min(num_classes * per_class, num_examples)
     priority = jax.random.uniform(key, (num_examples,))
     sort_class = jnp.where(eligible, labels, num_classes)  # ineligible examples sort after every class
     sorted_class, _, order = jax.lax.sort(
         (sort_class, priority, jnp.arange(num_examples)), num_keys=2
     )
-    classes = jnp.arange(num_classes)
-    starts = jnp.searchsorted(sorted_class, classes, side="left")
-    counts = jnp.searchsorted(sorted_class, classes, side="right") - starts
-    offsets = jnp.arange(per_class)
-    picked = order[jnp.minimum(starts[:, None] + offsets, num_examples - 1)]  # [C, S]
-    picked = jnp.sort(jnp.where(offsets < counts[:, None], picked, num_examples), axis=1)
-    valid = picked < num_examples
-    return jnp.where(valid, picked, 0).reshape(-1), valid.reshape(-1)
+    class_starts = jnp.searchsorted(sorted_class, jnp.arange(num_classes + 1), side="left")
+    rank_in_class = jnp.arange(num_examples) - class_starts[sorted_class]
+    kept = (sorted_class < num_classes) & (rank_in_class < per_class)
+    kept_class, picked = jax.lax.sort((jnp.where(kept, sorted_class, num_classes), order), num_keys=2)
+    valid = kept_class[:size] < num_classes
+    return jnp.where(valid, picked[:size], 0), valid
 
 
 def oldest_to_newest(memory: MemoryBank, class_id: int):

@@ -92,8 +92,9 @@ class PixelConfig:
     pixels_per_class: S, how many of each class's labelled pixels (at the decoder's resolution) a step
       pushes into the memory bank and gives to L_G, drawn uniformly without replacement
       (`memory.sample_per_class`); all of them when a class has no more. This bounds the bank's and
-      L_G's work per step by C * S whatever the image size (a 512x512 batch of 16 has 262,144 pixels at
-      1/4 resolution). GMMSeg pushes at most 20 per component (100 per class at K = 5).
+      L_G's work per step by min(C * S, pixels) examples whatever the image size (a 512x512 batch of 16
+      has 262,144 pixels at 1/4 resolution). GMMSeg pushes at most 20 per component (100 per class at
+      K = 5).
     remember_misclassified: True (default) samples among all labelled pixels, as classification pushes
       every example; False samples only pixels whose prediction argmax_y log p(z|y) is their label
       (GMMSeg's queue).

@@ -72,14 +72,21 @@ def test_sample_per_class_is_uniform_without_replacement_and_keeps_the_original_
     picks = np.zeros(len(labels))
     trials = 600
     for seed in range(trials):
-        indices, valid = (np.asarray(a).reshape(4, 3) for a in draw(jax.random.key(seed)))
-        np.testing.assert_array_equal(valid.sum(1), [3, 2, 1, 0])
-        for row, (index, ok) in enumerate(zip(indices, valid)):
-            chosen = index[ok]
-            assert np.all(np.asarray(labels)[chosen] == row)
-            assert np.all(np.diff(chosen) > 0)  # distinct, in their original order
-            picks[chosen] += 1
+        indices, valid = (np.asarray(a) for a in draw(jax.random.key(seed)))
+        assert indices.shape == (10,)  # min(C * per_class, N)
+        chosen = indices[valid]
+        np.testing.assert_array_equal(valid, np.arange(10) < 6)  # 3 + 2 + 1 picks first, then padding
+        np.testing.assert_array_equal(np.asarray(labels)[chosen], [0, 0, 0, 1, 1, 2])  # class by class
+        assert np.all(np.diff(chosen[:3]) > 0)  # distinct, in their original order
+        picks[chosen] += 1
     # Each of class 0's six examples is kept with probability 3/6; classes 1 and 2 keep all theirs.
     np.testing.assert_allclose(picks[np.asarray(labels) == 0] / trials, 0.5, atol=0.08)
     np.testing.assert_array_equal(picks[[1, 3, 7]], trials)
     assert picks[5] == 0  # never an ineligible (void) example
+
+
+def test_sample_per_class_is_at_most_per_class_times_classes():
+    labels = jnp.arange(50) % 2
+    indices, valid = sample_per_class(jax.random.key(0), labels, jnp.ones(50, bool), 2, 4)
+    assert indices.shape == (8,) and bool(valid.all())
+    np.testing.assert_array_equal(np.asarray(labels)[np.asarray(indices)], [0, 0, 0, 0, 1, 1, 1, 1])
