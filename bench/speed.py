@@ -334,6 +334,30 @@ def step_entry(step: Timed, batch_size: int, peak: float | None) -> dict:
     return entry
 
 
+def head_ratios(built: dict[str, Timed]) -> dict:
+    """L-GMM / softmax for the train and eval steps: ratio of medians, median of the per-round ratios,
+    ratio of the minima, FLOP ratio."""
+    ratios = {}
+    for kind in ("train", "eval"):
+        lgmm, softmax = built[f"lgmm_{kind}"], built[f"softmax_{kind}"]
+        ratios[f"{kind}_step_ratio"] = round(lgmm.median_s / softmax.median_s, 4)
+        paired = [a / b for a, b in zip(lgmm.times, softmax.times)]
+        ratios[f"{kind}_step_ratio_paired_median"] = round(statistics.median(paired), 4)
+        ratios[f"{kind}_step_ratio_of_minima"] = round(min(lgmm.times) / min(softmax.times), 4)
+        ratios[f"{kind}_flop_ratio"] = round(lgmm.flops / softmax.flops, 4)
+    return ratios
+
+
+def print_ratios(r: dict, goal: float) -> None:
+    for kind in ("train", "eval"):
+        ratio = r[f"{kind}_step_ratio"]
+        verdict = "meets" if ratio <= goal else f"misses by {100 * (ratio / goal - 1):.1f}%"
+        print(f"{kind} ratio L-GMM/softmax {ratio:.3f} "
+              f"(paired median {r[f'{kind}_step_ratio_paired_median']:.3f}, "
+              f"of minima {r[f'{kind}_step_ratio_of_minima']:.3f}, "
+              f"FLOP ratio {r[f'{kind}_flop_ratio']:.3f}): {verdict} the {goal} goal", flush=True)
+
+
 def benchmark_encoder(case: EncoderCase, args, mesh, peak: float | None, log) -> dict:
     """Both heads' train and eval steps (and with --diagnose, L-GMM variants), interleaved; the pipeline."""
     batch_size = args.batch or (case.quick_batch if args.quick else case.cpu_batch)
@@ -364,13 +388,7 @@ def benchmark_encoder(case: EncoderCase, args, mesh, peak: float | None, log) ->
               "train_rounds": reps, "eval_rounds": 3 * reps,
               "compile_s": {name: round(seconds, 1) for name, seconds in compile_s.items()},
               "steps": {step.name: step_entry(step, batch_size, peak) for step in train_steps + eval_steps}}
-    for kind in ("train", "eval"):
-        lgmm, softmax = built[f"lgmm_{kind}"], built[f"softmax_{kind}"]
-        result[f"{kind}_step_ratio"] = round(lgmm.median_s / softmax.median_s, 4)
-        paired = [a / b for a, b in zip(lgmm.times, softmax.times)]
-        result[f"{kind}_step_ratio_paired_median"] = round(statistics.median(paired), 4)
-        result[f"{kind}_step_ratio_of_minima"] = round(min(lgmm.times) / min(softmax.times), 4)
-        result[f"{kind}_flop_ratio"] = round(lgmm.flops / softmax.flops, 4)
+    result.update(head_ratios(built))
     if diagnostics:
         softmax_s = built["softmax_train"].median_s
         overhead_s = built["lgmm_train"].median_s - softmax_s
@@ -405,13 +423,7 @@ def print_encoder(name: str, r: dict) -> None:
         mfu = f"{e['model_flops_utilisation']:.1%}" if "model_flops_utilisation" in e else "n/a"
         print(f"{step:22s} {e['median_ms']:10.1f} {e['min_ms']:9.1f} {e['images_per_s']:9.1f} "
               f"{e['gflop_per_step']:9.2f} {mfu:>7s}")
-    for kind in ("train", "eval"):
-        ratio = r[f"{kind}_step_ratio"]
-        verdict = "meets" if ratio <= GOAL_RATIO else f"misses by {100 * (ratio / GOAL_RATIO - 1):.1f}%"
-        print(f"{kind} ratio L-GMM/softmax {ratio:.3f} "
-              f"(paired median {r[f'{kind}_step_ratio_paired_median']:.3f}, "
-              f"of minima {r[f'{kind}_step_ratio_of_minima']:.3f}, "
-              f"FLOP ratio {r[f'{kind}_flop_ratio']:.3f}): {verdict} the {GOAL_RATIO} goal")
+    print_ratios(r, GOAL_RATIO)
     for name, d in r.get("diagnosis", {}).items():
         print(f"diagnosis {name}: x{d['ratio_to_softmax']:.3f} of softmax "
               f"(paired {d['paired_median_ratio']:.3f}), "
@@ -530,14 +542,7 @@ def benchmark_segmenter(case: SegmenterCase, args, mesh, log) -> dict:
               "train_rounds": reps, "eval_rounds": 3 * reps,
               "compile_s": {name: round(seconds, 1) for name, seconds in compile_s.items()},
               "steps": {step.name: step_entry(step, batch_size, None) for step in train_steps + eval_steps}}
-    for kind in ("train", "eval"):
-        lgmm, softmax = built[f"lgmm_{kind}"], built[f"softmax_{kind}"]
-        result[f"{kind}_step_ratio"] = round(lgmm.median_s / softmax.median_s, 4)
-        result[f"{kind}_step_ratio_paired_median"] = round(
-            statistics.median([a / b for a, b in zip(lgmm.times, softmax.times)]), 4)
-        result[f"{kind}_step_ratio_of_minima"] = round(min(lgmm.times) / min(softmax.times), 4)
-        result[f"{kind}_flop_ratio"] = round(lgmm.flops / softmax.flops, 4)
-    return result
+    return result | head_ratios(built)
 
 
 def print_segmenter(name: str, r: dict) -> None:
@@ -547,13 +552,7 @@ def print_segmenter(name: str, r: dict) -> None:
     for step, e in r["steps"].items():
         print(f"{step:22s} {e['median_ms']:10.1f} {e['min_ms']:9.1f} {e['images_per_s']:9.1f} "
               f"{e['gflop_per_step']:9.2f}")
-    for kind in ("train", "eval"):
-        ratio = r[f"{kind}_step_ratio"]
-        verdict = "meets" if ratio <= SEGMENTATION_GOAL_RATIO else "misses"
-        print(f"{kind} ratio L-GMM/softmax {ratio:.3f} (paired median "
-              f"{r[f'{kind}_step_ratio_paired_median']:.3f}, of minima {r[f'{kind}_step_ratio_of_minima']:.3f}, "
-              f"FLOP ratio {r[f'{kind}_flop_ratio']:.3f}): {verdict} the {SEGMENTATION_GOAL_RATIO} goal",
-              flush=True)
+    print_ratios(r, SEGMENTATION_GOAL_RATIO)
 
 
 def main(argv=None) -> None:

@@ -51,6 +51,18 @@ def test_shared_scales_given_once_per_class_match_scipy():
         gmm.component_log_prob(*as32(z, means, scales[:, :2]))
 
 
+@pytest.mark.parametrize("reduction", gmm.REDUCTIONS)
+def test_shared_scale_log_likelihood_matches_scipy(reduction):
+    """The components-major path of [C, 1, D] scales against scipy with the scale repeated K times."""
+    rng = np.random.default_rng(4)
+    z, means, scales, log_weights = random_mixture(rng, 9, 7, 3, 16)
+    shared = scales[:, :1]
+    joint = scipy_component_log_prob(z, means, np.repeat(shared, 3, axis=1)) + log_weights[None]
+    expected = special.logsumexp(joint, axis=-1) if reduction == "logsumexp" else joint.max(-1)
+    got = gmm.log_likelihood(*as32(z, means, shared, log_weights), reduction=reduction)
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-3)
+
+
 def test_single_component_matches_scipy_multivariate_normal():
     rng = np.random.default_rng(0)
     z, means, scales, _ = random_mixture(rng, 5, 2, 1, 8)

@@ -42,6 +42,29 @@ def normalize_latents(z: jax.Array, normalization: str, layer_norm=None) -> jax.
     return z
 
 
+def latent_modules(model: nn.Module) -> tuple[nn.Dense, nn.LayerNorm | None, GMMHead]:
+    """(projection to D, LayerNorm or None, GMM head) from an L-GMM model's attributes.
+
+    Shared by `LGMMModel` and the per-pixel `LGMMSegmenter`, which assign them in `setup` as
+    `projection`, `latent_norm` and `head` (the parameter names the train step and checkpoints use).
+    """
+    require_latent_normalization(model.latent_normalization)
+    projection = nn.Dense(model.latent_dim, dtype=model.dtype, param_dtype=jnp.float32)
+    latent_norm = None
+    if model.latent_normalization == "layernorm_l2":
+        latent_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
+    head = GMMHead(
+        num_classes=model.num_classes,
+        num_components=model.num_components,
+        latent_dim=model.latent_dim,
+        init_scale=model.init_scale,
+        scale_floor=model.scale_floor,
+        share_scale=model.share_scale,
+        reduction=model.reduction,
+    )
+    return projection, latent_norm, head
+
+
 class LGMMModel(nn.Module):
     """Backbone + projection + latent normalisation + GMM head.
 
@@ -61,19 +84,7 @@ class LGMMModel(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        require_latent_normalization(self.latent_normalization)
-        self.projection = nn.Dense(self.latent_dim, dtype=self.dtype, param_dtype=jnp.float32)
-        if self.latent_normalization == "layernorm_l2":
-            self.latent_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
-        self.head = GMMHead(
-            num_classes=self.num_classes,
-            num_components=self.num_components,
-            latent_dim=self.latent_dim,
-            init_scale=self.init_scale,
-            scale_floor=self.scale_floor,
-            share_scale=self.share_scale,
-            reduction=self.reduction,
-        )
+        self.projection, self.latent_norm, self.head = latent_modules(self)
 
     def features(self, images: jax.Array, train: bool = False) -> jax.Array:
         """The backbone's pooled features [B, F], before the projection."""
@@ -82,8 +93,7 @@ class LGMMModel(nn.Module):
     def encode(self, images: jax.Array, train: bool = False) -> jax.Array:
         """z = f_phi(x) [B, D] in float32, normalised as configured."""
         z = self.projection(self.features(images, train)).astype(jnp.float32)
-        layer_norm = self.latent_norm if self.latent_normalization == "layernorm_l2" else None
-        return normalize_latents(z, self.latent_normalization, layer_norm)
+        return normalize_latents(z, self.latent_normalization, self.latent_norm)
 
     def __call__(self, images: jax.Array, train: bool = False):
         z = self.encode(images, train)

@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from lgmm_jax.models.deeplab import CLASSIFIER_KERNEL_INIT, DeepLabV3Plus
-from lgmm_jax.models.gmm import GMMHead
-from lgmm_jax.models.lgmm import normalize_latents, require_latent_normalization
+from lgmm_jax.models.lgmm import latent_modules, normalize_latents
 from lgmm_jax.models.segformer import segformer
 
 Dtype = Any
@@ -95,27 +94,14 @@ class LGMMSegmenter(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        require_latent_normalization(self.latent_normalization)
         self.dropout = _per_pixel_dropout(self.dropout_rate)
-        self.projection = nn.Dense(self.latent_dim, dtype=self.dtype, param_dtype=jnp.float32)
-        if self.latent_normalization == "layernorm_l2":
-            self.latent_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
-        self.head = GMMHead(
-            num_classes=self.num_classes,
-            num_components=self.num_components,
-            latent_dim=self.latent_dim,
-            init_scale=self.init_scale,
-            scale_floor=self.scale_floor,
-            share_scale=self.share_scale,
-            reduction=self.reduction,
-        )
+        self.projection, self.latent_norm, self.head = latent_modules(self)
 
     def encode(self, images: jax.Array, train: bool = False) -> jax.Array:
         """Per-pixel latents z = f_phi(x) [B, h, w, D] in float32, normalised as configured."""
         features = self.dropout(self.decoder(images, train), deterministic=not train)
         z = self.projection(features).astype(jnp.float32)
-        layer_norm = self.latent_norm if self.latent_normalization == "layernorm_l2" else None
-        return normalize_latents(z, self.latent_normalization, layer_norm)
+        return normalize_latents(z, self.latent_normalization, self.latent_norm)
 
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         z = self.encode(images, train)
