@@ -17,6 +17,11 @@ def get_config() -> ml_collections.ConfigDict:
     # re-seed, the whole memory bank); `lgmm_jax.experiment.paper_method_settings` lists the keys it pins.
     config.method = "library"
 
+    # What an example is: 'classification' (an image and its class) or 'segmentation' (the labelled
+    # pixels of an image; `config.segmentation` below, configs/scenes.py). The task decides the data
+    # stream, the train step's loss, the evaluation and the report; everything else is shared.
+    config.task = "classification"
+
     # Data. A named protocol (lgmm_jax/data/protocols.py) fixes the known classes and the unknown sets;
     # with protocol='' every class of `dataset` is known and `ood_datasets` ('dataset:split') are unknown.
     config.dataset = "digits"
@@ -65,6 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.moment_rate = 0.5  # moment_matching: share of the way to the bank's fit per step
     config.model.dtype = "float32"  # compute dtype of the encoder; bfloat16 for mixed precision
     config.model.zero_init_residual = False  # ResNets: zero the last BN scale of each block (mmcls)
+    # Segmenters (model.encoder one of models.SEGMENTER_NAMES): overrides of the decoder's attributes,
+    # e.g. {'widths': (16, 32, 80, 128), 'depths': (1, 1, 1, 1), 'decoder_width': 64} for a tiny
+    # SegFormer or {'auxiliary_head': False} for DeepLabv3+ (`models.create_segmenter`'s decoder_kwargs).
+    config.model.decoder = ml_collections.ConfigDict()
 
     # Memory bank (Appendix B.2): the last `memory_size` latents of each class.
     config.memory_size = 200
@@ -85,6 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.decay_epochs = ()  # step schedule: epochs where the rate is multiplied
     config.optimizer.decay_factor = 0.1
     config.optimizer.power = 1.0  # poly schedule
+    # Segmenters: the decode head's learning rate as a multiple of `learning_rate` (mmseg's paramwise_cfg
+    # 'head' lr_mult: 10 in the SegFormer recipe); its own optimiser group when not 1.
+    config.optimizer.decode_head_lr_mult = 1.0
 
     # The softmax counterpart's batch recipe (mmcls's Swin recipe; 0 = off). L-GMM takes none of it: a
     # mixed image's latent belongs to no class (the memory bank would remember it under one label and the
@@ -111,6 +123,34 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.training = "collaborative"  # or 'generative_only' (Table 7(a))
     config.loss.weight_ema = 0.0  # EMA of the counted mixture weights (0: counts of this step)
     config.loss.reseed_epochs = (1,)  # re-seed the means by k-means on the memory bank after these epochs
+
+    # Segmentation (task='segmentation'; DESIGN.md section 6, mmseg's recipes).
+    config.segmentation = ml_collections.ConfigDict()
+    config.segmentation.void_label = 255  # unlabelled pixels: a mask everywhere, never a class
+    # mmseg's training pipeline (lgmm_jax/data/seg_augment.py): RandomResize(scale, ratio_range,
+    # keep_ratio), RandomCrop(crop_size, cat_max_ratio), RandomFlip, PhotoMetricDistortion.
+    config.segmentation.scale = (64, 64)  # (long, short) side before the random ratio
+    config.segmentation.ratio_range = (0.5, 2.0)
+    config.segmentation.crop_size = (64, 64)  # (height, width) of a training crop: the network's input
+    config.segmentation.cat_max_ratio = 0.75
+    # The per-pixel L-GMM (objective.PixelConfig): labelled pixels of each class per step that the memory
+    # bank and L_G see, and whether misclassified pixels are among them (GMMSeg: only correct ones).
+    config.segmentation.pixels_per_class = 64
+    config.segmentation.remember_misclassified = True
+    config.segmentation.auxiliary_weight = 0.4  # DeepLabv3+'s auxiliary FCN cross-entropy (mmseg)
+    # Inference (mmseg's test_cfg): 'whole' (the full image at once) or 'slide' (crop_size windows
+    # every stride, class scores summed and divided by the windows' overlap count).
+    config.segmentation.inference = "whole"
+    config.segmentation.slide_crop = (64, 64)
+    config.segmentation.slide_stride = (43, 43)
+    # mmseg's test-time Resize(scale, keep_ratio=True) before the network, () = none; the class scores
+    # are resized back to the label's size (bilinear) before the argmax and the scores.
+    config.segmentation.eval_scale = ()
+    config.segmentation.size_divisor = 32  # evaluation batches are padded to a multiple of this
+    # Training images (eval transform) that the softmax scores' statistics are fitted on: Standardized
+    # Max Logits' per-class mean and std, Mahalanobis' class means and tied covariance. 0 = all.
+    config.segmentation.fit_images = 500
+    config.segmentation.picture_images = 4  # test images per unknown set drawn in pictures_<set>.png
 
     # Evaluation.
     config.eval = ml_collections.ConfigDict()

@@ -11,6 +11,10 @@ top-1/top-5; each unknown set is scored against them with every score the head h
 fitting (KL templates, ODIN*'s step, Mahalanobis statistics, rejection thresholds) are fitted on the
 held-out validation split or the training split of the known classes, never on test or unknown data.
 Writes results.json, report.md and PNG plots into the output folder.
+
+A segmentation run (config.task='segmentation') is evaluated by `lgmm_jax.segmentation_evaluation`:
+mIoU / aAcc / per-class IoU on the known test split, pixel AUROC / AP / FPR95 on each anomaly set, with
+the same command line, output folder and files (report.md with its tables, Figure 3's pictures).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from absl import flags
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lgmm_jax import checkpointing, cli, experiment, forward, inference, losses, report
+from lgmm_jax import checkpointing, cli, experiment, forward, inference, losses, report, segmentation_figures
+from lgmm_jax import segmentation_evaluation
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
@@ -117,14 +122,15 @@ def component_usage(config, variables, outputs) -> dict[str, Any]:
     }
 
 
-def unknown_set_name(ref: DataRef, protocol: OpenSetProtocol) -> str:
+def unknown_set_name(ref: DataRef, protocol: OpenSetProtocol, segmentation: bool = False) -> str:
     """The unknown set's key in results.json and in its plot file names (letters, digits, '_', '-', '.').
 
-    Unknown classes of the training dataset: 'unknown_classes'; a folder: its base name ('LSUN_resize');
-    another dataset: its name, with the split appended unless it is 'test'.
+    Unknown classes of the training dataset: 'unknown_classes' (segmentation: the split without its
+    'test_' prefix, so the testbed's 'scenes:test_near' is 'near'); a folder: its base name
+    ('LSUN_resize'); another dataset: its name, with the split appended unless it is 'test'.
     """
     if ref.dataset == protocol.dataset:
-        return "unknown_classes"
+        return ref.split.removeprefix("test_") if segmentation else "unknown_classes"
     if ref.dataset.startswith(FOLDER_PREFIX):
         name = os.path.basename(os.path.normpath(ref.dataset[len(FOLDER_PREFIX):]))
     else:
@@ -141,6 +147,14 @@ def unique_name(name: str, taken) -> str:
     return candidate
 
 
+def unknown_set_names(protocol: OpenSetProtocol, segmentation: bool = False) -> list[str]:
+    """The key of each of the protocol's unknown sets in results.json (`unknown_set_name`, made unique)."""
+    names: list[str] = []
+    for ref in protocol.unknown:
+        names.append(unique_name(unknown_set_name(ref, protocol, segmentation), names))
+    return names
+
+
 def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset: str) -> None:
     """An unknown set must have the training images' shape (only the channels when the preset resizes)."""
     expected, got = tuple(known.image_shape), tuple(unknown.image_shape)
@@ -154,7 +168,11 @@ def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset:
 
 
 def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[str, Any]:
-    """Every number of results.json for a model's variables (see the module docstring)."""
+    """Every number of results.json for a model's variables (see the module docstring), and its plots."""
+    if experiment.is_segmentation(config):
+        return segmentation_evaluation.evaluate(
+            config, model, variables, protocol, mesh, unknown_set_names(protocol, segmentation=True)
+        )
     head = config.model.head
     chosen = available_scores(config)
     forward_fn = forward.make_forward(model, head, mesh)
@@ -165,12 +183,9 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     num_classes = experiment.num_known_classes(protocol, train_source)
     # Every unknown set is found and checked before the first forward pass.
     unknown_sources = [source(ref) for ref in protocol.unknown]
-    unknown_names: list[str] = []
-    for ref, unknown_source in zip(protocol.unknown, unknown_sources):
-        unknown_names.append(unique_name(unknown_set_name(ref, protocol), unknown_names))
-        check_unknown_image_shape(
-            unknown_names[-1], unknown_source, train_source, experiment.preprocess_preset(config, protocol)
-        )
+    unknown_names = unknown_set_names(protocol)
+    for name, unknown_source in zip(unknown_names, unknown_sources):
+        check_unknown_image_shape(name, unknown_source, train_source, experiment.preprocess_preset(config, protocol))
 
     def run(ref_source, classes, all_unknown=False, extra=None):
         return forward.collect(stream(ref_source, classes, all_unknown), mesh, variables, forward_fn, extra)
@@ -237,7 +252,10 @@ def write_results(workdir: str, results: dict, plots: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     report.write_report(workdir, results)
-    report.write_plots(workdir, plots)
+    if isinstance(plots, segmentation_evaluation.SegmentationPlots):
+        segmentation_figures.write_figures(workdir, plots)
+    else:
+        report.write_plots(workdir, plots)
 
 
 def evaluate_variables_and_write(config, folder, model, variables, protocol, mesh) -> dict[str, Any]:

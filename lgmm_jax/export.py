@@ -12,6 +12,12 @@ The folder holds no pickle:
   its rejection threshold. The threshold keeps ``config.eval.threshold_tpr`` (95%) of the held-out
   known-class validation split, which training never sees (`lgmm_jax.ood.metrics.threshold_at_tpr`).
 
+A segmentation run exports the same way: model.json says `"task": "segmentation"` and how the model is
+run on an image (`dense`: whole or slide inference, the test-time resize, the padding), its score is a
+per-pixel score (L-GMM: likelihood; softmax: msp, maxlogit or entropy) and the threshold keeps 95% of
+the validation split's labelled pixels; `inference.load(...).predict(images)` then returns per-pixel
+labels, scores and the known / unknown decision at the input size.
+
 The export is written into a temporary sibling folder and renamed into place when complete, so a crash never
 leaves a half-written export; an existing non-empty output folder is never overwritten.
 `lgmm_jax.inference.load` reads it back; `python -m lgmm_jax.evaluate --model=EXPORTED --output=DIR`
@@ -32,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
 
-from lgmm_jax import cli, evaluate, experiment, forward, inference
+from lgmm_jax import cli, evaluate, experiment, forward, inference, pixel_forward, segmentation_evaluation
 from lgmm_jax.data import pipeline
 from lgmm_jax.ood import metrics
 from lgmm_jax.sharding import make_mesh
@@ -46,15 +52,69 @@ def check_output_is_free(output: str) -> None:
         )
 
 
-def choose_score(head: str, score_name: str | None) -> str:
+def choose_score(head: str, score_name: str | None, segmentation: bool = False) -> str:
     """The requested score, or the head's default (likelihood for L-GMM, MSP for softmax)."""
-    score_name = score_name or inference.DEFAULT_SCORE[head]
-    if score_name not in inference.DEPLOYABLE_SCORES[head]:
+    defaults = pixel_forward.DEFAULT_PIXEL_SCORE if segmentation else inference.DEFAULT_SCORE
+    deployable = pixel_forward.DEPLOYABLE_PIXEL_SCORES if segmentation else inference.DEPLOYABLE_SCORES
+    score_name = score_name or defaults[head]
+    if score_name not in deployable[head]:
+        kind = "segmenter" if segmentation else "model"
         raise ValueError(
-            f"--score={score_name} is not a score of a deployed {head} model: use one of "
-            f"{', '.join(inference.DEPLOYABLE_SCORES[head])}"
+            f"--score={score_name} is not a score of a deployed {head} {kind}: use one of {', '.join(deployable[head])}"
         )
     return score_name
+
+
+def segmentation_threshold(trained: evaluate.TrainedModel, score_name: str, mesh) -> tuple[float, int]:
+    """(threshold, number of validation images): the threshold that keeps `eval.threshold_tpr` of the
+    validation split's labelled pixels, as the evaluation computes it."""
+    config, protocol = trained.config, trained.protocol
+    source = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
+    settings = segmentation_evaluation.settings_of(config)
+    predictor = segmentation_evaluation.Predictor(
+        forward=pixel_forward.make_dense_forward(trained.model, config.model.head, mesh, settings),
+        variables=trained.variables, mesh=mesh, fitted=pixel_forward.Fitted(),
+        batch_size=experiment.eval_batch_size(config), settings=settings, num_classes=trained.num_classes,
+    )
+    threshold = segmentation_evaluation.thresholds(config, predictor, source, (score_name,))[score_name]
+    return threshold, len(source)
+
+
+def describe_segmenter(trained: evaluate.TrainedModel, workdir: str, score_name: str, mesh) -> dict[str, Any]:
+    """model.json's content for a segmentation run (see the module docstring)."""
+    config, protocol, source = trained.config, trained.protocol, trained.train_source
+    settings = segmentation_evaluation.settings_of(config)
+    threshold, num_images = segmentation_threshold(trained, score_name, mesh)
+    return {
+        "format": inference.EXPORT_FORMAT,
+        "task": "segmentation",
+        "head": config.model.head,
+        "encoder": config.model.encoder,
+        "num_classes": trained.num_classes,
+        "known_labels": list(range(trained.num_classes)),
+        "label_names": [str(name) for name in source.label_names],
+        "void_label": int(config.segmentation.void_label),
+        "preprocess": "none",
+        "normalization": {"dataset": protocol.dataset, "mean": list(settings.mean), "std": list(settings.std)},
+        "dense": {
+            "inference": settings.inference,
+            "crop": list(settings.crop),
+            "stride": list(settings.stride),
+            "eval_scale": list(settings.eval_scale),
+            "size_divisor": settings.size_divisor,
+        },
+        "image_shape": [None, None, 3],
+        "model_input_shape": list(trained.input_shape),
+        "score": score_name,
+        "threshold": threshold,
+        "threshold_tpr": float(config.eval.threshold_tpr),
+        "threshold_data": {"dataset": protocol.dataset, "split": protocol.validation_split,
+                           "num_examples": num_images, "unit": "labelled pixels"},
+        "protocol": protocol.name,
+        "checkpoint": {"workdir": os.path.abspath(workdir), "step": trained.step},
+        "variables": inference.VARIABLES_DIR,
+        "config": json.loads(config.to_json()),
+    }
 
 
 def validation_scores(trained: evaluate.TrainedModel, score_name: str, mesh) -> np.ndarray:
@@ -141,8 +201,12 @@ def export_model(workdir: str, output: str, score_name: str | None = None) -> di
     check_output_is_free(output)
     mesh = make_mesh()
     trained = evaluate.restore_workdir(workdir, mesh)
-    score_name = choose_score(trained.config.model.head, score_name)
-    description = describe(trained, workdir, score_name, validation_scores(trained, score_name, mesh))
+    segmentation = experiment.is_segmentation(trained.config)
+    score_name = choose_score(trained.config.model.head, score_name, segmentation)
+    if segmentation:
+        description = describe_segmenter(trained, workdir, score_name, mesh)
+    else:
+        description = describe(trained, workdir, score_name, validation_scores(trained, score_name, mesh))
     write_export(output, trained.variables, description)
     return description
 
@@ -158,7 +222,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "a training run's folder: export its latest checkpoint")
     flags.DEFINE_string("output", None, "the new folder to write the exported model into")
     flags.DEFINE_string("score", None, "L-GMM: likelihood (default) or marginal; softmax: msp (default), "
-                        "maxlogit or energy")
+                        "maxlogit or energy (segmenters: likelihood; msp, maxlogit or entropy)")
 
 
 def main(argv):
@@ -177,7 +241,8 @@ def main(argv):
         print(
             f"exported step {description['checkpoint']['step']} of {FLAGS.workdir} to {FLAGS.output}: "
             f"{description['score']} >= {description['threshold']:.6g} accepts as known "
-            f"({description['threshold_tpr']:.0%} of {description['threshold_data']['num_examples']} "
+            f"({description['threshold_tpr']:.0%} of the "
+            f"{description['threshold_data'].get('unit', 'images')} of {description['threshold_data']['num_examples']} "
             f"validation images)",
             flush=True,
         )

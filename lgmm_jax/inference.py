@@ -12,6 +12,11 @@ probability (or MaxLogit / Energy). The threshold keeps `threshold_tpr` (95%) of
 validation images (`lgmm_jax.ood.metrics.threshold_at_tpr`). Images go through exactly the evaluation
 pipeline of training (`pipeline.eval_batches`: the preset's evaluation transform, the training dataset's
 normalisation, padded batches of a fixed size, so the network is compiled once).
+
+An exported segmenter (model.json's "task": "segmentation") loads as a `SegmentationModel`, whose
+`predict(images)` takes uint8 [N, H, W, 3] of any one size and returns per-pixel `label` [N, H, W], `score`
+[N, H, W] and `known` [N, H, W] at that size (`lgmm_jax.pixel_forward`: whole or slide inference as in
+training's evaluation, class scores resized to the input before the argmax).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lgmm_jax import forward
+from lgmm_jax import forward, pixel_forward
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource
 from lgmm_jax.models.configured import create_model, initial_variables
@@ -169,7 +174,93 @@ class Model:
         }
 
 
-def load(path: str, batch_size: int | None = None) -> Model:
+@dataclasses.dataclass(frozen=True, eq=False)
+class SegmentationModel:
+    """An exported segmenter, ready to predict per pixel (`batch_size` images per forward pass).
+
+    label_names: the classes' names (label i of `predict` is class i). threshold: a pixel is known when
+    its score >= threshold (keeps `threshold_tpr` of the validation split's labelled pixels).
+    settings: how the network runs on an image (`pixel_forward.DenseSettings`).
+    """
+
+    label_names: list[str]
+    threshold: float
+    score_name: str
+    threshold_tpr: float
+    head: str
+    config: ml_collections.ConfigDict
+    module: Any
+    variables: dict
+    batch_size: int
+    mesh: Any
+    forward: Any
+    settings: pixel_forward.DenseSettings
+    description: dict
+
+    def predict(self, images) -> dict[str, np.ndarray]:
+        """Segment and score uint8 [N, H, W, 3] images (numpy).
+
+        Returns:
+          label: int64 [N, H, W], the most probable known class of each pixel.
+          score: float32 [N, H, W], `score_name` of each pixel, higher = more like the known classes.
+          known: bool [N, H, W], score >= threshold (False = an anomaly: no known class).
+        Raises:
+          ValueError: images of another dtype, rank or channel count.
+        """
+        images = check_images(images, (None, None, 3))
+        if len(images) == 0:
+            empty = np.zeros([0, *images.shape[1:3]])
+            return {"label": empty.astype(np.int64), "score": empty.astype(np.float32), "known": empty.astype(bool)}
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = list(images[start:start + self.batch_size])
+            outputs += pixel_forward.predict_dense(
+                self.forward, self.variables, self.mesh, pixel_forward.Fitted(), chunk,
+                [image.shape[:2] for image in chunk], self.batch_size, self.settings,
+                len(self.label_names), (self.score_name,),
+            )
+        score = np.stack([out[self.score_name] for out in outputs]).astype(np.float32)
+        return {
+            "label": np.stack([out["prediction"] for out in outputs]).astype(np.int64),
+            "score": score,
+            "known": score >= np.float32(self.threshold),
+        }
+
+
+def load_segmenter(description: dict, path: str, batch_size: int | None) -> SegmentationModel:
+    """The `SegmentationModel` of an export whose model.json is `description`."""
+    config = ml_collections.ConfigDict(description["config"])
+    head = description["head"]
+    if description["score"] not in pixel_forward.DEPLOYABLE_PIXEL_SCORES[head]:
+        raise ValueError(f"score {description['score']!r} of {path} is not one of "
+                         f"{pixel_forward.DEPLOYABLE_PIXEL_SCORES[head]}")
+    mesh = make_mesh()
+    module = create_model(config.model, description["num_classes"])
+    variables = restore_variables(path, module, description["model_input_shape"], mesh)
+    dense, normalization = description["dense"], description["normalization"]
+    settings = pixel_forward.DenseSettings(
+        inference=dense["inference"], crop=tuple(dense["crop"]), stride=tuple(dense["stride"]),
+        eval_scale=tuple(dense["eval_scale"]), size_divisor=int(dense["size_divisor"]),
+        mean=tuple(normalization["mean"]), std=tuple(normalization["std"]),
+    )
+    return SegmentationModel(
+        label_names=list(description["label_names"]),
+        threshold=float(description["threshold"]),
+        score_name=description["score"],
+        threshold_tpr=float(description["threshold_tpr"]),
+        head=head,
+        config=config,
+        module=module,
+        variables=variables,
+        batch_size=padded_batch_size(batch_size or config.eval_batch_size, mesh.devices.size),
+        mesh=mesh,
+        forward=pixel_forward.make_dense_forward(module, head, mesh, settings),
+        settings=settings,
+        description=description,
+    )
+
+
+def load(path: str, batch_size: int | None = None) -> Model | SegmentationModel:
     """The exported model in folder `path`; `batch_size` defaults to the config's eval_batch_size.
 
     Raises:
@@ -177,6 +268,8 @@ def load(path: str, batch_size: int | None = None) -> Model:
       ValueError: the export was written by another format version or does not fit its model.json.
     """
     description = read_description(path)
+    if description.get("task") == "segmentation":
+        return load_segmenter(description, path, batch_size)
     config = ml_collections.ConfigDict(description["config"])
     head = description["head"]
     if description["score"] not in DEPLOYABLE_SCORES[head]:

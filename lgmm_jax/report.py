@@ -1,4 +1,5 @@
-"""report.md and PNG plots from an evaluation's results (tables shaped like the paper's Tables 3, 4, 10)."""
+"""report.md and PNG plots from an evaluation's results (tables shaped like the paper's Tables 3, 4, 10;
+for segmentation, Tables 5 and 6; the segmentation pictures are `lgmm_jax.segmentation_figures`)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,62 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+PIXEL_METRIC_COLUMNS = (("auroc", "AUROC ↑"), ("ap", "AP ↑"), ("fpr95", "FPR95 ↓"))
+
+
+def is_segmentation(results: dict) -> bool:
+    return results.get("task") == "segmentation"
+
+
+def render_segmentation_report(results: dict) -> str:
+    """Markdown: mIoU / aAcc and per-class IoU (Table 5), pixel AUROC / AP / FPR95 per unknown set
+    (Table 6), the rejection thresholds."""
+    closed = results["closed_set"]
+    names = results.get("label_names") or [str(i) for i in range(len(closed["iou"]))]
+    show = lambda value: "–" if value is None else percent(value)  # noqa: E731
+    parts = [
+        f"# {results['head']} / {results['encoder']} on {results['protocol']} (segmentation, "
+        f"{results['inference']} inference)",
+        "",
+        "Numbers in percent. ↑ higher is better, ↓ lower is better. Pictures: pictures_<set>.png; pixel "
+        "ROC curves: roc_<set>.png.",
+        "",
+        "## Closed-set segmentation (Table 5): mmseg's mIoU, void excluded",
+        "",
+        markdown_table(
+            ["mIoU", "aAcc", "test images", "labelled pixels"],
+            [[percent(closed["miou"]), percent(closed["aacc"]), str(closed["num_images"]), str(closed["num_pixels"])]],
+        ),
+        "",
+        markdown_table(["class"] + list(names), [["IoU"] + [show(v) for v in closed["iou"]]]),
+    ]
+    for set_name, by_score in results["open_set"].items():
+        rows = [
+            [score] + [percent(values[key]) for key, _ in PIXEL_METRIC_COLUMNS]
+            for score, values in by_score.items()
+            if isinstance(values, dict)
+        ]
+        first = next(v for v in by_score.values() if isinstance(v, dict))
+        parts += [
+            "",
+            f"## Open-set segmentation: {set_name} ({by_score['num_images']} images, {first['num_anomaly']} anomaly "
+            f"and {first['num_known']} known pixels; Table 6, anomaly positive)",
+            "",
+            markdown_table(["score"] + [title for _, title in PIXEL_METRIC_COLUMNS], rows),
+        ]
+    parts += [
+        "",
+        "## Rejection thresholds (keep 95% of held-out known pixels)",
+        "",
+        markdown_table(["score", "tau"], [[k, f"{v:.4g}"] for k, v in results["thresholds"].items()]),
+    ]
+    return "\n".join(parts) + "\n"
+
+
 def render_report(results: dict) -> str:
     """The markdown text: closed-set accuracy, one open-set table per unknown set, component usage."""
+    if is_segmentation(results):
+        return render_segmentation_report(results)
     closed = results["closed_set"]
     parts = [
         f"# {results['head']} / {results['encoder']} on {results['protocol']}",
@@ -77,7 +132,16 @@ def render_report(results: dict) -> str:
 
 
 def summary_line(results: dict) -> str:
-    """One line: top-1 and the AUROC of each score on each unknown set."""
+    """One line: top-1 (mIoU) and the AUROC (and AP) of each score on each unknown set."""
+    if is_segmentation(results):
+        parts = [f"mIoU {percent(results['closed_set']['miou'])}% aAcc {percent(results['closed_set']['aacc'])}%"]
+        for set_name, by_score in results["open_set"].items():
+            values = ", ".join(
+                f"{score} {percent(v['auroc'])}/{percent(v['ap'])}/{percent(v['fpr95'])}"
+                for score, v in by_score.items() if isinstance(v, dict)
+            )
+            parts.append(f"AUROC/AP/FPR95 on {set_name}: {values}")
+        return "; ".join(parts)
     parts = [f"top-1 {percent(results['closed_set']['top1'])}%"]
     for set_name, by_score in results["open_set"].items():
         aurocs = ", ".join(

@@ -17,7 +17,7 @@ import optax
 
 from lgmm_jax.memory import MemoryBank, create_memory
 from lgmm_jax.models.configured import initial_variables
-from lgmm_jax.objective import ObjectiveConfig
+from lgmm_jax.objective import ObjectiveConfig, PixelConfig
 from lgmm_jax.sharding import class_sharding, replicated
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -61,6 +61,16 @@ def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
         training=loss.training,
         bank_sample_size=loss.bank_sample_size,
         discriminative_temperature=loss.get("discriminative_temperature", 1.0),
+    )
+
+
+def pixel_config(config: ml_collections.ConfigDict) -> PixelConfig:
+    """What makes a pixel an example of the objective (segmentation), from `config.segmentation`."""
+    seg = config.segmentation
+    return PixelConfig(
+        void_label=int(seg.void_label),
+        pixels_per_class=int(seg.pixels_per_class),
+        remember_misclassified=bool(seg.remember_misclassified),
     )
 
 
@@ -149,12 +159,30 @@ def encoder_optimizer(optimizer_config, learning_rate):
     return optax.chain(optax.clip_by_global_norm(clip), optimizer) if clip > 0 else optimizer
 
 
-def parameter_groups(params, head: str):
+# Parameters of a segmenter's decode head, mmseg's 'head' key (SegFormer's lr_mult=10): the decoder's
+# head, the auxiliary head, and the per-pixel classifier or L-GMM projection that close it.
+DECODE_HEAD_KEYS = ("decode_head", "auxiliary_head", "classifier", "projection", "latent_norm")
+
+
+def is_decode_head(path) -> bool:
+    keys = [getattr(entry, "key", None) for entry in path]
+    return keys[0] in ("classifier", "projection", "latent_norm") or any(
+        key in ("decode_head", "auxiliary_head") for key in keys
+    )
+
+
+def parameter_groups(params, head: str, separate_decode_head: bool = False):
     """The optimiser group of every parameter: 'gmm' for L-GMM's density head theta (`params["head"]`),
-    'encoder' for everything else (phi), the softmax counterpart's classifier included."""
+    'decode_head' for a segmenter's decode head when it has its own learning rate
+    (`separate_decode_head`, see `DECODE_HEAD_KEYS`), 'encoder' for everything else (phi), the softmax
+    counterpart's classifier included."""
 
     def group(path, _) -> str:
-        return "gmm" if head == "lgmm" and getattr(path[0], "key", None) == "head" else "encoder"
+        if head == "lgmm" and getattr(path[0], "key", None) == "head":
+            return "gmm"
+        if separate_decode_head and is_decode_head(path):
+            return "decode_head"
+        return "encoder"
 
     return jax.tree_util.tree_map_with_path(group, params)
 
@@ -162,14 +190,24 @@ def parameter_groups(params, head: str):
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
     """optax.multi_transform: the encoder and the GMM each with their own learning rate.
 
-    The GMM takes no weight decay: decaying the means would pull every class toward the origin.
+    The GMM takes no weight decay: decaying the means would pull every class toward the origin. With
+    `optimizer.decode_head_lr_mult` != 1 a segmenter's decode head is a third group, the encoder's
+    optimiser at that multiple of its learning rate (mmseg's `paramwise_cfg` 'head' lr_mult, 10 in the
+    SegFormer recipe); at 1 it stays in the encoder's group (the optimiser state keeps its structure).
     """
     opt = config.optimizer
     encoder_lr = learning_rate_schedule(opt, opt.learning_rate, steps_per_epoch, total_steps)
     gmm_lr = learning_rate_schedule(opt, opt.gmm_learning_rate, steps_per_epoch, total_steps)
     gmm = base_optimizer(opt, gmm_lr, 0.0) if gmm_moment_rate(config.model) is None else optax.set_to_zero()
     transforms = {"encoder": encoder_optimizer(opt, encoder_lr), "gmm": gmm}
-    labels = functools.partial(parameter_groups, head=config.model.head)
+    multiplier = float(opt.get("decode_head_lr_mult", 1.0))
+    if multiplier <= 0:
+        raise ValueError(f"optimizer.decode_head_lr_mult={multiplier} must be positive (1 = no separate rate)")
+    separate = multiplier != 1.0
+    if separate:
+        head_lr = learning_rate_schedule(opt, multiplier * opt.learning_rate, steps_per_epoch, total_steps)
+        transforms["decode_head"] = encoder_optimizer(opt, head_lr)
+    labels = functools.partial(parameter_groups, head=config.model.head, separate_decode_head=separate)
     return optax.multi_transform(transforms, labels), encoder_lr
 
 

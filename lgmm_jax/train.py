@@ -3,6 +3,11 @@
 The L-GMM step runs one encoder pass and one `jax.value_and_grad` of the collaborative objective
 (`lgmm_jax.objective`): dL_D/dphi reaches the encoder, dL_G/dtheta the Gaussians. The memory bank is
 updated inside the step and the mixture weights are re-counted from it after the gradient step.
+
+Both steps serve both tasks (`config.task`): for segmentation (`pixels` set) an example is a labelled
+pixel, the L-GMM objective is `objective.pixel_lgmm_objective`, the softmax loss mmseg's
+`losses.pixel_cross_entropy`, and a segmenter's auxiliary head (DeepLabv3+'s FCN on stage 3) adds its
+weighted cross-entropy, which trains the encoder only. The loop, checkpoints and evaluation are shared.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from lgmm_jax import checkpointing, evaluate, experiment, losses, mixing
 from lgmm_jax.data import pipeline
 from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
-from lgmm_jax.models.lgmm import LGMMModel
-from lgmm_jax.objective import ObjectiveConfig, lgmm_objective
+from lgmm_jax.models.resize import resize_labels_nearest
+from lgmm_jax.models.segmenter import auxiliary_logits
+from lgmm_jax.objective import ObjectiveConfig, PixelConfig, lgmm_objective, pixel_lgmm_objective
 from lgmm_jax.sharding import (
     batch_sharding,
     global_batch,
@@ -41,6 +47,7 @@ from lgmm_jax.state import (
     create_sharded_train_state,
     gmm_moment_rate,
     objective_config,
+    pixel_config,
 )
 
 
@@ -63,20 +70,46 @@ def encoder_variables(state: TrainState, params) -> dict:
     return {"params": params, "batch_stats": state.batch_stats}
 
 
+# What a training apply may write: BatchNorm statistics, and a segmenter's auxiliary logits.
+TRAIN_COLLECTIONS = ["batch_stats", "auxiliary"]
+
+
+def auxiliary_loss(updates: dict, labels: jax.Array, pixels: PixelConfig | None, weight: float) -> jax.Array:
+    """`weight` x mmseg's cross-entropy of the auxiliary head's logits (0 without an auxiliary head)."""
+    logits = auxiliary_logits(updates)
+    if logits is None or pixels is None or weight == 0:
+        return jnp.zeros((), jnp.float32)
+    return weight * losses.pixel_cross_entropy(logits, labels, pixels.void_label)
+
+
+def batch_accuracy(scores: jax.Array, batch: dict, pixels: PixelConfig | None) -> jax.Array:
+    """Share of the batch's examples whose argmax class is their label: the real images of a
+    classification batch, or the labelled pixels of a segmentation batch at the scores' resolution
+    (labels brought there by nearest resizing, as the objective's memory bank sees them)."""
+    if pixels is None:
+        return losses.masked_mean((jnp.argmax(scores, -1) == batch["label"]).astype(jnp.float32), batch["mask"])
+    labels = resize_labels_nearest(batch["label"], scores.shape[1:3])
+    correct = (jnp.argmax(scores, -1) == labels).astype(jnp.float32)
+    return losses.masked_mean(correct, labels != pixels.void_label)
+
+
 def lgmm_train_step(
     state: TrainState,
     batch: dict,
     *,
-    model: LGMMModel,
+    model,
     optimizer: optax.GradientTransformation,
     objective: ObjectiveConfig,
     weight_ema: float,
     moment_rate: float | None = None,
+    pixels: PixelConfig | None = None,
+    auxiliary_weight: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """One collaborative step (Section 2.1): encoder by L_D, Gaussians by L_G, weights by counting.
 
     With `moment_rate` the Gaussians take no gradient step; they move that fraction of the way to the
-    maximum-likelihood fit of the memory bank instead (`mixture.moment_matched_head`).
+    maximum-likelihood fit of the memory bank instead (`mixture.moment_matched_head`). With `pixels`
+    the batch is a segmentation batch (labels [B, H, W]) and a pixel is an example.
     """
     log_weights = state.mixture["head"]["log_weights"]
 
@@ -85,17 +118,23 @@ def lgmm_train_step(
             encoder_variables(state, params),
             batch["image"],
             train=True,
-            method=LGMMModel.encode,
-            mutable=["batch_stats"],
+            method="encode",
+            mutable=TRAIN_COLLECTIONS,
             rngs={"dropout": step_key(state)},
         )
-        total, outputs = lgmm_objective(
-            z, batch["label"], batch["mask"], params["head"], log_weights, state.memory, objective,
-            key=jax.random.fold_in(step_key(state), 1),
-        )
-        return total, (outputs, updates)
+        key = jax.random.fold_in(step_key(state), 1)
+        if pixels is None:
+            total, outputs = lgmm_objective(
+                z, batch["label"], batch["mask"], params["head"], log_weights, state.memory, objective, key=key
+            )
+        else:
+            total, outputs = pixel_lgmm_objective(
+                z, batch["label"], params["head"], log_weights, state.memory, objective, key, pixels
+            )
+        auxiliary = auxiliary_loss(updates, batch["label"], pixels, auxiliary_weight)
+        return total + auxiliary, (outputs, updates, auxiliary)
 
-    (_, (outputs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (outputs, updates, auxiliary)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)
     rows = outputs.classes  # only the classes of the batch are updated (`objective.batch_classes`)
@@ -110,9 +149,10 @@ def lgmm_train_step(
     new_log_weights = log_weights.at[rows].set(
         counted_log_weights(outputs.counts, outputs.class_present, log_weights[rows], ema_decay=weight_ema)
     )
-    correct = jnp.argmax(outputs.class_log_likelihood, -1) == batch["label"]
     metrics = dict(outputs.terms)
-    metrics["accuracy"] = losses.masked_mean(correct.astype(jnp.float32), batch["mask"])
+    if auxiliary_logits(updates) is not None:
+        metrics["auxiliary_loss"] = auxiliary
+    metrics["accuracy"] = batch_accuracy(outputs.class_log_likelihood, batch, pixels)
     metrics["effective_components"] = losses.masked_mean(
         losses.effective_components(outputs.hard_usage), outputs.class_present & outputs.distinct
     )
@@ -129,16 +169,18 @@ def lgmm_train_step(
 
 def softmax_train_step(
     state: TrainState, batch: dict, *, model, optimizer: optax.GradientTransformation,
-    num_classes: int, batch_recipe: dict | None = None,
+    num_classes: int, batch_recipe: dict | None = None, pixels: PixelConfig | None = None,
+    auxiliary_weight: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """The discriminative counterpart: the same encoder with a linear softmax head, cross-entropy.
 
     `batch_recipe` ({label_smoothing, mixup_alpha, cutmix_alpha}, any of them 0 = off): the targets are
     smoothed and the images mixed by Mixup or CutMix (`mixing.mix_batch`, mmcls's Swin recipe) before the
-    cross-entropy of the soft targets; accuracy is still counted against the batch's labels.
+    cross-entropy of the soft targets; accuracy is still counted against the batch's labels. With
+    `pixels` (segmentation) the loss is mmseg's per-pixel cross-entropy plus the auxiliary head's.
     """
     images, mask = batch["image"], batch["mask"]
-    mixing_on = batch_recipe is not None and any(value > 0 for value in batch_recipe.values())
+    mixing_on = pixels is None and batch_recipe is not None and any(value > 0 for value in batch_recipe.values())
     if mixing_on:
         images, targets = mixing.mix_batch(
             jax.random.fold_in(step_key(state), 2), images, batch["label"], num_classes, mask=mask, **batch_recipe
@@ -149,10 +191,13 @@ def softmax_train_step(
             encoder_variables(state, params),
             images,
             train=True,
-            mutable=["batch_stats"],
+            mutable=TRAIN_COLLECTIONS,
             rngs={"dropout": step_key(state)},
         )
-        if mixing_on:
+        if pixels is not None:
+            loss = losses.pixel_cross_entropy(logits, batch["label"], pixels.void_label)
+            loss = loss + auxiliary_loss(updates, batch["label"], pixels, auxiliary_weight)
+        elif mixing_on:
             loss = losses.masked_mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets), mask)
         else:
             loss = losses.softmax_cross_entropy(logits, batch["label"], mask)
@@ -160,11 +205,7 @@ def softmax_train_step(
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    correct = jnp.argmax(logits, -1) == batch["label"]
-    metrics = {
-        "loss": loss,
-        "accuracy": losses.masked_mean(correct.astype(jnp.float32), mask),
-    }
+    metrics = {"loss": loss, "accuracy": batch_accuracy(logits, batch, pixels)}
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, param_updates),
@@ -269,7 +310,10 @@ class MetricsWriter:
 
 
 def make_train_step(config, model, optimizer, shardings, mesh, num_classes: int):
-    """The jitted step for the configured head, state donated, batch sharded over `data`."""
+    """The jitted step for the configured head and task, state donated, batch sharded over `data`."""
+    task = {}
+    if experiment.is_segmentation(config):
+        task = {"pixels": pixel_config(config), "auxiliary_weight": float(config.segmentation.auxiliary_weight)}
     if config.model.head == "lgmm":
         step = functools.partial(
             lgmm_train_step,
@@ -278,11 +322,12 @@ def make_train_step(config, model, optimizer, shardings, mesh, num_classes: int)
             objective=objective_config(config),
             weight_ema=config.loss.weight_ema,
             moment_rate=gmm_moment_rate(config.model),
+            **task,
         )
     else:
         step = functools.partial(
             softmax_train_step, model=model, optimizer=optimizer, num_classes=num_classes,
-            batch_recipe=softmax_batch_recipe(config),
+            batch_recipe=softmax_batch_recipe(config), **task,
         )
     return jax.jit(
         step,
@@ -387,7 +432,7 @@ def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch,
     step = start_step
     while step < end_step:
         local = next(train_iter)
-        local["mask"] = np.ones(local["label"].shape, bool)
+        local["mask"] = np.ones(len(local["label"]), bool)  # training batches are never padded
         state, metrics = train_step(state, global_batch(local, mesh))
         step += 1
         pending.append((step, metrics))

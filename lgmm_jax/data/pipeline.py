@@ -260,7 +260,8 @@ def _default_read_options(local_batch_size: int) -> grain.ReadOptions:
 def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: str,
                    known_classes: Sequence[int] | None = None, process_index: int = 0, process_count: int = 1,
                    num_epochs: int | None = None, normalization: str | Normalization | None = None,
-                   read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
+                   read_options: grain.ReadOptions | None = None,
+                   example: grain.transforms.RandomMap | None = None) -> grain.DatasetIterator:
     """Infinite (or ``num_epochs``-long) iterator of this process's part of each global training batch.
 
     Args:
@@ -273,6 +274,8 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
       num_epochs: None repeats forever; otherwise the stream ends after the last full global batch.
       normalization: dataset name or `Normalization`; None = the source's dataset.
       read_options: grain threading / prefetch options (default: 4 threads, a few batches ahead).
+      example: the source index -> training example transform (default `TrainExample` with
+        ``preprocess`` and ``normalization``); segmentation passes `seg_augment.SegmentationTrainExample`.
     Returns:
       A grain ``DatasetIterator`` of ``{"image": float32 [b, H, W, C], "label": int32 [b]}`` with
       ``b = batch_size // process_count``; its ``get_state()`` / ``set_state()`` resume exactly.
@@ -290,10 +293,10 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
     stream = grain.MapDataset.source(indices).shuffle(seed=seed).repeat(num_epochs)
     if num_epochs is not None:
         stream = stream[: steps_per_epoch(len(stream), batch_size) * batch_size]
-    stream = stream.random_map(
-        TrainExample(source, preprocess, get_normalization(normalization, source),
-                     _lookup_table(known_classes, source)),
-        seed=seed)
+    if example is None:
+        example = TrainExample(source, preprocess, get_normalization(normalization, source),
+                               _lookup_table(known_classes, source))
+    stream = stream.random_map(example, seed=seed)
     local_batch_size = batch_size // process_count
     share = ContiguousShare(stream, batch_size, local_batch_size * process_index, local_batch_size)
     local = grain.MapDataset.range(len(stream) // process_count).map(share).to_iter_dataset(

@@ -9,6 +9,7 @@ import ml_collections
 
 from lgmm_jax.models.backbones import create_classifier
 from lgmm_jax.models.lgmm import create_lgmm
+from lgmm_jax.models.segmenter import SEGMENTER_NAMES, create_segmenter
 
 HEADS = ("lgmm", "softmax")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -26,8 +27,39 @@ def backbone_options(model_config: ml_collections.ConfigDict) -> dict:
     return {"zero_init_residual": True} if model_config.get("zero_init_residual", False) else {}
 
 
+def is_segmenter(encoder: str) -> bool:
+    """Whether `model.encoder` names a segmenter (per-pixel scores) rather than an image encoder."""
+    return encoder in SEGMENTER_NAMES
+
+
+def lgmm_head_options(model_config: ml_collections.ConfigDict) -> dict:
+    """The GMM head's attributes, the same for the classifier and the segmenter."""
+    return dict(
+        latent_normalization=model_config.latent_normalization,
+        init_scale=model_config.init_scale,
+        scale_floor=model_config.scale_floor,
+        share_scale=model_config.share_scale,
+        reduction="max" if model_config.get("variant", "equations") == "appendix_g" else "logsumexp",
+    )
+
+
+def create_segmentation_model(model_config: ml_collections.ConfigDict, num_classes: int):
+    """The segmenter `model.encoder` with `model.head`'s per-pixel head (`models.create_segmenter`)."""
+    if model_config.head not in HEADS:
+        raise ValueError(f"model.head={model_config.head!r} is not one of {HEADS}")
+    decoder = model_config.get("decoder") or {}
+    decoder = {name: tuple(v) if isinstance(v, list) else v for name, v in dict(decoder).items()}
+    lgmm = dict(num_components=model_config.num_components, latent_dim=model_config.latent_dim,
+                **lgmm_head_options(model_config)) if model_config.head == "lgmm" else {}
+    return create_segmenter(model_config.encoder, num_classes, model_config.head,
+                            dtype=compute_dtype(model_config.dtype), decoder_kwargs=decoder, **lgmm)
+
+
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int):
-    """The L-GMM model or its softmax counterpart, as `model_config.head` says."""
+    """The L-GMM model or its softmax counterpart, as `model_config.head` says: an image classifier, or a
+    segmenter when `model.encoder` names one."""
+    if is_segmenter(model_config.encoder):
+        return create_segmentation_model(model_config, num_classes)
     dtype = compute_dtype(model_config.dtype)
     if model_config.head == "lgmm":
         return create_lgmm(
@@ -37,11 +69,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int):
             model_config.latent_dim,
             dtype=dtype,
             backbone_kwargs=backbone_options(model_config),
-            latent_normalization=model_config.latent_normalization,
-            init_scale=model_config.init_scale,
-            scale_floor=model_config.scale_floor,
-            share_scale=model_config.share_scale,
-            reduction="max" if model_config.get("variant", "equations") == "appendix_g" else "logsumexp",
+            **lgmm_head_options(model_config),
         )
     if model_config.head == "softmax":
         return create_classifier(model_config.encoder, num_classes, dtype=dtype, **backbone_options(model_config))

@@ -1,0 +1,256 @@
+"""Dense (per-pixel) prediction of a segmenter, shared by segmentation evaluation, export and inference
+(which sit above this module; it is the segmentation counterpart of `lgmm_jax.forward`).
+
+What mmseg's `EncoderDecoder.predict` does, per pixel, with this library's open-set scores:
+
+1. `eval_image`: the image normalised (ImageNet mean and std), after mmseg's test-time
+   `Resize(scale, keep_ratio=True)` when `segmentation.eval_scale` is set; `padded_images` pads a batch
+   to one shape (a multiple of `size_divisor`, zeros after normalisation) as mmseg's `stack_batch`.
+2. `make_dense_forward`: the network's class scores (softmax logits, or L-GMM's log p(z|y), Eq. 4) at 1/4
+   resolution, brought to the input size by bilinear upsampling (align_corners=False, mmseg's `resize`):
+   "whole" inference runs the full image, "slide" inference runs `crop`-sized windows every `stride`
+   pixels (mmseg's `slide_inference`: the last window of a row or column ends at the border) and divides
+   the summed scores by the number of windows that cover each pixel. With Mahalanobis statistics the
+   decoder features' Mahalanobis score (Lee et al. 2018, on the features at 1/4 resolution) travels as
+   one more channel and is upsampled and averaged the same way.
+3. `finish`: each image's maps cropped to its (resized) input size and resized bilinearly to its label's
+   size (mmseg's `postprocess_result`), then the prediction argmax_y and the per-pixel scores
+   (higher = more known, DESIGN.md section 5):
+
+   - `likelihood` (L-GMM): max_y log p(z|y) (Section 2.3);
+   - `msp`: max_y softmax; `maxlogit`: max_y logit (Hendrycks et al. 2022); `entropy`: the negative
+     entropy of the softmax, sum_y p log p;
+   - `sml`: Standardized Max Logits (Jung et al. 2021): (max logit - mu_c) / sigma_c with c the predicted
+     class and mu_c, sigma_c the mean and standard deviation of the max logit over training pixels
+     predicted as c (`SmlStatistics`);
+   - `mahalanobis`: -min_c (f - mu_c)^T Sigma^-1 (f - mu_c) on the decoder features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from lgmm_jax.data.augment import normalize
+from lgmm_jax.models.resize import resize_bilinear
+from lgmm_jax.ood import scores
+from lgmm_jax.sharding import batch_sharding, replicated
+
+PIXEL_SCORES = {"lgmm": ("likelihood",), "softmax": ("msp", "maxlogit", "entropy", "sml", "mahalanobis")}
+# Scores a deployed model computes from one image alone (no statistics fitted on training pixels).
+DEPLOYABLE_PIXEL_SCORES = {"lgmm": ("likelihood",), "softmax": ("msp", "maxlogit", "entropy")}
+DEFAULT_PIXEL_SCORE = {"lgmm": "likelihood", "softmax": "msp"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSettings:
+    """How a segmenter is run on evaluation images (the `segmentation` keys of a config).
+
+    inference: "whole" or "slide"; crop, stride: slide's window and step (height, width);
+    eval_scale: () or mmseg's test Resize scale (long, short), keep_ratio; size_divisor: batches are
+    padded to a multiple of it; normalization: (mean, std) of pixels in [0, 1].
+    """
+
+    inference: str = "whole"
+    crop: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
+    eval_scale: tuple[int, ...] = ()
+    size_divisor: int = 32
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+def dense_settings(segmentation_config, mean, std) -> DenseSettings:
+    """`DenseSettings` from a config's `segmentation` section and the normalisation statistics."""
+    return DenseSettings(
+        inference=str(segmentation_config.inference),
+        crop=tuple(int(v) for v in segmentation_config.slide_crop),
+        stride=tuple(int(v) for v in segmentation_config.slide_stride),
+        eval_scale=tuple(int(v) for v in segmentation_config.eval_scale),
+        size_divisor=int(segmentation_config.size_divisor),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+    )
+
+
+class SmlStatistics(NamedTuple):
+    """Per-class mean and standard deviation [C] of the max logit over training pixels predicted as c."""
+
+    mean: jax.Array
+    std: jax.Array
+
+
+class Fitted(NamedTuple):
+    """What the fitted scores need: `sml` and the Mahalanobis (class means, precision), or None."""
+
+    sml: SmlStatistics | None = None
+    mahalanobis: tuple[jax.Array, jax.Array] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images in
+# ----------------------------------------------------------------------------------------------------------
+
+
+def rescaled_size(height: int, width: int, scale) -> tuple[int, int]:
+    """mmcv's `rescale_size` with keep_ratio: the largest factor that fits the long side within
+    max(scale) and the short side within min(scale); sizes rounded as mmcv (int(x + 0.5))."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def eval_image(image: np.ndarray, settings: DenseSettings) -> np.ndarray:
+    """uint8 [H, W, 3] -> the network's float32 input (resized when `eval_scale` is set, normalised)."""
+    if settings.eval_scale:
+        height, width = rescaled_size(*image.shape[:2], settings.eval_scale)
+        if (height, width) != image.shape[:2]:
+            image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return normalize(image, settings.mean, settings.std)
+
+
+def padded_images(images: list[np.ndarray], batch_size: int, size_divisor: int) -> np.ndarray:
+    """float32 [batch_size, H, W, 3]: the images padded with zeros at the bottom and right to one shape
+    (the largest, rounded up to a multiple of `size_divisor`), zero images after the last one."""
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    height, width = (size_divisor * math.ceil(side / size_divisor) for side in (height, width))
+    batch = np.zeros((batch_size, height, width, images[0].shape[-1]), np.float32)
+    for row, image in enumerate(images):
+        batch[row, : image.shape[0], : image.shape[1]] = image
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The network, whole or slide
+# ----------------------------------------------------------------------------------------------------------
+
+
+def window_spans(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """mmseg's slide windows along one axis: [start, end) of each, the last one ending at the border
+    (windows of a side shorter than `crop` are the whole side)."""
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    spans = []
+    for index in range(count):
+        end = min(index * stride + crop, size)
+        spans.append((max(end - crop, 0), end))
+    return spans
+
+
+def network_maps(model, head: str, variables, images, mahalanobis) -> jax.Array:
+    """[B, h, w, C (+1)] at 1/4 resolution: the class scores, and the Mahalanobis score of the decoder
+    features as a last channel when `mahalanobis` (class means, precision) is given (softmax only)."""
+    class_scores = model.apply(variables, images, train=False).astype(jnp.float32)
+    if mahalanobis is None:
+        return class_scores
+    features = model.apply(variables, images, False, method=lambda module, x, train: module.decoder(x, train))
+    flat = features.astype(jnp.float32).reshape(-1, features.shape[-1])
+    distance = scores.mahalanobis(flat, *mahalanobis).reshape(*features.shape[:3], 1)
+    return jnp.concatenate([class_scores, distance], axis=-1)
+
+
+def dense_maps(maps_fn, images: jax.Array, settings: DenseSettings) -> jax.Array:
+    """`maps_fn`'s maps brought to the images' size: [B, H, W, K], by whole or slide inference."""
+    size = images.shape[1:3]
+    if settings.inference == "whole":
+        return resize_bilinear(maps_fn(images), size)
+    total, count = None, np.zeros(size, np.float32)
+    for top, bottom in window_spans(size[0], settings.crop[0], settings.stride[0]):
+        for left, right in window_spans(size[1], settings.crop[1], settings.stride[1]):
+            window = resize_bilinear(maps_fn(images[:, top:bottom, left:right]), (bottom - top, right - left))
+            if total is None:
+                total = jnp.zeros((*images.shape[:3], window.shape[-1]), jnp.float32)
+            total = total.at[:, top:bottom, left:right].add(window)
+            count[top:bottom, left:right] += 1
+    return total / count[None, :, :, None]
+
+
+def make_dense_forward(model, head: str, mesh, settings: DenseSettings):
+    """Jitted (variables, mahalanobis or None, images [B, H, W, 3] sharded over `data`) -> dense maps."""
+
+    def forward(variables, mahalanobis, images):
+        maps_fn = functools.partial(network_maps, model, head, variables, mahalanobis=mahalanobis)
+        return dense_maps(maps_fn, images, settings)
+
+    return jax.jit(forward, in_shardings=(replicated(mesh), replicated(mesh), batch_sharding(mesh)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Maps out: prediction and scores at the label's size
+# ----------------------------------------------------------------------------------------------------------
+
+
+def negative_entropy(logits: jax.Array) -> jax.Array:
+    """sum_y p log p of softmax(logits) over the last axis (higher = more confident = more known)."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+
+def standardized_max_logit(logits: jax.Array, statistics: SmlStatistics) -> jax.Array:
+    """(max_y logit - mu_c) / sigma_c, c = argmax_y logit (Jung et al. 2021, Eq. 2)."""
+    predicted = jnp.argmax(logits, axis=-1)
+    return (jnp.max(logits, axis=-1) - statistics.mean[predicted]) / statistics.std[predicted]
+
+
+def score_maps(maps: jax.Array, num_classes: int, chosen: tuple[str, ...], fitted: Fitted) -> dict:
+    """name -> [..., H, W] float32 score of every pixel, from maps [..., H, W, C (+1)]."""
+    class_scores = maps[..., :num_classes]
+    table = {}
+    for name in chosen:
+        if name in ("likelihood", "maxlogit"):
+            table[name] = jnp.max(class_scores, axis=-1)
+        elif name == "msp":
+            table[name] = jnp.max(jax.nn.softmax(class_scores, axis=-1), axis=-1)
+        elif name == "entropy":
+            table[name] = negative_entropy(class_scores)
+        elif name == "sml":
+            table[name] = standardized_max_logit(class_scores, fitted.sml)
+        elif name == "mahalanobis":
+            table[name] = maps[..., num_classes]
+        else:
+            raise ValueError(f"unknown pixel score {name!r}: use one of {PIXEL_SCORES}")
+    return table
+
+
+@functools.partial(jax.jit, static_argnames=("label_size", "num_classes", "chosen"))
+def finish(maps: jax.Array, fitted: Fitted, *, label_size: tuple[int, int], num_classes: int,
+           chosen: tuple[str, ...]) -> dict:
+    """One image's maps [h, w, K] (cropped to its input size) -> `prediction` int32 [H, W] and each score
+    [H, W] at the label's size (maps resized bilinearly first, mmseg's `resize` to `ori_shape`)."""
+    if maps.shape[:2] != tuple(label_size):
+        maps = jax.image.resize(maps, (*label_size, maps.shape[-1]), method="linear", antialias=False)
+    outputs = score_maps(maps, num_classes, chosen, fitted)
+    outputs["prediction"] = jnp.argmax(maps[..., :num_classes], axis=-1).astype(jnp.int32)
+    return outputs
+
+
+def gather(array) -> np.ndarray:
+    """A global array -> the full numpy array on every host."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def predict_dense(forward, variables, mesh, fitted: Fitted, images: list[np.ndarray], label_sizes,
+                  batch_size: int, settings: DenseSettings, num_classes: int, chosen: tuple[str, ...]):
+    """Per image of one global batch (every process holds all `images`, uint8 [H, W, 3]): a dict of
+    numpy `prediction` and scores at its `label_sizes` entry. Process p runs its block of the batch."""
+    inputs = [eval_image(image, settings) for image in images]
+    batch = padded_images(inputs, batch_size, settings.size_divisor)
+    local_rows = batch_size // jax.process_count()
+    local = batch[jax.process_index() * local_rows:(jax.process_index() + 1) * local_rows]
+    sharded = jax.make_array_from_process_local_data(batch_sharding(mesh), local)
+    maps = gather(forward(variables, fitted.mahalanobis, sharded))
+    results = []
+    for row, (image, label_size) in enumerate(zip(inputs, label_sizes)):
+        cropped = maps[row, : image.shape[0], : image.shape[1]]
+        out = finish(cropped, fitted, label_size=tuple(int(v) for v in label_size), num_classes=num_classes,
+                     chosen=tuple(chosen))
+        results.append({name: np.asarray(value) for name, value in out.items()})
+    return results
