@@ -79,9 +79,11 @@ def paper_method_settings(config: ml_collections.ConfigDict) -> dict:
 
     Gradient steps on L_G (Eq. 5-6) instead of M-steps; Eq. 7's posterior untempered (T = 1); a diagonal
     scale per component; responsibilities' argmax as the assignments (no Sinkhorn balancing) and no
-    k-means re-seed; every remembered latent of the memory bank in each step (Appendix B.2).
+    k-means re-seed; every remembered latent of the memory bank in each step (Appendix B.2); the latent
+    as the projection gives it (Section 5.1: a convolution to 128 dimensions, no normalisation).
     """
     return {
+        "model.latent_normalization": "none",
         "model.gmm_update": "gradient",
         "model.variant": "equations",
         "model.share_scale": False,

@@ -245,6 +245,7 @@ def test_paper_method_pins_section_2_as_written(tmp_path):
     assert written["model"]["gmm_update"] == "gradient" and written["model"]["share_scale"] is False
     assert written["loss"]["discriminative_temperature"] == 1.0 and written["loss"]["assignment"] == "posterior"
     assert written["loss"]["reseed_epochs"] == [] and written["loss"]["bank_sample_size"] == config.memory_size
+    assert written["model"]["latent_normalization"] == "none"
     assert results["closed_set"]["num_examples"] > 0
     assert config.model.gmm_update == "moment_matching"  # the caller's config is left as it was
 
