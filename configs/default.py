@@ -14,7 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 'library': the settings below, with the library's two departures from the paper on (M-steps for
     # the Gaussians, a tempered L_D; README "What the paper leaves open"). 'paper': Section 2 exactly as
     # written (gradient steps on L_G, Eq. 7 untempered, per-component scales, argmax assignments, no
-    # re-seed, the whole memory bank); `lgmm_jax.experiment.paper_method_settings` lists the keys it pins.
+    # re-seed, the whole memory bank, unnormalised latents); `lgmm_jax.experiment.paper_method_settings`
+    # lists the keys it pins.
     config.method = "library"
 
     # What an example is: 'classification' (an image and its class) or 'segmentation' (the labelled
@@ -150,6 +151,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Training images (eval transform) that the softmax scores' statistics are fitted on: Standardized
     # Max Logits' per-class mean and std, Mahalanobis' class means and tied covariance. 0 = all.
     config.segmentation.fit_images = 500
+    config.segmentation.eval_images = 0  # only the first N images of each evaluation set (0 = all): quick looks
     config.segmentation.picture_images = 4  # test images per unknown set drawn in pictures_<set>.png
 
     # Evaluation.

@@ -38,6 +38,11 @@ def get_config():
     config.memory_size = 1000  # remembered pixels per class
     config.loss.bank_sample_size = 256
     config.loss.reseed_epochs = (1,)
+    # Gradient steps on L_G: the moment-matching M-step (the classification default) keeps the classes'
+    # means together while a from-scratch decoder's pixel latents are still alike (150 steps: pixel
+    # accuracy 0.34 against 0.68 with gradient steps).
+    config.model.gmm_update = "gradient"
+    config.optimizer.gmm_learning_rate = 3e-2
 
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 2e-3

@@ -162,7 +162,8 @@ def thresholds(config, predictor: Predictor, validation_source, chosen) -> dict[
     """Per score, the threshold that keeps `eval.threshold_tpr` of the validation split's labelled pixels."""
     void = int(config.segmentation.void_label)
     kept = {name: [] for name in chosen}
-    for example, out in predictor.examples_and_outputs(validation_source, "label", chosen):
+    limit = int(config.segmentation.eval_images)
+    for example, out in predictor.examples_and_outputs(validation_source, "label", chosen, limit):
         labelled = np.asarray(example["label"]) != void
         for name in chosen:
             kept[name].append(strided_sample(out[name][labelled], THRESHOLD_PIXELS_PER_IMAGE))
@@ -170,22 +171,22 @@ def thresholds(config, predictor: Predictor, validation_source, chosen) -> dict[
             for name, values in kept.items()}
 
 
-def closed_set(predictor: Predictor, test_source, void: int, chosen) -> dict[str, Any]:
-    """mmseg's mIoU, aAcc, per-class IoU and Acc of the test split."""
+def closed_set(predictor: Predictor, test_source, void: int, limit: int = 0) -> dict[str, Any]:
+    """mmseg's mIoU, aAcc, per-class IoU and Acc of the test split (its first `limit` images; 0 = all)."""
     confusion = ConfusionAccumulator(predictor.num_classes, void)
     num_images = 0
-    for example, out in predictor.examples_and_outputs(test_source, "label", ()):
+    for example, out in predictor.examples_and_outputs(test_source, "label", (), limit):
         confusion.update(out["prediction"], np.asarray(example["label"]))
         num_images += 1
     return {**confusion.result(), "num_images": num_images}
 
 
-def open_set(predictor: Predictor, unknown_source, chosen, num_pictures: int):
+def open_set(predictor: Predictor, unknown_source, chosen, num_pictures: int, limit: int = 0):
     """(metrics per score, ROC points per score, the first `num_pictures` images with their maps)."""
     accumulators = {name: AnomalyAccumulator() for name in chosen}
     pictures = []
     num_images = 0
-    for example, out in predictor.examples_and_outputs(unknown_source, "anomaly", chosen):
+    for example, out in predictor.examples_and_outputs(unknown_source, "anomaly", chosen, limit):
         anomaly = np.asarray(example["anomaly"])
         for name in chosen:
             accumulators[name].update(out[name], anomaly)
@@ -227,6 +228,7 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
     )
     predictor.fitted = fit_statistics(config, model, predictor, train_source, chosen)
     void = int(config.segmentation.void_label)
+    limit = int(config.segmentation.eval_images)
     results: dict[str, Any] = {
         "task": "segmentation",
         "protocol": protocol.name,
@@ -235,7 +237,7 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
         "encoder": config.model.encoder,
         "inference": settings.inference,
         "label_names": list(train_source.label_names),
-        "closed_set": closed_set(predictor, source(protocol.dataset, protocol.test_split), void, chosen),
+        "closed_set": closed_set(predictor, source(protocol.dataset, protocol.test_split), void, limit),
         "thresholds": thresholds(config, predictor, source(protocol.dataset, protocol.validation_split), chosen),
         "open_set": {},
     }
@@ -245,7 +247,7 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
     roc, pictures = {}, {}
     for name, unknown_source in zip(unknown_names, unknown_sources):
         results["open_set"][name], roc[name], pictures[name] = open_set(
-            predictor, unknown_source, chosen, int(config.segmentation.picture_images)
+            predictor, unknown_source, chosen, int(config.segmentation.picture_images), limit
         )
     plots = SegmentationPlots(roc=roc, pictures=pictures, label_names=tuple(train_source.label_names), head=head)
     return results, plots

@@ -1,0 +1,249 @@
+"""Segmentation as a task: dense inference, per-pixel scores and mmseg's metrics against independent
+computations, and the testbed run end to end (train, evaluate, export, predict) for both heads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import scenes as scenes_config
+from lgmm_jax import experiment, pixel_forward, segmentation_evaluation
+from lgmm_jax.data import scenes
+from lgmm_jax.models.configured import create_model, initial_variables
+from lgmm_jax.pixel_forward import DenseSettings, Fitted, SmlStatistics
+from lgmm_jax.sharding import make_mesh
+from tests.test_cli import REPO, compilation_cache, run_main
+
+# A short run of configs/scenes.py: a few steps, the first images of each set.
+QUICK_ARGS = (
+    "--config=configs/scenes.py",
+    "--config.num_train_steps=6",
+    "--config.log_every_steps=3",
+    "--config.checkpoint_every_steps=3",
+    "--config.segmentation.eval_images=40",
+    "--config.segmentation.fit_images=40",
+    "--config.eval_batch_size=20",
+)
+
+
+def test_window_spans_are_mmsegs():
+    """mmseg's slide_inference: h_grids = max(H - h + s - 1, 0) // s + 1 windows, the last one ending at
+    the border; a side shorter than the crop is one window."""
+    assert pixel_forward.window_spans(64, 32, 16) == [(0, 32), (16, 48), (32, 64)]
+    assert pixel_forward.window_spans(70, 32, 20) == [(0, 32), (20, 52), (38, 70)]
+    assert pixel_forward.window_spans(20, 32, 16) == [(0, 20)]
+    assert pixel_forward.window_spans(769, 769, 513) == [(0, 769)]
+    assert pixel_forward.window_spans(1024, 769, 513) == [(0, 769), (255, 1024)]
+
+
+def test_slide_inference_averages_the_windows_that_cover_each_pixel():
+    """A 'network' whose output depends on the window (its mean): slide's maps equal a numpy loop that
+    sums each window's (upsampled) output and divides by the count of windows over each pixel."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 40, 56, 3)).astype(np.float32)
+
+    def maps_fn(x):  # [B, h, w, 3] -> [B, h/4, w/4, 2], constant per window
+        mean = jnp.mean(x, axis=(1, 2, 3))
+        return jnp.broadcast_to(jnp.stack([mean, 2 * mean + 1], -1)[:, None, None], (x.shape[0], x.shape[1] // 4,
+                                                                                        x.shape[2] // 4, 2))
+
+    settings = DenseSettings(inference="slide", crop=(24, 32), stride=(16, 20))
+    got = np.asarray(pixel_forward.dense_maps(maps_fn, jnp.asarray(images), settings))
+    total, count = np.zeros((2, 40, 56, 2)), np.zeros((40, 56))
+    for top in (0, 16):  # 40 rows, crop 24, stride 16: windows [0, 24), [16, 40)
+        for left in (0, 20, 24):  # 56 columns, crop 32, stride 20: [0, 32), [20, 52), [24, 56)
+            mean = images[:, top:top + 24, left:left + 32].mean(axis=(1, 2, 3))
+            total[:, top:top + 24, left:left + 32] += np.stack([mean, 2 * mean + 1], -1)[:, None, None]
+            count[top:top + 24, left:left + 32] += 1
+    np.testing.assert_allclose(got, total / count[None, :, :, None], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter():
+    config = scenes_config.get_config()
+    config.model.head = "softmax"
+    model = create_model(config.model, scenes.NUM_CLASSES)
+    variables = jax.jit(lambda key: initial_variables(model, key, (64, 64, 3)))(jax.random.PRNGKey(0))
+    return config, model, variables
+
+
+def test_slide_with_a_window_covering_the_image_equals_whole(tiny_segmenter):
+    config, model, variables = tiny_segmenter
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 64, 64, 3)), jnp.float32)
+    def dense(settings):
+        maps_fn = lambda x: pixel_forward.network_maps(model, "softmax", variables, x, None)  # noqa: E731
+        return jax.jit(lambda x: pixel_forward.dense_maps(maps_fn, x, settings))(images)
+
+    whole = dense(DenseSettings(inference="whole"))
+    slide = dense(DenseSettings(inference="slide", crop=(64, 64), stride=(48, 48)))
+    assert whole.shape == (2, 64, 64, scenes.NUM_CLASSES)
+    np.testing.assert_allclose(np.asarray(slide), np.asarray(whole), rtol=1e-6, atol=1e-6)
+
+
+def test_pixel_scores_against_numpy():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(5, 6, 4)).astype(np.float32) * 3
+    maps = np.concatenate([logits, rng.normal(size=(5, 6, 1)).astype(np.float32)], -1)
+    sml = SmlStatistics(jnp.asarray([1.0, -1.0, 0.5, 2.0]), jnp.asarray([2.0, 0.5, 1.0, 4.0]))
+    got = pixel_forward.score_maps(jnp.asarray(maps), 4, ("msp", "maxlogit", "entropy", "sml", "mahalanobis"),
+                                   Fitted(sml=sml))
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    predicted = logits.argmax(-1)
+    np.testing.assert_allclose(got["msp"], p.max(-1), rtol=1e-5)
+    np.testing.assert_allclose(got["maxlogit"], logits.max(-1), rtol=1e-6)
+    np.testing.assert_allclose(got["entropy"], (p * np.log(p)).sum(-1), rtol=1e-4, atol=1e-6)
+    mean, std = np.array([1.0, -1.0, 0.5, 2.0]), np.array([2.0, 0.5, 1.0, 4.0])
+    np.testing.assert_allclose(got["sml"], (logits.max(-1) - mean[predicted]) / std[predicted], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["mahalanobis"], maps[..., 4])
+
+
+def test_scores_are_resized_to_the_label_size_before_the_argmax():
+    """eval_scale resizes the image for the network; the maps come back to the label's size (bilinear,
+    align_corners=False, as torch's F.interpolate) before the argmax."""
+    maps = np.random.default_rng(3).normal(size=(8, 10, 3)).astype(np.float32)
+    out = pixel_forward.finish(maps, Fitted(), label_size=(16, 20), num_classes=3, chosen=("maxlogit",))
+    # Half-pixel centres: output pixel i samples input (i + 0.5) / 2 - 0.5, edges clamped.
+    def axis_weights(size_in, size_out):
+        position = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, size_in - 1)
+        weights = np.zeros((size_out, size_in))
+        weights[np.arange(size_out), low] += 1 - (position - low)
+        weights[np.arange(size_out), high] += position - low
+        return weights
+    reference = np.einsum("ai,bj,ijc->abc", axis_weights(8, 16), axis_weights(10, 20), maps)
+    np.testing.assert_array_equal(out["prediction"], reference.argmax(-1))
+    np.testing.assert_allclose(out["maxlogit"], reference.max(-1), rtol=1e-5, atol=1e-5)
+    assert pixel_forward.rescaled_size(64, 48, (128, 32)) == (43, 32)  # mmcv rescale_size, keep_ratio
+
+
+class FewScenes:
+    """The first images of a testbed split, as a segmentation source."""
+
+    def __init__(self, split: str, count: int):
+        self.arrays = {key: value[:count] for key, value in scenes.load(split).items()}
+        self.num_classes, self.label_names = scenes.NUM_CLASSES, scenes.LABEL_NAMES
+
+    def __len__(self):
+        return len(self.arrays["image"])
+
+    def __getitem__(self, index):
+        return {key: value[index] for key, value in self.arrays.items()}
+
+
+def test_miou_of_the_accumulated_confusion_equals_a_direct_computation(tiny_segmenter):
+    """mmseg's mIoU (whole-set intersection / union, void excluded, classes with a union) from the
+    evaluation equals numpy on the predictions collected image by image; an odd batch pads."""
+    config, model, variables = tiny_segmenter
+    source = FewScenes("test", 7)
+    mesh = make_mesh()
+    settings = segmentation_evaluation.settings_of(config)
+    predictor = segmentation_evaluation.Predictor(
+        forward=pixel_forward.make_dense_forward(model, "softmax", mesh, settings), variables=variables, mesh=mesh,
+        fitted=Fitted(), batch_size=4, settings=settings, num_classes=scenes.NUM_CLASSES)
+    result = segmentation_evaluation.closed_set(predictor, source, 255)
+    predictions = np.stack([out["prediction"] for _, out in predictor.examples_and_outputs(source, "label", ())])
+    labels = source.arrays["label"].astype(np.int64)
+    labelled = labels != 255
+    intersection = np.array([np.sum((predictions == c) & (labels == c)) for c in range(8)])
+    union = np.array([np.sum(((predictions == c) | (labels == c)) & labelled) for c in range(8)])
+    iou = intersection / np.where(union > 0, union, 1)
+    assert result["num_images"] == 7
+    assert result["miou"] == pytest.approx(iou[union > 0].mean(), abs=1e-12)
+    assert result["aacc"] == pytest.approx(np.mean(predictions[labelled] == labels[labelled]), abs=1e-12)
+    assert [v for v in result["iou"] if v is not None] == pytest.approx(list(iou[union > 0]), abs=1e-12)
+
+
+def test_segmentation_config_checks_are_one_line_value_errors():
+    config = scenes_config.get_config()
+    config.model.encoder = "small_cnn"
+    with pytest.raises(ValueError, match="task='segmentation' needs a segmenter"):
+        experiment.check_config(config, 1)
+    config = scenes_config.get_config()
+    config.segmentation.inference = "sliding"
+    with pytest.raises(ValueError, match="segmentation.inference='sliding' is not one of"):
+        experiment.check_config(config, 1)
+
+
+def test_decode_head_learning_rate_is_a_parameter_group():
+    """SegFormer's recipe: the decode head (and the classifier or projection closing it) at 10x the rate."""
+    from lgmm_jax.state import create_optimizer, parameter_groups
+
+    config = scenes_config.get_config()
+    config.optimizer.decode_head_lr_mult = 10.0
+    config.optimizer.schedule = "constant"
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.weight_decay = 0.0
+    model = create_model(config.model, 8)
+    params = jax.eval_shape(lambda: initial_variables(model, jax.random.PRNGKey(0), (64, 64, 3)))["params"]
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), params)
+    groups = parameter_groups(params, "lgmm", separate_decode_head=True)
+    assert set(jax.tree.leaves(groups["decoder"]["decode_head"])) == {"decode_head"}
+    assert set(jax.tree.leaves(groups["decoder"]["backbone"])) == {"encoder"}
+    assert set(jax.tree.leaves(groups["projection"])) == {"decode_head"}
+    assert set(jax.tree.leaves(groups["head"])) == {"gmm"}
+    optimizer, _ = create_optimizer(config, 1, 10)
+    ones = jax.tree.map(jnp.ones_like, params)
+    updates, _ = jax.jit(optimizer.update)(ones, optimizer.init(params), params)
+    backbone = np.abs(jax.tree.leaves(updates["decoder"]["backbone"])[0]).max()
+    head = np.abs(jax.tree.leaves(updates["decoder"]["decode_head"])[0]).max()
+    assert head == pytest.approx(10 * backbone, rel=1e-5)
+
+
+@pytest.fixture(scope="module", params=["lgmm", "softmax"])
+def quick_run(request, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"scenes_{request.param}") / "run"
+    result = run_main(workdir, *QUICK_ARGS, f"--config.model.head={request.param}",
+                      cache=compilation_cache(tmp_path_factory))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return request.param, workdir, result
+
+
+def test_the_testbed_trains_and_evaluates_end_to_end(quick_run):
+    head, workdir, result = quick_run
+    results = json.loads((workdir / "results.json").read_text())
+    closed = results["closed_set"]
+    assert results["task"] == "segmentation" and closed["num_images"] == 40
+    assert set(closed) >= {"miou", "aacc", "iou"} and len(closed["iou"]) == scenes.NUM_CLASSES
+    assert set(results["open_set"]) == {"near", "far"}
+    expected = {"lgmm": {"likelihood"}, "softmax": {"msp", "maxlogit", "entropy", "sml", "mahalanobis"}}[head]
+    for by_score in results["open_set"].values():
+        assert {name for name, v in by_score.items() if isinstance(v, dict)} == expected
+        for values in (v for v in by_score.values() if isinstance(v, dict)):
+            assert 0 <= values["auroc"] <= 1 and 0 <= values["ap"] <= 1 and 0 <= values["fpr95"] <= 1
+    report = (workdir / "report.md").read_text()
+    assert f"{100 * closed['miou']:.2f}" in report and "Open-set segmentation: near" in report
+    for name in ("pictures_near.png", "pictures_far.png", "roc_near.png", "roc_far.png"):
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mIoU" in result.stdout
+
+
+def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(quick_run, tmp_path):
+    head, workdir, _ = quick_run
+    exported = tmp_path / "exported"
+    completed = subprocess.run([sys.executable, "-m", "lgmm_jax.export", f"--workdir={workdir}", f"--output={exported}"],
+                               cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    from lgmm_jax import inference
+
+    model = inference.load(str(exported))
+    assert isinstance(model, inference.SegmentationModel)
+    validation = scenes.load("validation")
+    images = validation["image"][:40]
+    out = model.predict(images)
+    assert out["label"].shape == out["score"].shape == out["known"].shape == images.shape[:3]
+    labelled = validation["label"][:40] != 255
+    # The threshold keeps 95% of the held-out known pixels it was set on (all of them here, 40 images).
+    assert out["known"][labelled].mean() >= 0.95 - 1e-9
+    odd = np.pad(images[:3], ((0, 0), (0, 5), (0, 9), (0, 0)))  # any size: padded inside, cropped back
+    assert model.predict(odd)["label"].shape == (3, 69, 73)
+    with pytest.raises(ValueError, match="uint8"):
+        model.predict(images.astype(np.float32))
