@@ -95,6 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.decay_epochs = ()  # step schedule: epochs where the rate is multiplied
     config.optimizer.decay_factor = 0.1
     config.optimizer.power = 1.0  # poly schedule
+    config.optimizer.end_learning_rate = 0.0  # poly schedule: the rate at the last step (mmseg's eta_min)
     # Segmenters: the decode head's learning rate as a multiple of `learning_rate` (mmseg's paramwise_cfg
     # 'head' lr_mult: 10 in the SegFormer recipe); its own optimiser group when not 1.
     config.optimizer.decode_head_lr_mult = 1.0

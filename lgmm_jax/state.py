@@ -89,7 +89,7 @@ def learning_rate_schedule(
     total_steps: int,
 ) -> optax.Schedule:
     """Linear warm-up from `warmup_start_factor` of the rate, then constant, cosine, step (x decay_factor at
-    each of decay_epochs) or polynomial decay to 0."""
+    each of decay_epochs) or polynomial decay (power `power`) to `end_learning_rate` (0 by default)."""
     name = optimizer_config.schedule
     warmup_steps = int(optimizer_config.warmup_epochs * steps_per_epoch)
     decay_steps = max(total_steps - warmup_steps, 1)
@@ -104,9 +104,8 @@ def learning_rate_schedule(
         }
         main = optax.piecewise_constant_schedule(base_learning_rate, boundaries)
     elif name == "poly":
-        main = optax.polynomial_schedule(
-            base_learning_rate, 0.0, optimizer_config.power, decay_steps
-        )
+        end = optimizer_config.get("end_learning_rate", 0.0)  # mmseg's PolyLR eta_min
+        main = optax.polynomial_schedule(base_learning_rate, end, optimizer_config.power, decay_steps)
     else:
         raise ValueError(f"optimizer.schedule={name!r} is not one of {SCHEDULES}")
     if warmup_steps == 0:

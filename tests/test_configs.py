@@ -30,6 +30,11 @@ DATASETS = {
     "cifar100": (100, (32, 32, 3)),
     "tiny_imagenet": (200, (64, 64, 3)),
     "imagenet2012": (1000, (None, None, 3)),
+    # Segmentation: classes without void (ADE20K's 150 after reduce_zero_label, Cityscapes' 19 train ids,
+    # the testbed's background and 7 garments); a segmenter's input is its training crop.
+    "scenes": (8, (64, 64, 3)),
+    "scene_parse150": (150, (None, None, 3)),
+    "cityscapes": (19, (1024, 2048, 3)),
 }
 
 CHECK_EVERY_CONFIG = textwrap.dedent("""
@@ -50,6 +55,8 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
             num_classes = len(protocol.known_classes)
         preset = experiment.preprocess_preset(config, protocol)
         image_shape = (224, 224, 3) if preset.startswith("imagenet") else tuple(stored_shape)
+        if config.get("task") == "segmentation":
+            image_shape = (*config.segmentation.crop_size, 3)
         rows = []
         for num_devices in (1, 2, 4, 8):
             mesh = make_mesh(num_devices)
@@ -68,7 +75,8 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
                 "memory_split": None if abstract.memory is None else str(shardings.memory.latents.spec),
             })
         report[name] = {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
-                        "num_classes": num_classes, "rows": rows}
+                        "num_classes": num_classes, "rows": rows, "head": config.model.head,
+                        "latent_dim": config.model.latent_dim, "num_components": config.model.num_components}
     print(json.dumps(report))
 """)
 
@@ -111,6 +119,28 @@ def test_the_paper_configs_hold_the_published_encoders(report):
     resnet50 = report["imagenet_resnet50"]["rows"][0]["parameters"]
     gmm = 1000 * 3 * 128 + 1000 * 128
     assert resnet50 == 25_557_032 - 2_049_000 + 262_272 + gmm
+
+
+# Published totals with the softmax head (DESIGN.md section 6: HF transformers' SegFormer, mmseg's
+# DeepLabv3+ with its auxiliary head) and the decoder width the head reads.
+SEGMENTERS = {
+    "ade20k_deeplabv3plus_r101": (62_682_876, 512),
+    "cityscapes_deeplabv3plus_r101": (62_582_006, 512),
+    "ade20k_segformer_b5": (84_708_694, 768),
+    "cityscapes_segformer_b5": (84_607_955, 768),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTERS))
+def test_the_paper_segmentation_configs_hold_the_published_models(report, name):
+    """L-GMM swaps the 1x1 classifier (E*C + C) for a projection to D dims (E*D + D) and a GMM of C*K*D
+    means and C*D shared scales."""
+    entry = report[name]
+    published, width = SEGMENTERS[name]
+    classes, dim, components = entry["num_classes"], entry["latent_dim"], entry["num_components"]
+    assert entry["head"] == "lgmm"
+    expected = published - (width * classes + classes) + (width * dim + dim) + classes * components * dim + classes * dim
+    assert entry["rows"][0]["parameters"] == expected
 
 
 def test_an_eval_batch_that_does_not_split_is_rounded_not_refused():
