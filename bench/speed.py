@@ -137,6 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--encoders", default=",".join(CASES), help=f"comma-separated, from {list(CASES)}")
     parser.add_argument("--segmenters", default="",
                         help=f"comma-separated, from {list(SEGMENTER_CASES)} (issue 14; none by default)")
+    parser.add_argument("--crop", default="",
+                        help="segmenters' crop as HEIGHTxWIDTH, e.g. 256x256 (default: each case's)")
     parser.add_argument("--batch", type=int, default=0,
                         help="global batch for every encoder (0: per-encoder CPU default)")
     parser.add_argument("--reps", type=int, default=0,
@@ -166,6 +168,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch < 0 or args.reps < 0 or args.memory_size < 0 or args.pipeline_seconds < 0:
         parser.error("--batch, --reps, --memory-size and --pipeline-seconds must not be negative")
     args.pipeline_seconds = args.pipeline_seconds or (2.0 if args.quick else 5.0)
+    if args.crop:
+        try:
+            args.crop = tuple(int(side) for side in args.crop.lower().split("x"))
+        except ValueError:
+            parser.error(f"--crop={args.crop!r} is not HEIGHTxWIDTH, e.g. 256x256")
+        if len(args.crop) != 2 or min(args.crop) < 32:
+            parser.error(f"--crop={args.crop} needs two sides of at least 32 pixels")
     return args
 
 
@@ -527,6 +536,8 @@ def benchmark_segmenter(case: SegmenterCase, args, mesh, log) -> dict:
     batch_size = args.batch or (case.quick_batch if args.quick else case.cpu_batch)
     check_batch_size(batch_size, mesh.devices.size)
     reps = args.reps or (6 if args.quick else 12)
+    if args.crop:
+        case = dataclasses.replace(case, crop=args.crop)
     batch = segmentation_batch(case, batch_size, mesh)
     built, compile_s = {}, {}
     for head in HEADS:
