@@ -481,3 +481,62 @@ def test_full_disk_stops_with_one_line_and_the_rerun_after_freeing_space_resumes
     assert rerun.returncode == 0, rerun.stderr
     assert resumed_from(rerun.stdout) == max(intact)
     assert_same_numbers(workdir, uninterrupted)
+
+
+# --------------------------------------------------------------------------------------------------
+# Segmentation (configs/scenes.py): the same loop, checkpoints and signals, a pixel as the example.
+# --------------------------------------------------------------------------------------------------
+
+SEGMENTATION_STEPS = 12
+SEGMENTATION_ARGS = (
+    "--config=configs/scenes.py",
+    f"--config.num_train_steps={SEGMENTATION_STEPS}",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+    "--config.segmentation.eval_images=20",
+    "--config.segmentation.fit_images=20",
+    "--config.eval_batch_size=20",
+    "--config.loss.reseed_epochs=(0.04,)",  # the k-means re-seed at step 5, between two checkpoints
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_segmentation(tmp_path_factory, cache):
+    workdir = tmp_path_factory.mktemp("segmentation_reference") / "run"
+    result = run_main(workdir, *SEGMENTATION_ARGS, cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_a_segmentation_run_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(
+    uninterrupted_segmentation, tmp_path, cache
+):
+    workdir = tmp_path / "workdir"
+    process = start_main(workdir, *SEGMENTATION_ARGS, log=tmp_path / "preempted", cache=cache)
+    try:
+        wait_for(lambda: committed_steps(workdir), what="the first checkpoint")
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=60)
+    finally:
+        process.kill()
+    stderr = (tmp_path / "preempted.err").read_text()
+    assert status == 0 and "Traceback" not in stderr, stderr
+    preempted_step = int(re.search(r"preempted at step (\d+): checkpoint saved", stderr).group(1))
+    assert preempted_step < SEGMENTATION_STEPS and not (workdir / "results.json").exists()
+
+    process = start_main(workdir, *SEGMENTATION_ARGS, log=tmp_path / "killed", cache=cache)
+    try:
+        wait_for(lambda: max(committed_steps(workdir)) > preempted_step, what="a checkpoint after the restart")
+    finally:
+        process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    killed_step = max(committed_steps(workdir))
+    assert killed_step < SEGMENTATION_STEPS and not (workdir / "results.json").exists()
+
+    rerun = run_main(workdir, *SEGMENTATION_ARGS, cache=cache)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert resumed_from(rerun.stdout) == killed_step
+    reference = uninterrupted_segmentation
+    assert json.loads((workdir / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
+    assert metrics_without_timing(workdir) == metrics_without_timing(reference)
+    assert [r["step"] for r in metrics_without_timing(reference)] == list(range(2, SEGMENTATION_STEPS + 1, 2))
