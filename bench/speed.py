@@ -583,7 +583,9 @@ def main(argv=None) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", flush=True)
 
     results = {name: benchmark_encoder(CASES[name], args, mesh, peak, log) for name in args.encoders}
-    segmenters = {name: benchmark_segmenter(SEGMENTER_CASES[name], args, mesh, log) for name in args.segmenters}
+    segmenters = {
+        name: benchmark_segmenter(SEGMENTER_CASES[name], args, mesh, log) for name in args.segmenters
+    }
     for name, r in results.items():
         print_encoder(name, r)
     for name, r in segmenters.items():

@@ -190,7 +190,7 @@ def lgmm_objective(
 def fixed_mixture_log_likelihood(
     z: jax.Array, means: jax.Array, scales: jax.Array, log_weights: jax.Array, config: ObjectiveConfig
 ) -> jax.Array:
-    """log p(z|y) [B, C] under a mixture held fixed (Eq. 4): what L_D (Eq. 7) differentiates, w.r.t. z only."""
+    """log p(z|y) [B, C] under a mixture held fixed (Eq. 4): L_D (Eq. 7) differentiates it w.r.t. z only."""
     fixed = jax.lax.stop_gradient
     return log_likelihood(z, fixed(means), fixed(scales), log_weights, config.reduction)
 
@@ -324,7 +324,9 @@ def pixel_lgmm_objective(
     [B, h, w, C] map at the decoder's resolution.
     """
     if z.ndim != 4 or labels.ndim != 3 or labels.shape[0] != z.shape[0]:
-        raise ValueError(f"expected latents [B, h, w, D] and labels [B, H, W], got {z.shape} and {labels.shape}")
+        raise ValueError(
+            f"expected latents [B, h, w, D] and labels [B, H, W], got {z.shape} and {labels.shape}"
+        )
     batch, height, width, dim = z.shape
     num_classes = log_weights.shape[0]
     means, scales = head_gaussians(head_params, config.scale_floor, config.num_components)
