@@ -23,8 +23,10 @@ def compute_dtype(name: str):
 
 
 def backbone_options(model_config: ml_collections.ConfigDict) -> dict:
-    """Keyword arguments of `create_backbone` that the config sets (only those it sets)."""
-    return {"zero_init_residual": True} if model_config.get("zero_init_residual", False) else {}
+    """Keyword arguments of `create_backbone` that the config sets and the encoder has: `zero_init_residual`
+    is a ResNet option (a config that switches a ResNet recipe to another encoder keeps working)."""
+    wanted = model_config.get("zero_init_residual", False) and "resnet" in model_config.encoder
+    return {"zero_init_residual": True} if wanted else {}
 
 
 def is_segmenter(encoder: str) -> bool:
