@@ -3,6 +3,7 @@
     python bench/study.py                       # Fashion-MNIST, 10 epochs: the committed study (README)
     python bench/study.py --suite=digits        # the same on scikit-learn digits, in minutes
     python bench/study.py --only=lgmm,softmax --seeds=0 --no-ablations
+    python bench/study.py --suite=scenes --only=lgmm,softmax --no-ablations   # segmentation testbed
 
 Each run is one `lgmm_jax.train.train_and_evaluate` with the suite's base config plus a variant's
 overrides, in its own workdir under --root (default: `studies/` in the checkout, ignored by git). A
@@ -16,6 +17,9 @@ rows[variant][protocol] holds each seed's numbers and their summary (mean and st
 like results.json: `closed_set` (top1), `open_set` (per unknown set, per score: auroc, fpr95, aupr_in,
 aupr_out) and `effective_components`; `curve[variant][protocol][epoch]` the top-1 and the best AUROC of
 each seed after that epoch. It prints a markdown table and draws the curve (--curve_plot).
+
+The `scenes` suite is segmentation (configs/scenes.py, the testbed): its headline is mIoU in place of
+top-1 and, per unknown set (`near`, `far`) and score, the pixel AUROC, AP and FPR95 (anomaly positive).
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default, fashion_mnist  # noqa: E402
+from configs import default, fashion_mnist, scenes  # noqa: E402
 
 SUITES = {
     # suite -> (base config, protocols, epochs, learning-curve epochs)
     "fashion_mnist": (fashion_mnist.get_config, ("fashion_mnist_vs_mnist", "fashion_mnist_6_4"), 10, (1, 3)),
     "digits": (default.get_config, ("digits_6_4",), 40, (5, 15)),
+    "scenes": (scenes.get_config, ("scenes",), 8, ()),
 }
+SEGMENTATION_METRICS = ("auroc", "ap", "fpr95")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Table 7's loss ablations change L_G, which only gradient updates of the Gaussians follow (with the
@@ -93,7 +99,15 @@ ABLATIONS = ("lgmm_k1", "lgmm_k2", "lgmm_k4", "gradient_t10", "generative_only",
 
 
 def headline(results: dict) -> dict:
-    """The numbers the study compares: top-1, every score's metrics per unknown set, effective K."""
+    """The numbers the study compares: top-1, every score's metrics per unknown set, effective K
+    (segmentation: mIoU and every score's pixel AUROC / AP / FPR95 per unknown set)."""
+    if results.get("task") == "segmentation":
+        row = {"miou": results["closed_set"]["miou"]}
+        for set_name, by_score in results["open_set"].items():
+            for score, values in by_score.items():
+                if isinstance(values, dict):
+                    row.update({f"{set_name}/{score}/{metric}": values[metric] for metric in SEGMENTATION_METRICS})
+        return row
     row = {"top1": results["closed_set"]["top1"]}
     for set_name, by_score in results["open_set"].items():
         for score, values in by_score.items():
@@ -120,8 +134,8 @@ def nest(flat: dict) -> dict:
     """A headline (or its summary) as results.json shapes it: closed_set, open_set[set][score][metric]."""
     nested = {"closed_set": {}, "open_set": {}}
     for key, value in flat.items():
-        if key == "top1":
-            nested["closed_set"]["top1"] = value
+        if key in ("top1", "miou"):
+            nested["closed_set"][key] = value
         elif key.count("/") == 2:
             set_name, score, metric = key.split("/")
             nested["open_set"].setdefault(set_name, {}).setdefault(score, {})[metric] = value
@@ -157,9 +171,10 @@ def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, r
     make_config = SUITES[suite][0]
     config = make_config()
     dataset = "fashion_mnist" if protocol.startswith("fashion") else config.dataset
-    config.update_from_flattened_dict(
-        {"protocol": protocol, "dataset": dataset, "seed": seed, "num_epochs": epochs, "eval.epochs": tuple(curve)}
-    )
+    run = {"protocol": protocol, "dataset": dataset, "seed": seed, "num_epochs": epochs, "eval.epochs": tuple(curve)}
+    if config.get("task") == "segmentation":  # the testbed's unknown sets are the config's, no protocol
+        run = {"seed": seed, "num_epochs": epochs, "eval.epochs": tuple(curve)}
+    config.update_from_flattened_dict(run)
     config.update_from_flattened_dict(VARIANTS[variant])
     started = time.time()
     results = train.train_and_evaluate(config, workdir)
@@ -178,7 +193,8 @@ def best_auroc(results: dict) -> float:
 
 
 def curve_point(results: dict) -> dict:
-    return {"top1": results["closed_set"]["top1"], "best_auroc": best_auroc(results)}
+    closed = "miou" if results.get("task") == "segmentation" else "top1"
+    return {closed: results["closed_set"][closed], "best_auroc": best_auroc(results)}
 
 
 def read_curve(workdir: str, curve_epochs, epochs: float, final: dict) -> dict:
@@ -235,19 +251,20 @@ def plot_curve(study: dict, path: str) -> None:
     protocols = sorted({p for by_protocol in study["curve"].values() for p in by_protocol})
     if not protocols:
         return
+    closed = "miou" if study.get("suite") == "scenes" else "top1"
     figure, axes = plt.subplots(2, len(protocols), figsize=(5 * len(protocols), 7), squeeze=False)
     for column, protocol in enumerate(protocols):
         for variant, by_protocol in study["curve"].items():
             if protocol not in by_protocol:
                 continue
             epochs = sorted(by_protocol[protocol], key=float)
-            for row, metric in enumerate(("top1", "best_auroc")):
+            for row, metric in enumerate((closed, "best_auroc")):
                 values = [[100 * p[metric] for p in by_protocol[protocol][e].values()] for e in epochs]
                 x = [float(e) for e in epochs]
                 axes[row][column].plot(x, [np.mean(v) for v in values], marker="o", label=variant)
                 axes[row][column].fill_between(x, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
         axes[0][column].set_title(protocol)
-        axes[0][column].set_ylabel("top-1 (%)")
+        axes[0][column].set_ylabel("mIoU (%)" if closed == "miou" else "top-1 (%)")
         axes[1][column].set_ylabel("best AUROC of the model's scores (%)")
         axes[1][column].set_xlabel("epochs")
         for row in range(2):
@@ -316,6 +333,8 @@ def table_from_file(path: str) -> None:
 
 def markdown(study: dict) -> str:
     """One row per variant and protocol: top-1, then AUROC / FPR95 of each score (mean ± std over seeds)."""
+    if study.get("suite") == "scenes":
+        return segmentation_markdown(study)
     lines = [
         "| variant | protocol | seeds | top-1 | AUROC by score | FPR95 by score | effective K |",
         "|---|---|---|---|---|---|---|",
@@ -340,6 +359,21 @@ def markdown(study: dict) -> str:
                 f"{effective['mean']:.2f} ± {effective['std']:.2f}" if effective else "-",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def segmentation_markdown(study: dict) -> str:
+    """One row per variant, unknown set and score: mIoU, pixel AUROC / AP / FPR95 (mean ± std over seeds)."""
+    lines = ["| variant | seeds | mIoU | unknown set | score | AUROC | AP | FPR95 |", "|---|---|---|---|---|---|---|---|"]
+    for variant, by_protocol in study["rows"].items():
+        for entry in by_protocol.values():
+            summary = flatten(entry["summary"])
+            keys = sorted({key.rsplit("/", 1)[0] for key in summary if key.count("/") == 2})
+            for key in keys:
+                set_name, score = key.split("/")
+                cells = [variant, str(len(entry["seeds"])), fmt(summary["miou"]), set_name, score]
+                cells += [fmt(summary[f"{key}/{metric}"]) for metric in SEGMENTATION_METRICS]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

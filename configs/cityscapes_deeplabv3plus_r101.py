@@ -14,50 +14,23 @@ Found and Road Anomaly unchanged.
 - L-GMM: 64-d latents, 5 components per class (GMMSeg), 2000 remembered pixels per class.
 """
 
-from configs import default
+from configs import ade20k_deeplabv3plus_r101
 
 
 def get_config():
-    config = default.get_config()
-    config.task = "segmentation"
+    config = ade20k_deeplabv3plus_r101.get_config()  # the model, optimiser and L-GMM settings
     config.dataset = "cityscapes"
-    config.protocol = ""
-    config.ood_datasets = ()
     config.ood_folders = ("fishyscapes_lostandfound", "road_anomaly")
-    config.train_split = "train"
     config.validation_split = "validation"
     config.test_split = "validation"  # Cityscapes' test labels are withheld: Table 5 is on val
-    config.preprocess = "none"
 
     config.batch_size = 8
-    config.eval_batch_size = 8
     config.num_train_steps = 80_000
-    config.log_every_steps = 50
-    config.checkpoint_every_steps = 4000
-
-    config.model.encoder = "deeplabv3plus_r101"
-    config.model.latent_dim = 64
     config.model.num_components = 5
-    config.memory_size = 2000
-    config.loss.reseed_epochs = ()
-
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.gmm_learning_rate = 0.01
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 5e-4
-    config.optimizer.schedule = "poly"
-    config.optimizer.power = 0.9
-    config.optimizer.end_learning_rate = 1e-4
-    config.optimizer.warmup_epochs = 0.0
 
     seg = config.segmentation
     seg.scale = (2049, 1025)
     seg.crop_size = (769, 769)
-    seg.ratio_range = (0.5, 2.0)
-    seg.cat_max_ratio = 0.75
-    seg.auxiliary_weight = 0.4
-    seg.pixels_per_class = 100
     seg.inference = "slide"
     seg.slide_crop = (769, 769)
     seg.slide_stride = (513, 513)

@@ -9,27 +9,14 @@ architectures. The optimiser is SegFormer's (AdamW 6e-5, weight decay 0.01, deco
 configs/cityscapes_deeplabv3plus_r101.py.
 """
 
-from configs import cityscapes_deeplabv3plus_r101
+from configs import ade20k_segformer_b5, cityscapes_deeplabv3plus_r101
 
-BATCH = 8
 CITYSCAPES_TRAIN_IMAGES = 2975
-WARMUP_ITERATIONS = 1500
 
 
 def get_config():
     config = cityscapes_deeplabv3plus_r101.get_config()
     config.model.encoder = "segformer_b5"
     config.segmentation.auxiliary_weight = 0.0  # SegFormer has no auxiliary head
-
-    config.optimizer.name = "adamw"
-    config.optimizer.learning_rate = 6e-5
-    config.optimizer.gmm_learning_rate = 6e-5
-    config.optimizer.weight_decay = 0.01
-    config.optimizer.decay_norms_and_biases = False
-    config.optimizer.decode_head_lr_mult = 10.0
-    config.optimizer.schedule = "poly"
-    config.optimizer.power = 1.0
-    config.optimizer.end_learning_rate = 0.0
-    config.optimizer.warmup_epochs = WARMUP_ITERATIONS / (CITYSCAPES_TRAIN_IMAGES // BATCH)
-    config.optimizer.warmup_start_factor = 1e-6
+    ade20k_segformer_b5.use_segformer_optimizer(config, CITYSCAPES_TRAIN_IMAGES)
     return config

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from lgmm_jax.data.augment import normalize
+from lgmm_jax.forward import gather
 from lgmm_jax.models.resize import resize_bilinear
 from lgmm_jax.ood import scores
 from lgmm_jax.sharding import batch_sharding, replicated
@@ -230,11 +231,13 @@ def finish(maps: jax.Array, fitted: Fitted, *, label_size: tuple[int, int], num_
     return outputs
 
 
-def gather(array) -> np.ndarray:
-    """A global array -> the full numpy array on every host."""
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+def sharded_batch(inputs: list[np.ndarray], batch_size: int, settings: DenseSettings, mesh) -> jax.Array:
+    """The global batch of network inputs (`padded_images`), sharded over `data`: every process holds all
+    `inputs` and contributes its contiguous block of rows."""
+    batch = padded_images(inputs, batch_size, settings.size_divisor)
+    rows = batch_size // jax.process_count()
+    local = batch[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
 
 
 def predict_dense(forward, variables, mesh, fitted: Fitted, images: list[np.ndarray], label_sizes,
@@ -242,11 +245,7 @@ def predict_dense(forward, variables, mesh, fitted: Fitted, images: list[np.ndar
     """Per image of one global batch (every process holds all `images`, uint8 [H, W, 3]): a dict of
     numpy `prediction` and scores at its `label_sizes` entry. Process p runs its block of the batch."""
     inputs = [eval_image(image, settings) for image in images]
-    batch = padded_images(inputs, batch_size, settings.size_divisor)
-    local_rows = batch_size // jax.process_count()
-    local = batch[jax.process_index() * local_rows:(jax.process_index() + 1) * local_rows]
-    sharded = jax.make_array_from_process_local_data(batch_sharding(mesh), local)
-    maps = gather(forward(variables, fitted.mahalanobis, sharded))
+    maps = gather(forward(variables, fitted.mahalanobis, sharded_batch(inputs, batch_size, settings, mesh)))
     results = []
     for row, (image, label_size) in enumerate(zip(inputs, label_sizes)):
         cropped = maps[row, : image.shape[0], : image.shape[1]]

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgmm_jax import experiment, pixel_forward
+from lgmm_jax.forward import gather
 from lgmm_jax.ood import metrics, scores
 from lgmm_jax.ood.segmentation_metrics import AnomalyAccumulator, ConfusionAccumulator
 from lgmm_jax.pixel_forward import Fitted, SmlStatistics
@@ -130,12 +131,8 @@ def fit_mahalanobis(model, predictor: Predictor, train_source, void: int, limit:
     for indices in global_batches(len(train_source), predictor.batch_size, limit):
         examples = [train_source[index] for index in indices]
         inputs = [pixel_forward.eval_image(np.asarray(e["image"]), settings) for e in examples]
-        batch = pixel_forward.padded_images(inputs, predictor.batch_size, settings.size_divisor)
-        rows = predictor.batch_size // jax.process_count()
-        local = batch[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-        features = pixel_forward.gather(
-            features_fn(predictor.variables, jax.make_array_from_process_local_data(batch_sharding(mesh), local))
-        )
+        batch = pixel_forward.sharded_batch(inputs, predictor.batch_size, settings, mesh)
+        features = gather(features_fn(predictor.variables, batch))
         stride = batch.shape[1] / features.shape[1]
         for row, (example, image) in enumerate(zip(examples, inputs)):
             size = (int(np.ceil(image.shape[0] / stride)), int(np.ceil(image.shape[1] / stride)))

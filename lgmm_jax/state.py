@@ -158,22 +158,21 @@ def encoder_optimizer(optimizer_config, learning_rate):
     return optax.chain(optax.clip_by_global_norm(clip), optimizer) if clip > 0 else optimizer
 
 
-# Parameters of a segmenter's decode head, mmseg's 'head' key (SegFormer's lr_mult=10): the decoder's
-# head, the auxiliary head, and the per-pixel classifier or L-GMM projection that close it.
-DECODE_HEAD_KEYS = ("decode_head", "auxiliary_head", "classifier", "projection", "latent_norm")
+# A segmenter's decode head, mmseg's 'head' key (SegFormer's lr_mult=10): the decoder's heads, wherever
+# they sit, and the per-pixel classifier or L-GMM projection (top-level modules) that close them.
+DECODER_HEAD_MODULES = ("decode_head", "auxiliary_head")
+CLOSING_MODULES = ("classifier", "projection", "latent_norm")
 
 
 def is_decode_head(path) -> bool:
     keys = [getattr(entry, "key", None) for entry in path]
-    return keys[0] in ("classifier", "projection", "latent_norm") or any(
-        key in ("decode_head", "auxiliary_head") for key in keys
-    )
+    return keys[0] in CLOSING_MODULES or any(key in DECODER_HEAD_MODULES for key in keys)
 
 
 def parameter_groups(params, head: str, separate_decode_head: bool = False):
     """The optimiser group of every parameter: 'gmm' for L-GMM's density head theta (`params["head"]`),
     'decode_head' for a segmenter's decode head when it has its own learning rate
-    (`separate_decode_head`, see `DECODE_HEAD_KEYS`), 'encoder' for everything else (phi), the softmax
+    (`separate_decode_head`, see `is_decode_head`), 'encoder' for everything else (phi), the softmax
     counterpart's classifier included."""
 
     def group(path, _) -> str:
