@@ -112,31 +112,40 @@ def restore_variables(path: str, module, input_shape, mesh) -> dict:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Model:
-    """An exported model, ready to predict (`batch_size`: rounded up to a multiple of the device count).
+class ExportedModel:
+    """What every exported model holds (`batch_size`: rounded up to a multiple of the device count).
 
-    known_labels: original label id of each known class, in model order (class i of the posterior).
-    label_names: their names. threshold: accept as known when score >= threshold. score_name: the score.
-    image_shape: (H, W, C) of the images `predict` takes (None where any size is accepted).
-    config: the training config; module / variables: the flax model and its variables.
+    label_names: the known classes' names. threshold: accept as known when score >= threshold, which
+    keeps `threshold_tpr` of the held-out known data. score_name: the score. config: the training config;
+    module / variables: the flax model and its variables; forward: its jitted evaluation pass.
     """
 
-    known_labels: list[int]
     label_names: list[str]
     threshold: float
     score_name: str
     threshold_tpr: float
-    image_shape: tuple
-    preprocess: str
-    normalization: pipeline.Normalization
     head: str
     config: ml_collections.ConfigDict
     module: Any
     variables: dict
     batch_size: int
     mesh: Any
-    forward: Any
     description: dict
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model(ExportedModel):
+    """An exported classifier, ready to predict.
+
+    known_labels: original label id of each known class, in model order (class i of the posterior).
+    image_shape: (H, W, C) of the images `predict` takes (None where any size is accepted).
+    """
+
+    known_labels: list[int]
+    image_shape: tuple
+    preprocess: str
+    normalization: pipeline.Normalization
+    forward: Any
 
     def predict(self, images) -> dict[str, np.ndarray]:
         """Classify and score uint8 [N, H, W, C] images (numpy).
@@ -175,27 +184,12 @@ class Model:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class SegmentationModel:
-    """An exported segmenter, ready to predict per pixel (`batch_size` images per forward pass).
+class SegmentationModel(ExportedModel):
+    """An exported segmenter, ready to predict per pixel (`batch_size` images per forward pass); label i
+    of `predict` is class i. settings: how the network runs on an image (`pixel_forward.DenseSettings`)."""
 
-    label_names: the classes' names (label i of `predict` is class i). threshold: a pixel is known when
-    its score >= threshold (keeps `threshold_tpr` of the validation split's labelled pixels).
-    settings: how the network runs on an image (`pixel_forward.DenseSettings`).
-    """
-
-    label_names: list[str]
-    threshold: float
-    score_name: str
-    threshold_tpr: float
-    head: str
-    config: ml_collections.ConfigDict
-    module: Any
-    variables: dict
-    batch_size: int
-    mesh: Any
-    forward: Any
     settings: pixel_forward.DenseSettings
-    description: dict
+    forward: Any
 
     def predict(self, images) -> dict[str, np.ndarray]:
         """Segment and score uint8 [N, H, W, 3] images (numpy).
@@ -227,23 +221,15 @@ class SegmentationModel:
         }
 
 
-def load_segmenter(description: dict, path: str, batch_size: int | None) -> SegmentationModel:
-    """The `SegmentationModel` of an export whose model.json is `description`."""
+def common_parts(description: dict, path: str, batch_size: int | None, deployable: dict) -> dict:
+    """The `ExportedModel` fields of an export whose model.json is `description` (variables restored)."""
     config = ml_collections.ConfigDict(description["config"])
     head = description["head"]
-    if description["score"] not in pixel_forward.DEPLOYABLE_PIXEL_SCORES[head]:
-        raise ValueError(f"score {description['score']!r} of {path} is not one of "
-                         f"{pixel_forward.DEPLOYABLE_PIXEL_SCORES[head]}")
+    if description["score"] not in deployable[head]:
+        raise ValueError(f"score {description['score']!r} of {path} is not one of {deployable[head]}")
     mesh = make_mesh()
     module = create_model(config.model, description["num_classes"])
-    variables = restore_variables(path, module, description["model_input_shape"], mesh)
-    dense, normalization = description["dense"], description["normalization"]
-    settings = pixel_forward.DenseSettings(
-        inference=dense["inference"], crop=tuple(dense["crop"]), stride=tuple(dense["stride"]),
-        eval_scale=tuple(dense["eval_scale"]), size_divisor=int(dense["size_divisor"]),
-        mean=tuple(normalization["mean"]), std=tuple(normalization["std"]),
-    )
-    return SegmentationModel(
+    return dict(
         label_names=list(description["label_names"]),
         threshold=float(description["threshold"]),
         score_name=description["score"],
@@ -251,13 +237,24 @@ def load_segmenter(description: dict, path: str, batch_size: int | None) -> Segm
         head=head,
         config=config,
         module=module,
-        variables=variables,
+        variables=restore_variables(path, module, description["model_input_shape"], mesh),
         batch_size=padded_batch_size(batch_size or config.eval_batch_size, mesh.devices.size),
         mesh=mesh,
-        forward=pixel_forward.make_dense_forward(module, head, mesh, settings),
-        settings=settings,
         description=description,
     )
+
+
+def load_segmenter(description: dict, path: str, batch_size: int | None) -> SegmentationModel:
+    """The `SegmentationModel` of an export whose model.json is `description`."""
+    parts = common_parts(description, path, batch_size, pixel_forward.DEPLOYABLE_PIXEL_SCORES)
+    dense, normalization = description["dense"], description["normalization"]
+    settings = pixel_forward.DenseSettings(
+        inference=dense["inference"], crop=tuple(dense["crop"]), stride=tuple(dense["stride"]),
+        eval_scale=tuple(dense["eval_scale"]), size_divisor=int(dense["size_divisor"]),
+        mean=tuple(normalization["mean"]), std=tuple(normalization["std"]),
+    )
+    forward_fn = pixel_forward.make_dense_forward(parts["module"], parts["head"], parts["mesh"], settings)
+    return SegmentationModel(**parts, settings=settings, forward=forward_fn)
 
 
 def load(path: str, batch_size: int | None = None) -> Model | SegmentationModel:
@@ -270,30 +267,13 @@ def load(path: str, batch_size: int | None = None) -> Model | SegmentationModel:
     description = read_description(path)
     if description.get("task") == "segmentation":
         return load_segmenter(description, path, batch_size)
-    config = ml_collections.ConfigDict(description["config"])
-    head = description["head"]
-    if description["score"] not in DEPLOYABLE_SCORES[head]:
-        raise ValueError(f"score {description['score']!r} of {path} is not one of {DEPLOYABLE_SCORES[head]}")
-    mesh = make_mesh()
-    module = create_model(config.model, description["num_classes"])
-    variables = restore_variables(path, module, description["model_input_shape"], mesh)
-    batch_size = padded_batch_size(batch_size or config.eval_batch_size, mesh.devices.size)
+    parts = common_parts(description, path, batch_size, DEPLOYABLE_SCORES)
     normalization = description["normalization"]
     return Model(
+        **parts,
         known_labels=[int(label) for label in description["known_labels"]],
-        label_names=list(description["label_names"]),
-        threshold=float(description["threshold"]),
-        score_name=description["score"],
-        threshold_tpr=float(description["threshold_tpr"]),
         image_shape=tuple(description["image_shape"]),
         preprocess=description["preprocess"],
         normalization=pipeline.Normalization(tuple(normalization["mean"]), tuple(normalization["std"])),
-        head=head,
-        config=config,
-        module=module,
-        variables=variables,
-        batch_size=batch_size,
-        mesh=mesh,
-        forward=forward.make_forward(module, head, mesh),
-        description=description,
+        forward=forward.make_forward(parts["module"], parts["head"], parts["mesh"]),
     )
