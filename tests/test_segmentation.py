@@ -247,3 +247,16 @@ def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(quick_run, 
     assert model.predict(odd)["label"].shape == (3, 69, 73)
     with pytest.raises(ValueError, match="uint8"):
         model.predict(images.astype(np.float32))
+
+
+def test_evaluating_the_workdir_again_reproduces_the_training_runs_results(quick_run, tmp_path):
+    head, workdir, _ = quick_run
+    if head != "lgmm":
+        pytest.skip("one head is enough: the evaluation path is the same")
+    completed = subprocess.run(
+        [sys.executable, "-m", "lgmm_jax.evaluate", f"--workdir={workdir}", f"--output={tmp_path / 'again'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again == json.loads((workdir / "results.json").read_text())
