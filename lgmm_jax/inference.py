@@ -117,7 +117,7 @@ class ExportedModel:
 
     label_names: the known classes' names. threshold: accept as known when score >= threshold, which
     keeps `threshold_tpr` of the held-out known data. score_name: the score. config: the training config;
-    module / variables: the flax model and its variables; forward: its jitted evaluation pass.
+    module / variables: the flax model and its variables. Each kind adds its jitted `forward` pass.
     """
 
     label_names: list[str]
