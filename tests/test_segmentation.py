@@ -257,3 +257,19 @@ def test_evaluating_the_workdir_again_reproduces_the_training_runs_results(quick
     assert completed.returncode == 0, completed.stderr[-2000:]
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again == json.loads((workdir / "results.json").read_text())
+
+
+@pytest.mark.parametrize("head", ["lgmm", "softmax"])
+def test_every_trainable_parameter_of_both_segmenters_moves(head):
+    """The comparison's two sides both learn: after three real testbed steps no leaf is at its initial value
+    (decoder, projection, GMM head for L-GMM; decoder and classifier for softmax)."""
+    from configs import scenes
+    from tests.test_train import trained_parameters
+
+    config = scenes.get_config()
+    config.model.head = head
+    config.batch_size = 4
+    initial, trained = trained_parameters(config)
+    leaves = jax.tree_util.tree_leaves_with_path(initial)
+    frozen = [jax.tree_util.keystr(path) for (path, a), b in zip(leaves, jax.tree.leaves(trained)) if np.array_equal(a, b)]
+    assert len(leaves) > 100 and not frozen, frozen
