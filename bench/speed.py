@@ -28,12 +28,13 @@ Prints the device, one table per encoder, then a JSON object as the last line wi
 and `eval_step_ratio` (per encoder and overall: the geometric mean over encoders).
 
 Segmenters (`--segmenters segformer_b0,deeplabv3plus_r50`, issue 14; goal 1.05): the same round-robin
-on `models.create_segmenter(name, C, head)` at a CPU-sized crop. Segmentation has no train loop yet
-(issue 15), so the steps are built here from the library's pieces, alike for both heads: Adam on every
-parameter; softmax: `losses.pixel_cross_entropy` of the logits; L-GMM: `objective.pixel_lgmm_objective`
-(the default config's loss settings, `PixelConfig()`), then the counted mixture weights and the
-moment-matched Gaussians as `train.lgmm_train_step` does; DeepLabv3+'s auxiliary FCN loss (weight 0.4)
-for both. The eval step is the forward, scores upsampled to the image, argmax and max.
+on a segmenter at a CPU-sized crop, built as segmentation training builds it: the paper config of the
+segmenter's family (SegFormer: `configs/ade20k_segformer_b5.py`, 150 classes, K = 8; DeepLabv3+:
+`configs/cityscapes_deeplabv3plus_r101.py`, 19 classes, K = 5) with `model.encoder`, `model.head`,
+`batch_size` and the crop overridden, its optimiser, `state.create_sharded_train_state` and
+`train.make_train_step` (L-GMM: `objective.pixel_lgmm_objective`, the counted weights and the
+moment-matched Gaussians; softmax: mmseg's per-pixel cross-entropy; DeepLabv3+'s auxiliary head for both).
+The eval step is the forward, scores upsampled to the image, argmax and max.
 
     python bench/speed.py --encoders '' --segmenters segformer_b0,deeplabv3plus_r50 --quick
 """
@@ -43,30 +44,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib.util
+import importlib
 import json
 import math
 import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from lgmm_jax import forward as forward_lib, losses, state as state_lib, train
-from lgmm_jax.memory import create_memory
-from lgmm_jax.mixture import counted_log_weights, moment_matched_head
-from lgmm_jax.models import auxiliary_logits, create_segmenter
+from lgmm_jax import forward as forward_lib, state as state_lib, train
 from lgmm_jax.models.configured import DTYPES, create_model
 from lgmm_jax.models.resize import resize_bilinear
-from lgmm_jax.objective import PixelConfig, pixel_lgmm_objective
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource
 from lgmm_jax.sharding import check_batch_size, global_batch, make_mesh
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 GOAL_RATIO = 1.02
 HEADS = ("lgmm", "softmax")
 STEPS_PER_EPOCH = 1000  # only shapes the learning-rate schedule, which costs nothing here
@@ -114,9 +111,10 @@ CASES = {
 
 @dataclasses.dataclass(frozen=True)
 class SegmenterCase:
-    """One segmenter at a CPU-sized crop: ADE20K's 150 classes or Cityscapes' 19."""
+    """One segmenter at a CPU-sized crop, with the settings of its family's paper config."""
 
     name: str
+    config: str  # a module of configs/: its optimiser, loss and L-GMM settings
     num_classes: int
     crop: tuple[int, int]
     cpu_batch: int
@@ -124,12 +122,11 @@ class SegmenterCase:
 
 
 SEGMENTER_CASES = {
-    "segformer_b0": SegmenterCase("segformer_b0", 150, (128, 128), 4, 2),
-    "deeplabv3plus_r50": SegmenterCase("deeplabv3plus_r50", 19, (128, 128), 2, 2),
+    "segformer_b0": SegmenterCase("segformer_b0", "ade20k_segformer_b5", 150, (128, 128), 4, 2),
+    "deeplabv3plus_r50": SegmenterCase("deeplabv3plus_r50", "cityscapes_deeplabv3plus_r101", 19, (128, 128), 2, 2),
+    "segformer_b5": SegmenterCase("segformer_b5", "ade20k_segformer_b5", 150, (128, 128), 2, 2),
 }
 SEGMENTATION_GOAL_RATIO = 1.05
-AUXILIARY_LOSS_WEIGHT = 0.4  # mmseg's DeepLabv3+ recipe
-SEGMENTATION_MEMORY = 1000  # bank slots per class (the step looks at `loss.bank_sample_size` of them)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -139,6 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"comma-separated, from {list(SEGMENTER_CASES)} (issue 14; none by default)")
     parser.add_argument("--crop", default="",
                         help="segmenters' crop as HEIGHTxWIDTH, e.g. 256x256 (default: each case's)")
+    parser.add_argument("--components", type=int, default=0,
+                        help="segmenters' model.num_components (0: the paper config's, 8 on ADE20K, 5 on Cityscapes)")
     parser.add_argument("--batch", type=int, default=0,
                         help="global batch for every encoder (0: per-encoder CPU default)")
     parser.add_argument("--reps", type=int, default=0,
@@ -165,8 +164,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown += [name for name in args.segmenters if name not in SEGMENTER_CASES]
     if unknown:
         parser.error(f"unknown encoders {unknown}; choose from {list(CASES)} / {list(SEGMENTER_CASES)}")
-    if args.batch < 0 or args.reps < 0 or args.memory_size < 0 or args.pipeline_seconds < 0:
-        parser.error("--batch, --reps, --memory-size and --pipeline-seconds must not be negative")
+    if min(args.batch, args.reps, args.memory_size, args.pipeline_seconds, args.components) < 0:
+        parser.error("--batch, --reps, --memory-size, --pipeline-seconds and --components must not be negative")
     args.pipeline_seconds = args.pipeline_seconds or (2.0 if args.quick else 5.0)
     if args.crop:
         try:
@@ -178,17 +177,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def default_config():
-    """configs/default.py's get_config() (configs/ is not an installed package: load it by path)."""
-    spec = importlib.util.spec_from_file_location("lgmm_default_config", DEFAULT_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def load_config(name: str = "default"):
+    """configs/<name>.py's get_config() (configs/ is not an installed package: the checkout's root goes on
+    sys.path, as `python -m lgmm_jax.main` run from it has it)."""
+    if str(REPOSITORY) not in sys.path:
+        sys.path.insert(0, str(REPOSITORY))
+    return importlib.import_module(f"configs.{name}").get_config()
 
 
 def build_config(case: EncoderCase, head: str, batch: int, dtype: str, memory_size: int, sinkhorn: int):
     """The default config with this case's encoder, the head, batch, dtype (and diagnosis overrides)."""
-    config = default_config()
+    config = load_config()
     config.model.encoder = case.encoder
     config.model.head = head
     config.model.dtype = dtype
@@ -451,52 +450,9 @@ def segmentation_batch(case: SegmenterCase, batch: int, mesh, seed: int = 0) -> 
     shape = (batch, *case.crop)
     labels = rng.integers(0, case.num_classes, size=shape)
     labels = np.where(rng.random(shape) < 0.1, 255, labels).astype(np.int32)
-    local = {"image": rng.normal(size=(*shape, 3)).astype(np.float32), "label": labels}
+    local = {"image": rng.normal(size=(*shape, 3)).astype(np.float32), "label": labels,
+             "mask": np.ones((batch,), bool)}  # as training's batches (never padded)
     return global_batch(local, mesh)
-
-
-def segmentation_loss(model, head, objective, pixels, params, state, batch, key):
-    """(loss, (objective outputs or None, updated collections)) of one training forward."""
-    variables = {"params": params, "batch_stats": state["batch_stats"], **state.get("collections", {})}
-    kwargs = dict(train=True, mutable=["batch_stats", "auxiliary"], rngs={"dropout": key})
-    labels = batch["label"]
-    if head == "lgmm":
-        z, updates = model.apply(variables, batch["image"], method=model.encode, **kwargs)
-        loss, outputs = pixel_lgmm_objective(
-            z, labels, params["head"], state["collections"]["mixture"]["head"]["log_weights"],
-            state["memory"], objective, jax.random.fold_in(key, 1), pixels,
-        )
-    else:
-        logits, updates = model.apply(variables, batch["image"], **kwargs)
-        loss, outputs = losses.pixel_cross_entropy(logits, labels, pixels.void_label), None
-    auxiliary = auxiliary_logits(updates)
-    if auxiliary is not None:
-        loss = loss + AUXILIARY_LOSS_WEIGHT * losses.pixel_cross_entropy(auxiliary, labels, pixels.void_label)
-    return loss, (outputs, updates)
-
-
-def segmentation_train_step(state, batch, *, model, head, optimizer, objective, pixels, moment_rate):
-    """Adam on every parameter; for L-GMM also the counted weights and moment-matched Gaussians."""
-    key = jax.random.fold_in(jax.random.key(0), state["step"])
-    loss_fn = lambda params: segmentation_loss(model, head, objective, pixels, params, state, batch, key)
-    (loss, (outputs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    param_updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], param_updates)
-    new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                 "batch_stats": updates["batch_stats"]}
-    if head == "lgmm":
-        rows = outputs.classes
-        gmm = params["head"]
-        moved = moment_matched_head({name: value[rows] for name, value in gmm.items()},
-                                    outputs.bank_latents, outputs.bank_valid, outputs.bank_weights,
-                                    objective.scale_floor, moment_rate)
-        new_state["params"] = {**params, "head": {name: gmm[name].at[rows].set(moved[name]) for name in gmm}}
-        log_weights = state["collections"]["mixture"]["head"]["log_weights"]
-        log_weights = log_weights.at[rows].set(
-            counted_log_weights(outputs.counts, outputs.class_present, log_weights[rows]))
-        new_state["collections"] = {"mixture": {"head": {"log_weights": log_weights}}}
-        new_state["memory"] = outputs.memory
-    return new_state, loss
 
 
 def segmentation_eval_step(variables, images, *, model):
@@ -505,29 +461,36 @@ def segmentation_eval_step(variables, images, *, model):
     return jnp.argmax(scores, axis=-1), jnp.max(scores, axis=-1)
 
 
-def build_segmentation_steps(case: SegmenterCase, head: str, batch: dict, args) -> tuple[Timed, Timed, float]:
-    config = default_config()
-    objective = state_lib.objective_config(config)
-    model = create_segmenter(case.name, case.num_classes, head, dtype=DTYPES[args.dtype])
-    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), batch["image"])
-    optimizer = optax.adam(1e-4)
-    state = {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-             "batch_stats": variables["batch_stats"], "opt_state": optimizer.init(variables["params"])}
-    if head == "lgmm":
-        state["collections"] = {"mixture": variables["mixture"]}
-        state["memory"] = create_memory(case.num_classes, SEGMENTATION_MEMORY, model.latent_dim)
-    step = functools.partial(
-        segmentation_train_step, model=model, head=head, optimizer=optimizer, objective=objective,
-        pixels=PixelConfig(), moment_rate=float(config.model.moment_rate),
+def segmentation_config(case: SegmenterCase, head: str, batch: int, dtype: str, components: int = 0):
+    """The case's paper config with its segmenter, the head, batch, dtype, crop (and K when not 0)."""
+    config = load_config(case.config)
+    config.model.encoder = case.name
+    config.model.head = head
+    config.model.dtype = dtype
+    config.batch_size = batch
+    config.segmentation.crop_size = case.crop
+    if components:
+        config.model.num_components = components
+    return config
+
+
+def build_segmentation_steps(case: SegmenterCase, head: str, batch: dict, args, batch_size: int, mesh):
+    """(train step, eval step, compile seconds) of one head, built and compiled as segmentation training does."""
+    config = segmentation_config(case, head, batch_size, args.dtype, args.components)
+    model = create_model(config.model, case.num_classes)
+    optimizer, _ = state_lib.create_optimizer(config, STEPS_PER_EPOCH, TOTAL_STEPS)
+    train_state, shardings = state_lib.create_sharded_train_state(
+        config, model, optimizer, (*case.crop, 3), case.num_classes, mesh
     )
     start = time.perf_counter()
-    compiled_train = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-    eval_variables = jax.tree.map(jnp.copy, variables)
+    train_step = train.make_train_step(config, model, optimizer, shardings, mesh, case.num_classes)
+    compiled_train = train_step.lower(train_state, batch).compile()
+    variables = jax.tree.map(jnp.copy, forward_lib.model_variables(train_state))
     forward = jax.jit(functools.partial(segmentation_eval_step, model=model))
-    compiled_eval = forward.lower(eval_variables, batch["image"]).compile()
+    compiled_eval = forward.lower(variables, batch["image"]).compile()
     compile_s = time.perf_counter() - start
-    return (Timed(f"{head}_train", compiled_train, [state, batch], carries_state=True),
-            Timed(f"{head}_eval", compiled_eval, [eval_variables, batch["image"]], carries_state=False),
+    return (Timed(f"{head}_train", compiled_train, [train_state, batch], carries_state=True),
+            Timed(f"{head}_eval", compiled_eval, [variables, batch["image"]], carries_state=False),
             compile_s)
 
 
@@ -542,14 +505,15 @@ def benchmark_segmenter(case: SegmenterCase, args, mesh, log) -> dict:
     built, compile_s = {}, {}
     for head in HEADS:
         built[f"{head}_train"], built[f"{head}_eval"], compile_s[head] = build_segmentation_steps(
-            case, head, batch, args)
+            case, head, batch, args, batch_size, mesh)
         log(f"{case.name}: {head} steps compiled ({compile_s[head]:.0f} s)")
     train_steps = [built["lgmm_train"], built["softmax_train"]]
     eval_steps = [built["lgmm_eval"], built["softmax_eval"]]
     time_round_robin(train_steps, reps)
     time_round_robin(eval_steps, 3 * reps)
     log(f"{case.name}: {reps} train and {3 * reps} eval rounds timed")
-    result = {"num_classes": case.num_classes, "crop": list(case.crop), "batch": batch_size,
+    components = args.components or load_config(case.config).model.num_components
+    result = {"num_classes": case.num_classes, "components": components, "crop": list(case.crop), "batch": batch_size,
               "train_rounds": reps, "eval_rounds": 3 * reps,
               "compile_s": {name: round(seconds, 1) for name, seconds in compile_s.items()},
               "steps": {step.name: step_entry(step, batch_size, None) for step in train_steps + eval_steps}}
@@ -557,7 +521,7 @@ def benchmark_segmenter(case: SegmenterCase, args, mesh, log) -> dict:
 
 
 def print_segmenter(name: str, r: dict) -> None:
-    print(f"\n{name}: C={r['num_classes']} crop {r['crop'][0]}x{r['crop'][1]} batch {r['batch']}, "
+    print(f"\n{name}: C={r['num_classes']} K={r['components']} crop {r['crop'][0]}x{r['crop'][1]} batch {r['batch']}, "
           f"{r['train_rounds']}/{r['eval_rounds']} train/eval rounds, compile s {r['compile_s']}")
     print(f"{'step':22s} {'median ms':>10s} {'min ms':>9s} {'img/s':>9s} {'GFLOP':>9s}")
     for step, e in r["steps"].items():
@@ -571,7 +535,7 @@ def main(argv=None) -> None:
     device = jax.devices()[0]
     mesh = make_mesh()
     peak = peak_flops(device, args.dtype, args.peak_tflops)
-    config = default_config()
+    config = load_config()
     memory_size = args.memory_size or config.memory_size
     sinkhorn = args.sinkhorn_iterations if args.sinkhorn_iterations >= 0 else config.loss.sinkhorn_iterations
     print(f"device: {device.platform} {device.device_kind} (x{jax.device_count()}), dtype {args.dtype}, "

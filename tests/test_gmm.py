@@ -63,6 +63,31 @@ def test_shared_scale_log_likelihood_matches_scipy(reduction):
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-3)
 
 
+def test_shared_scale_gradients_match_the_closed_form_in_float64():
+    """The hand-written backward pass of the components-major logsumexp (`_components_logsumexp`) against Eq. 4's
+    derivatives in float64 numpy: with responsibilities r_bck and upstream g_bc,
+    d/dz = -sum_ck g r (z - mu_ck) / sigma_c^2, d/dmu_ck = sum_b g r (z - mu_ck) / sigma_c^2,
+    d/dsigma_c = sum_bk g r ((z - mu_ck)^2 / sigma_c^3 - 1 / sigma_c), d/dlog pi_ck = sum_b g r."""
+    rng = np.random.default_rng(11)
+    z, means, scales, log_weights = random_mixture(rng, 13, 9, 3, 16, scale_low=0.3, scale_high=1.5)
+    shared = scales[:, :1]
+    upstream = rng.normal(size=(13, 9))
+    difference = z[:, None, None, :] - means[None]  # [B, C, K, D]
+    joint = scipy_component_log_prob(z, means, np.repeat(shared, 3, axis=1)) + log_weights[None]
+    weighted = upstream[:, :, None] * special.softmax(joint, axis=-1)  # g * r, [B, C, K]
+    expected = {
+        "z": -np.einsum("bck,bckd->bd", weighted, difference / shared[None] ** 2),
+        "means": np.einsum("bck,bckd->ckd", weighted, difference / shared[None] ** 2),
+        "scales": np.einsum("bck,bckd->cd", weighted, difference**2 / shared[None] ** 3 - 1 / shared[None])[:, None],
+        "log_weights": weighted.sum(0),
+    }
+    loss = lambda *args: jnp.sum(gmm.shared_scale_log_likelihood(*args) * upstream)
+    got = jax.grad(loss, argnums=(0, 1, 2, 3))(*as32(z, means, shared, log_weights))
+    for name, value in zip(expected, got):
+        np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-4 * np.abs(expected[name]).max(),
+                                   err_msg=name)
+
+
 def test_single_component_matches_scipy_multivariate_normal():
     rng = np.random.default_rng(0)
     z, means, scales, _ = random_mixture(rng, 5, 2, 1, 8)
