@@ -83,6 +83,7 @@ VARIANTS = {
     # issue 13: the latent space (L-GMM's own backbone features separate MNIST far better than its
     # L2-normalised latents: bench/diagnose.py)
     "raw_latent": {"model.latent_normalization": "none"},
+    "log_norm_latent": {"model.latent_normalization": "l2_log_norm"},
     "layernorm_latent": {"model.latent_normalization": "layernorm_l2"},
     "raw_latent_t3": {"model.latent_normalization": "none", "loss.discriminative_temperature": 3.0},
     "raw_latent_t30": {"model.latent_normalization": "none", "loss.discriminative_temperature": 30.0},

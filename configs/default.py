@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.head = "lgmm"  # or 'softmax': the discriminative counterpart
     config.model.num_components = 3  # K, Section 2.2 / Table 7(d)
     config.model.latent_dim = 128  # D, Section 5.1
-    config.model.latent_normalization = "l2"  # l2, none or layernorm_l2 (DESIGN.md section 1)
+    config.model.latent_normalization = "l2"  # l2, none, layernorm_l2 or l2_log_norm (DESIGN.md section 1)
     config.model.init_scale = 0.1  # about 1/sqrt(D): the scale of the unit sphere
     config.model.scale_floor = 0.05  # sigma = floor + softplus(rho) can never collapse
     config.model.share_scale = True  # one diagonal scale per class, shared by its K components

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from lgmm_jax.models.backbones import create_backbone
 from lgmm_jax.models.gmm import GMMHead
 
-LATENT_NORMALIZATIONS = ("l2", "none", "layernorm_l2")
+LATENT_NORMALIZATIONS = ("l2", "none", "layernorm_l2", "l2_log_norm")
 
 
 def l2_normalize(z: jax.Array, epsilon: float = 1e-6) -> jax.Array:
@@ -34,7 +34,11 @@ def require_latent_normalization(name: str) -> None:
 
 def normalize_latents(z: jax.Array, normalization: str, layer_norm=None) -> jax.Array:
     """The projected latents as configured: "none" as they are, "l2" z / |z|, "layernorm_l2" the
-    `layer_norm` module first, then z / |z| (over the last axis)."""
+    `layer_norm` module first, then z / |z| (over the last axis), "l2_log_norm" [z / |z|, log |z|] (the
+    direction on the sphere plus the norm that L2 normalisation discards: one more dimension)."""
+    if normalization == "l2_log_norm":
+        log_norm = 0.5 * jnp.log(jnp.maximum(jnp.sum(jnp.square(z), axis=-1, keepdims=True), 1e-12))
+        return jnp.concatenate([l2_normalize(z), log_norm], axis=-1)
     if normalization == "layernorm_l2":
         z = layer_norm(z)
     if normalization in ("l2", "layernorm_l2"):
@@ -49,7 +53,9 @@ def latent_modules(model: nn.Module) -> tuple[nn.Dense, nn.LayerNorm | None, GMM
     `projection`, `latent_norm` and `head` (the parameter names the train step and checkpoints use).
     """
     require_latent_normalization(model.latent_normalization)
-    projection = nn.Dense(model.latent_dim, dtype=model.dtype, param_dtype=jnp.float32)
+    # "l2_log_norm" appends log |x| to the direction: the projection gives one dimension fewer.
+    projected_dim = model.latent_dim - (model.latent_normalization == "l2_log_norm")
+    projection = nn.Dense(projected_dim, dtype=model.dtype, param_dtype=jnp.float32)
     latent_norm = None
     if model.latent_normalization == "layernorm_l2":
         latent_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
