@@ -103,7 +103,8 @@ def shared_scale_log_likelihood(
     K on K contiguous [B, C] slabs instead of a minor axis of size K. The logsumexp has a hand-written
     gradient (`_components_logsumexp`). On the CPU, for a segmenter's per-pixel log-likelihoods (150
     classes, K = 3, D = 64), this halves the forward pass of the [B, C, K] layout and the forward and
-    backward pass of autodiff, at equal values and gradients up to rounding.
+    backward pass of autodiff, at equal values and gradients up to rounding. Being a `jax.custom_vjp`,
+    the logsumexp path supports reverse-mode differentiation only (`jax.grad`, `jax.vjp`), not `jax.jvp`.
     """
     chex.assert_rank(z, 2)
     num_classes, num_components, dim = means.shape
