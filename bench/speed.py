@@ -34,9 +34,11 @@ segmenter's family (SegFormer: `configs/ade20k_segformer_b5.py`, 150 classes, K 
 `batch_size` and the crop overridden, its optimiser, `state.create_sharded_train_state` and
 `train.make_train_step` (L-GMM: `objective.pixel_lgmm_objective`, the counted weights and the
 moment-matched Gaussians; softmax: mmseg's per-pixel cross-entropy; DeepLabv3+'s auxiliary head for both).
-The eval step is the forward, scores upsampled to the image, argmax and max.
+The eval step is the forward, scores upsampled to the image, argmax and max. `--components` overrides K;
+`segformer_b5` is the paper's SegFormer.
 
     python bench/speed.py --encoders '' --segmenters segformer_b0,deeplabv3plus_r50 --quick
+    python bench/speed.py --encoders '' --segmenters segformer_b0 --components 3 --crop 512x512 --quick
 """
 
 from __future__ import annotations
