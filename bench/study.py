@@ -8,7 +8,9 @@
 Each run is one `lgmm_jax.train.train_and_evaluate` with the suite's base config plus a variant's
 overrides, in its own workdir under --root (default: `studies/` in the checkout, ignored by git). A
 finished run is not repeated and an unfinished one resumes from its last checkpoint, so the study can be
-stopped at any moment and started again with the same command (delete a run's folder to redo it).
+stopped at any moment and started again with the same command (delete a run's folder to redo it);
+`--collect` trains nothing and writes the JSON from the runs of the plan that have finished, e.g. after
+running subsets (`--only`, `--seeds`, `--protocols`) to their own --output.
 Every variant runs on each protocol of the suite (Fashion-MNIST: all ten classes known with MNIST-5k as
 unknown, and the 6/4 split) for each seed, seed by seed, so that the first seed of every variant is done
 before the second starts. The main variants also evaluate after the suite's curve epochs (a learning
@@ -160,13 +162,17 @@ def run_workdir(root: str, suite: str, protocol: str, variant: str, seed: int) -
     return os.path.join(root, suite, protocol, variant, f"seed{seed}")
 
 
+def finished_run(root: str, suite: str, protocol: str, variant: str, seed: int) -> bool:
+    return os.path.exists(os.path.join(run_workdir(root, suite, protocol, variant, seed), "results.json"))
+
+
 def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, root: str, curve=()) -> dict:
     """results.json of one run: read if it finished before, else trained (resuming where it stopped)."""
     from lgmm_jax import train
 
     workdir = run_workdir(root, suite, protocol, variant, seed)
     results_path = os.path.join(workdir, "results.json")
-    if os.path.exists(results_path):
+    if finished_run(root, suite, protocol, variant, seed):
         with open(results_path) as f:
             return json.load(f)
     make_config = SUITES[suite][0]
@@ -285,12 +291,19 @@ def main(argv=None) -> None:
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                         help="also run ABLATIONS on the first protocol")
     parser.add_argument("--ablation_seeds", default="0", help="seeds of the ablations, comma-separated")
+    parser.add_argument("--protocols", default=None, help="comma-separated; default: the suite's")
     parser.add_argument("--epochs", type=float, default=None, help="default: the suite's")
     parser.add_argument("--root", default=os.path.join(REPOSITORY, "studies"))
     parser.add_argument("--output", default=None, help="default: bench/results/<suite>.json")
     parser.add_argument("--curve_plot", default=None, help="default: bench/results/<suite>_curve.png")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: write --output from the runs of the plan that have finished")
     args = parser.parse_args(argv)
-    _, protocols, default_epochs, curve_epochs = SUITES[args.suite]
+    _, suite_protocols, default_epochs, curve_epochs = SUITES[args.suite]
+    protocols = args.protocols.split(",") if args.protocols else list(suite_protocols)
+    if not set(protocols) <= set(suite_protocols):
+        parser.error(f"unknown protocols {sorted(set(protocols) - set(suite_protocols))}; "
+                     f"the {args.suite} suite has {list(suite_protocols)}")
     epochs = args.epochs or default_epochs
     variants = [v for v in args.only.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -308,11 +321,14 @@ def main(argv=None) -> None:
     started = time.time()
     for protocol, variant, seed, with_curve in study_plan(protocols, variants, seeds, args.ablations, ablation_seeds):
         curve = curve_epochs if with_curve else ()
+        if args.collect and not finished_run(args.root, args.suite, protocol, variant, seed):
+            continue
         results = run_one(args.suite, protocol, variant, seed, epochs, args.root, curve)
         workdir = run_workdir(args.root, args.suite, protocol, variant, seed)
         points = read_curve(workdir, curve, epochs, results) if with_curve else None
         finished.setdefault((protocol, variant), []).append((seed, results, points))
-        study["minutes"] = round((time.time() - started) / 60, 1)
+        if not args.collect:
+            study["minutes"] = round((time.time() - started) / 60, 1)
         write_study(study, finished, output)
         plot_curve(study, curve_plot)
     print(markdown(study))

@@ -1,0 +1,69 @@
+"""bench/study.py's bookkeeping: which runs a plan holds and how --collect gathers the finished ones."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+STUDY_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "study.py")
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("bench_study", STUDY_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finished_results(top1: float, auroc: float) -> dict:
+    metrics = {"auroc": auroc, "fpr95": 0.5, "aupr_in": 0.9, "aupr_out": 0.4}
+    return {"closed_set": {"top1": top1}, "open_set": {"mnist": {"likelihood": metrics}},
+            "components": {"mean_effective_components": 2.5}}
+
+
+def write_run(study, root, protocol, variant, seed, results):
+    workdir = study.run_workdir(root, "fashion_mnist", protocol, variant, seed)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f)
+
+
+def test_the_plan_runs_seed_by_seed_then_candidates_then_ablations_on_the_first_protocol(study):
+    plan = study.study_plan(["a", "b"], ["lgmm", "softmax"], [0, 1], True, [0])
+    assert plan[:4] == [("a", "lgmm", 0, True), ("a", "softmax", 0, True), ("b", "lgmm", 0, True),
+                        ("b", "softmax", 0, True)]
+    assert [(p, v) for p, v, _, _ in plan[8:8 + 2 * len(study.CANDIDATES)]] == [
+        (p, v) for p in ("a", "b") for v in study.CANDIDATES]
+    ablations = plan[8 + 2 * len(study.CANDIDATES):]
+    assert [v for _, v, _, _ in ablations] == list(study.ABLATIONS)
+    assert {p for p, _, _, _ in ablations} == {"a"} and not any(curve for *_, curve in ablations)
+
+
+def test_collect_gathers_the_finished_runs_and_trains_nothing(study, tmp_path, monkeypatch):
+    root, output = str(tmp_path / "runs"), str(tmp_path / "study.json")
+    protocol = "fashion_mnist_vs_mnist"
+    write_run(study, root, protocol, "lgmm", 0, finished_results(0.88, 0.80))
+    write_run(study, root, protocol, "lgmm", 2, finished_results(0.90, 0.90))
+    write_run(study, root, protocol, "lgmm_k1", 1, finished_results(0.895, 0.75))
+    from lgmm_jax import train
+
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *args, **kwargs: pytest.fail("--collect trained"))
+    study.main(["--collect", "--only=lgmm", "--seeds=0,1,2", "--ablation_seeds=0,1", f"--root={root}",
+                f"--output={output}", f"--curve_plot={tmp_path / 'curve.png'}"])
+    with open(output) as f:
+        written = json.load(f)
+    lgmm = written["rows"]["lgmm"][protocol]
+    assert lgmm["seed_ids"] == [0, 2]
+    assert lgmm["summary"]["closed_set"]["top1"]["mean"] == pytest.approx(0.89)
+    assert lgmm["summary"]["open_set"]["mnist"]["likelihood"]["auroc"]["std"] == pytest.approx(0.05)
+    assert written["rows"]["lgmm_k1"][protocol]["seed_ids"] == [1]
+    assert set(written["rows"]) == {"lgmm", "lgmm_k1"} and "minutes" not in written
+
+
+def test_an_unknown_protocol_is_refused_by_name(study, capsys):
+    with pytest.raises(SystemExit) as raised:
+        study.main(["--protocols=cifar10_6_4", "--collect"])
+    assert raised.value.code == 2
+    assert "unknown protocols ['cifar10_6_4']" in capsys.readouterr().err
