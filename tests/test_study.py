@@ -1,20 +1,16 @@
 """bench/study.py's bookkeeping: which runs a plan holds and how --collect gathers the finished ones."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-STUDY_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "study.py")
+from tests import bench_scripts
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("bench_study", STUDY_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("study")
 
 
 def finished_results(top1: float, auroc: float) -> dict:
