@@ -88,6 +88,7 @@ VARIANTS = {
     "log_norm_latent": {"model.latent_normalization": "l2_log_norm"},
     "layernorm_latent": {"model.latent_normalization": "layernorm_l2"},
     "raw_latent_k1": {"model.latent_normalization": "none", "model.num_components": 1},
+    "latent_dim_32": {"model.latent_dim": 32},
     "raw_latent_t3": {"model.latent_normalization": "none", "loss.discriminative_temperature": 3.0},
     "raw_latent_t30": {"model.latent_normalization": "none", "loss.discriminative_temperature": 30.0},
 }
