@@ -37,6 +37,14 @@ def test_the_plan_runs_seed_by_seed_then_candidates_then_ablations_on_the_first_
     assert {p for p, _, _, _ in ablations} == {"a"} and not any(curve for *_, curve in ablations)
 
 
+def test_the_levers_run_once_each_on_their_own_protocol_after_the_ablations(study):
+    protocols = ["fashion_mnist_vs_mnist", "fashion_mnist_6_4"]
+    plan = study.study_plan(protocols, ["lgmm"], [0], True, [1, 2])
+    levers = [(p, v, s) for p, v, s, _ in plan if v in study.LEVERS.get(p, ())]
+    assert levers == [(p, v, 1) for p in protocols for v in study.LEVERS[p]]
+    assert plan[-len(levers):] == [(*lever, False) for lever in levers]
+
+
 def test_collect_gathers_the_finished_runs_and_trains_nothing(study, tmp_path, monkeypatch):
     root, output = str(tmp_path / "runs"), str(tmp_path / "study.json")
     protocol = "fashion_mnist_vs_mnist"
