@@ -338,8 +338,11 @@ def main(argv=None) -> None:
         workdir = run_workdir(args.root, args.suite, protocol, variant, seed)
         points = read_curve(workdir, curve, epochs, results) if with_curve else None
         finished.setdefault((protocol, variant), []).append((seed, results, points))
-        if not args.collect:
+        if not args.collect:  # after every run, so that a stopped study keeps what it finished
             study["minutes"] = round((time.time() - started) / 60, 1)
+            write_study(study, finished, output)
+            plot_curve(study, curve_plot)
+    if args.collect:
         write_study(study, finished, output)
         plot_curve(study, curve_plot)
     print(markdown(study))
