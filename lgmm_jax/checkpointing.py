@@ -61,6 +61,7 @@ SHAPE_KEYS = (
     "protocol_split",
     "memory_size",
     "model.encoder",
+    "model.encoder_widths",
     "model.head",
     "model.num_components",
     "model.latent_dim",
@@ -68,6 +69,8 @@ SHAPE_KEYS = (
     "model.latent_normalization",
     "optimizer.name",
 )
+# What a shape key meant in a config written before the key existed.
+SHAPE_KEY_DEFAULTS = {"model.encoder_widths": ()}
 
 
 class Preempted(Exception):
@@ -98,6 +101,8 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
         ) from None
     for key in SHAPE_KEYS:
         old, new = config_value(saved, key), config_value(config, key)
+        if old is None:
+            old = SHAPE_KEY_DEFAULTS.get(key)
         if isinstance(old, list):
             old = tuple(old)
         if old != new:

@@ -237,6 +237,21 @@ def test_no_complete_checkpoint_starts_fresh(tmp_path):
     manager.close()
 
 
+def test_a_workdir_of_another_encoder_width_is_refused_and_one_from_before_the_key_is_not(tmp_path):
+    """config.json written before `model.encoder_widths` existed means the default widths."""
+    from configs import default
+
+    config = default.get_config()
+    saved = json.loads(config.to_json())
+    del saved["model"]["encoder_widths"]
+    (tmp_path / checkpointing.CONFIG_FILE).write_text(json.dumps(saved))
+    checkpointing.check_compatible(str(tmp_path), config)
+    config.model.encoder_widths = (64, 128, 256)
+    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                       match=r"model.encoder_widths=\(\).*model.encoder_widths=\(64, 128, 256\).*new --workdir"):
+        checkpointing.check_compatible(str(tmp_path), config)
+
+
 def test_metrics_after_the_restored_step_are_dropped_and_a_torn_line_ignored():
     text = "".join(json.dumps({"step": s, "loss": -s}) + "\n" for s in (5, 10, 15)) + '{"step": 20, "lo'
     assert train.read_metrics(text, up_to_step=10) == [{"step": 5, "loss": -5}, {"step": 10, "loss": -10}]

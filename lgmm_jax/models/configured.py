@@ -24,9 +24,21 @@ def compute_dtype(name: str):
 
 def backbone_options(model_config: ml_collections.ConfigDict) -> dict:
     """Keyword arguments of `create_backbone` that the config sets and the encoder has: `zero_init_residual`
-    is a ResNet option (a config that switches a ResNet recipe to another encoder keeps working)."""
-    wanted = model_config.get("zero_init_residual", False) and "resnet" in model_config.encoder
-    return {"zero_init_residual": True} if wanted else {}
+    is a ResNet option (a config that switches a ResNet recipe to another encoder keeps working);
+    `encoder_widths` sets the small CNN's channels and is refused for any other encoder, whose widths are
+    the published ones."""
+    options = {}
+    if model_config.get("zero_init_residual", False) and "resnet" in model_config.encoder:
+        options["zero_init_residual"] = True
+    widths = tuple(model_config.get("encoder_widths", ()))
+    if widths:
+        if model_config.encoder != "small_cnn":
+            raise ValueError(f"model.encoder_widths={widths} applies to small_cnn only, not "
+                             f"{model_config.encoder!r}; leave it empty (the published widths)")
+        if any(int(w) != w or w < 1 for w in widths):
+            raise ValueError(f"model.encoder_widths={widths} must be positive integers, e.g. (64, 128, 256)")
+        options["widths"] = tuple(int(w) for w in widths)
+    return options
 
 
 def is_segmenter(encoder: str) -> bool:

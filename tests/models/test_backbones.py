@@ -237,3 +237,36 @@ def test_bad_options_and_inputs_raise_value_errors():
         abstract_init_with_output(backbones.create_backbone("swin_t"), (1, 30, 30, 3))
     with pytest.raises(ValueError, match="whole windows"):
         abstract_init_with_output(backbones.create_backbone("swin_t"), (1, 64, 64, 3))
+
+
+def _small_cnn_parameter_count(widths, num_classes):
+    """Written out: 3x3 convs without bias from 1 channel, a BatchNorm scale and bias per channel, a Dense head."""
+    channels = (1, *widths)
+    convs = sum(9 * c_in * c_out + 2 * c_out for c_in, c_out in zip(channels, channels[1:]))
+    return convs + widths[-1] * num_classes + num_classes
+
+
+@pytest.mark.parametrize("widths", [(), (64, 128, 256), (16, 32)])
+def test_model_encoder_widths_sets_the_small_cnns_channels(widths):
+    from configs import default
+    from lgmm_jax.models.configured import create_model
+
+    config = default.get_config()
+    config.model.encoder, config.model.head, config.model.encoder_widths = "small_cnn", "softmax", widths
+    logits, variables = abstract_init_with_output(create_model(config.model, 10), (1, 28, 28, 1))
+    expected_widths = widths or (32, 64, 128)
+    assert count_parameters(variables) == _small_cnn_parameter_count(expected_widths, 10)
+    assert logits.shape == (1, 10)
+    config.model.head = "lgmm"
+    features, _ = abstract_init_with_output(create_model(config.model, 10).backbone, (1, 28, 28, 1))
+    assert features.shape == (1, expected_widths[-1])
+
+
+def test_model_encoder_widths_is_refused_for_a_published_encoder():
+    from configs import default
+    from lgmm_jax.models.configured import create_model
+
+    config = default.get_config()
+    config.model.encoder, config.model.encoder_widths = "resnet18", (64, 128)
+    with pytest.raises(ValueError, match="encoder_widths=.*small_cnn only.*'resnet18'"):
+        create_model(config.model, 10)
