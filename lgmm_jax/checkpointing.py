@@ -88,6 +88,13 @@ def config_value(config, dotted: str):
     return value
 
 
+def comparable(value, key: str):
+    """A shape key's value as a config of any age writes it: the default where the key is missing, a
+    sequence as a tuple (JSON gives lists)."""
+    value = SHAPE_KEY_DEFAULTS.get(key) if value is None else value
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuse a workdir whose saved config differs in a shape-defining key; never touch its files."""
     path = epath.Path(workdir) / CONFIG_FILE
@@ -100,11 +107,7 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
             f"{path} is not valid JSON ({error}): use a new --workdir (nothing in this one was changed)"
         ) from None
     for key in SHAPE_KEYS:
-        old, new = config_value(saved, key), config_value(config, key)
-        if old is None:
-            old = SHAPE_KEY_DEFAULTS.get(key)
-        if isinstance(old, list):
-            old = tuple(old)
+        old, new = (comparable(config_value(c, key), key) for c in (saved, config))
         if old != new:
             raise IncompatibleCheckpointError(
                 f"workdir {workdir} holds a run with {key}={old!r}, this config has {key}={new!r}: "

@@ -7,7 +7,7 @@
 
 Every example of every evaluation set is seen once (padded, masked batches). Known-class test data give
 top-1/top-5; each unknown set is scored against them with every score the head has (L-GMM: `likelihood`,
-`marginal`; softmax: `msp`, `maxlogit`, `energy`, `odin`, `kl_matching`, `mahalanobis`). Scores that need
+`marginal`, `posterior`; softmax: `msp`, `maxlogit`, `energy`, `odin`, `kl_matching`, `mahalanobis`). Scores that need
 fitting (KL templates, ODIN*'s step, Mahalanobis statistics, rejection thresholds) are fitted on the
 held-out validation split or the training split of the known classes, never on test or unknown data.
 Writes results.json, report.md and PNG plots into the output folder.
@@ -212,8 +212,9 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
         )
 
     known_test = run(source(protocol.dataset, protocol.test_split), known, extra=extra)
-    known_scores = forward.score_table(known_test, fitted, chosen)
-    validation_scores = forward.score_table(validation, fitted, chosen)
+    temperature = forward.posterior_temperature_of(config)
+    known_scores = forward.score_table(known_test, fitted, chosen, temperature)
+    validation_scores = forward.score_table(validation, fitted, chosen, temperature)
     results: dict[str, Any] = {
         "protocol": protocol.name,
         "head": head,
@@ -233,7 +234,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     plots = {}
     for ref, name, unknown_source in zip(protocol.unknown, unknown_names, unknown_sources):
         unknown = run(unknown_source, ref.classes, all_unknown=True, extra=extra)
-        unknown_scores = forward.score_table(unknown, fitted, chosen)
+        unknown_scores = forward.score_table(unknown, fitted, chosen, temperature)
         results["open_set"][name] = {
             score: metrics.ood_metrics(known_scores[score], unknown_scores[score]) for score in chosen
         }

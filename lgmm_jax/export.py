@@ -1,6 +1,6 @@
 """Export a training run's latest checkpoint as a self-contained model folder for inference and evaluation.
 
-    python -m lgmm_jax.export --workdir=RUN --output=EXPORTED [--score=marginal]
+    python -m lgmm_jax.export --workdir=RUN --output=EXPORTED [--score=marginal|posterior]
 
 The folder holds no pickle:
 
@@ -124,7 +124,8 @@ def validation_scores(trained: evaluate.TrainedModel, score_name: str, mesh) -> 
     batches = experiment.eval_stream(config, protocol, source, protocol.known_classes)
     forward_fn = forward.make_forward(trained.model, config.model.head, mesh)
     outputs = forward.collect(batches, mesh, trained.variables, forward_fn)
-    return forward.score_table(outputs, {}, (score_name,))[score_name]
+    temperature = forward.posterior_temperature_of(config)
+    return forward.score_table(outputs, {}, (score_name,), temperature)[score_name]
 
 
 def describe(
@@ -221,7 +222,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "a training run's folder: export its latest checkpoint")
     flags.DEFINE_string("output", None, "the new folder to write the exported model into")
-    flags.DEFINE_string("score", None, "L-GMM: likelihood (default) or marginal; softmax: msp (default), "
+    flags.DEFINE_string("score", None, "L-GMM: likelihood (default), marginal or posterior; softmax: msp (default), "
                         "maxlogit or energy (segmenters: likelihood; msp, maxlogit or entropy)")
 
 

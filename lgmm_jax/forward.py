@@ -78,16 +78,20 @@ def collect(batches, mesh, variables, forward, extra=None) -> dict[str, np.ndarr
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def score_table(outputs: dict, fitted: dict, chosen) -> dict[str, np.ndarray]:
+def score_table(outputs: dict, fitted: dict, chosen, posterior_temperature: float = 1.0
+                ) -> dict[str, np.ndarray]:
     """name -> [N] float64 scores (higher = more in-distribution) of one evaluation set's outputs.
 
     `fitted` holds what a score fitted on known data beforehand: `kl_templates`, `mahalanobis`
-    ((class means, precision)); ODIN's scores come computed, as the output `odin`.
+    ((class means, precision)); ODIN's scores come computed, as the output `odin`. L-GMM's `posterior`
+    is tempered by `posterior_temperature`, L_D's temperature (`posterior_temperature_of(config)`).
     """
     table: dict[str, Any] = {}
     for name in chosen:
         if name in ("likelihood", "marginal"):
             table[name] = getattr(scores, name)(outputs["class_log_likelihood"])
+        elif name == "posterior":
+            table[name] = scores.posterior(outputs["class_log_likelihood"], posterior_temperature)
         elif name in ("msp", "maxlogit", "energy"):
             table[name] = getattr(scores, name)(outputs["logits"])
         elif name == "odin":
@@ -99,6 +103,11 @@ def score_table(outputs: dict, fitted: dict, chosen) -> dict[str, np.ndarray]:
         else:
             raise ValueError(f"unknown score {name!r}: use one of {tuple(scores.SCORE_FUNCTIONS)}")
     return {name: np.asarray(value, np.float64) for name, value in table.items()}
+
+
+def posterior_temperature_of(config) -> float:
+    """The temperature T of L-GMM's class posterior softmax(log p(z|y) / T): L_D's, which trained it."""
+    return float(config.loss.get("discriminative_temperature", 1.0))
 
 
 def predictions(head: str, outputs: dict) -> np.ndarray:

@@ -76,13 +76,14 @@ def run(tmp_path_factory):
             "evaluated": evaluated, "model_evaluated": model_evaluated, "completed": completed}
 
 
-def assert_same_numbers(actual, expected):
+def assert_same_numbers(actual, expected, tolerance=1e-9):
+    """Equal keys, equal integers, floats within `tolerance` (relative, and absolute near 0)."""
     assert set(actual) == set(expected)
     for key, value in expected.items():
         if isinstance(value, dict):
-            assert_same_numbers(actual[key], value)
+            assert_same_numbers(actual[key], value, tolerance)
         elif isinstance(value, float):
-            assert actual[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+            assert actual[key] == pytest.approx(value, rel=tolerance, abs=tolerance * 1e-3), key
         else:
             assert np.array_equal(np.asarray(actual[key]), np.asarray(value)), key
 
@@ -133,11 +134,14 @@ def test_a_workdir_without_checkpoints_is_one_line_and_a_nonzero_exit(run):
 
 def test_config_overrides_reach_the_evaluation_and_padding_changes_no_number(run):
     """`--config.eval_batch_size=7`: a batch size that splits no data set evenly; every example is still
-    seen once (the last batch padded and masked), so every number equals the training run's."""
+    seen once (the last batch padded and masked), so every count equals the training run's and every
+    number does up to float32 rounding: XLA's convolutions round differently for another batch shape
+    (log p(z|y) moves by up to 1e-4 of ~-100; the posterior's log-odds, a difference of two such values
+    over T, by up to 1e-5)."""
     trained, overridden = run["trained"], run["overridden"]
     for key in ("closed_set", "thresholds", "components"):
-        assert_same_numbers(overridden[key], trained[key])
-    assert_same_numbers(overridden["open_set"], trained["open_set"])
+        assert_same_numbers(overridden[key], trained[key], tolerance=1e-4)
+    assert_same_numbers(overridden["open_set"], trained["open_set"], tolerance=1e-4)
 
 
 def test_a_config_file_is_refused_by_evaluate(run):

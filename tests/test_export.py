@@ -203,6 +203,20 @@ def test_export_refuses_to_overwrite_and_never_leaves_half_an_export(run, tmp_pa
         export.export_model(run["workdir"], str(tmp_path / "other"), score_name="msp")
 
 
+def test_lgmm_model_exports_with_its_tempered_class_posterior(run, tmp_path):
+    exported = str(tmp_path / "posterior")
+    description = export.export_model(run["workdir"], exported, score_name="posterior")
+    # The threshold is the one the training run's evaluation fitted for the same score.
+    assert description["score"] == "posterior"
+    assert description["threshold"] == pytest.approx(run["results"]["thresholds"]["posterior"], abs=1e-6)
+    predicted = inference.load(exported).predict(run["test_images"])
+    temperature = configs.default.get_config().loss.discriminative_temperature
+    assert temperature != 1.0  # the test would not tell the temperature was applied
+    expected = special.softmax(predicted["log_posterior"].astype(np.float64) / temperature, -1).max(-1)
+    np.testing.assert_allclose(predicted["score"], expected, atol=1e-5)
+    np.testing.assert_array_equal(predicted["known"], predicted["score"] >= description["threshold"])
+
+
 def test_softmax_model_exports_with_msp(tmp_path):
     workdir, exported = str(tmp_path / "run"), str(tmp_path / "exported")
     results = train_tiny(workdir, **{"model.head": "softmax", "eval.scores": ("msp",)})

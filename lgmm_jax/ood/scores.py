@@ -6,6 +6,10 @@ recognized by applying a threshold to the probability", Section 2.2 after Eq. 7)
 
 * ``likelihood``: ``max_y log p(z|y)`` (the default; reject when below tau).
 * ``marginal``: ``log p(z) = logsumexp_y log p(z|y) - log C`` under the uniform class prior.
+* ``posterior``: the log-odds of ``max_y p(y|z)`` with ``p(y|z) = softmax_y(log p(z|y) / T)``, the class
+  posterior that L_D trains (Eq. 7 at its temperature T): it reads how ambiguous z is between the known
+  classes, where the likelihood reads how far z is from all of them (README "Results": the near-OOD
+  read-out).
 
 The discriminative counterpart is scored from its logits [B, C] (paper Table 3 and Table 10):
 
@@ -38,7 +42,7 @@ import scipy.linalg
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
-LGMM_SCORES = ("likelihood", "marginal")
+LGMM_SCORES = ("likelihood", "marginal", "posterior")
 SOFTMAX_SCORES = ("msp", "maxlogit", "energy", "odin", "kl_matching", "mahalanobis")
 
 # ODIN's defaults (Liang et al., 2018) and Generalized ODIN's epsilon grid (Hsu et al., 2020, Sec. 3.2).
@@ -85,6 +89,24 @@ def marginal(class_log_likelihood: jax.Array) -> jax.Array:
     _require_rank(class_log_likelihood, 2, "class_log_likelihood", "[B, C]")
     num_classes = class_log_likelihood.shape[-1]
     return jax.nn.logsumexp(_as_float(class_log_likelihood), axis=-1) - math.log(num_classes)
+
+
+@jax.jit
+def posterior(class_log_likelihood: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
+    """s(x) = log(p / (1 - p)) with p = max_y p(y|z), p(y|z) = softmax_y(log p(z|y) / T): [B, C] -> [B].
+
+    p is the most probable class's posterior under L_D's tempered class posterior (Eq. 7 with
+    `loss.discriminative_temperature` T), the MSP of the logits log p(z|y) / T. It is high where z is far
+    more likely under one class than under the others and low where z lies between classes, however
+    likely z is under them. The score is p's log-odds, max_y l_y - logsumexp_{y != argmax} l_y with
+    l = log p(z|y) / T: it ranks exactly as p does, but p itself rounds to 1.0 in float32 once the
+    runner-up is 17 nats behind, which ties the confident known images. Needs C >= 2.
+    """
+    _require_rank(class_log_likelihood, 2, "class_log_likelihood", "[B, C]")
+    scaled = _as_float(class_log_likelihood) / temperature
+    best = jnp.argmax(scaled, axis=-1)
+    others = jnp.where(jax.nn.one_hot(best, scaled.shape[-1], dtype=bool), -jnp.inf, scaled)
+    return jnp.max(scaled, axis=-1) - jax.nn.logsumexp(others, axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,6 +399,7 @@ def mahalanobis(features: jax.Array, class_means: jax.Array, precision: jax.Arra
 SCORE_FUNCTIONS: dict[str, Callable[..., jax.Array]] = {
     "likelihood": likelihood,  # (class_log_likelihood [B, C])
     "marginal": marginal,  # (class_log_likelihood [B, C])
+    "posterior": posterior,  # (class_log_likelihood [B, C], temperature=1.0)
     "msp": msp,  # (logits [B, C])
     "maxlogit": maxlogit,  # (logits [B, C])
     "energy": energy,  # (logits [B, C], temperature=1.0)

@@ -29,6 +29,24 @@ def test_likelihood_and_marginal_match_numpy_scipy():
     np.testing.assert_allclose(scores.marginal(class_log_likelihood), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 10.0])
+def test_posterior_is_the_largest_tempered_class_posterior_from_scipy(temperature):
+    class_log_likelihood = _rng().normal(-200.0, 30.0, size=(16, 10)).astype(np.float32)
+    probability = special.softmax(class_log_likelihood.astype(np.float64) / temperature, axis=1).max(axis=1)
+    # Compare where float64 holds p apart from 1; the score is p's log-odds.
+    expected = np.log(probability) - np.log1p(-probability)
+    got = scores.posterior(class_log_likelihood, temperature)
+    usable = probability < 1 - 1e-12
+    assert usable.sum() >= 8
+    np.testing.assert_allclose(got[usable], expected[usable], rtol=1e-5, atol=1e-4)
+    # Where p rounds to 1.0 in float32 (the runner-up 30 and 40 nats behind) the log-odds still rank.
+    confident = np.array([[0.0, -30.0, -60.0], [0.0, -40.0, -40.0]], np.float32) * temperature
+    np.testing.assert_allclose(scores.posterior(confident, temperature), [30.0, 40.0 - np.log(2)], rtol=1e-5)
+    # Ambiguity, not distance: moving every class's log-likelihood by the same amount leaves it unchanged.
+    shifted = scores.posterior(class_log_likelihood - 500.0, temperature)
+    np.testing.assert_allclose(shifted, got, rtol=1e-4, atol=1e-3)
+
+
 def test_lgmm_scores_stay_finite_for_finite_input():
     extreme = np.array([[-3e38, -3e38, -3e38], [-1e30, 5.0, -1e30], [-3e38, 0.0, 3e38]], np.float32)
     assert np.all(np.isfinite(scores.likelihood(extreme)))
@@ -47,12 +65,14 @@ def test_lgmm_scores_with_minus_inf_classes():
 
 def test_scores_upcast_low_precision_inputs():
     logits = jnp.asarray(_rng().normal(size=(4, 5)), jnp.bfloat16)
-    for function in (scores.likelihood, scores.marginal, scores.msp, scores.maxlogit, scores.energy):
+    for function in (scores.likelihood, scores.marginal, scores.posterior, scores.msp, scores.maxlogit,
+                     scores.energy):
         assert function(logits).dtype == jnp.float32
 
 
 def test_scores_reject_wrong_rank():
-    for function in (scores.likelihood, scores.marginal, scores.msp, scores.maxlogit, scores.energy):
+    for function in (scores.likelihood, scores.marginal, scores.posterior, scores.msp, scores.maxlogit,
+                     scores.energy):
         with pytest.raises(ValueError, match=r"\[B, C\]"):
             function(np.zeros(5, np.float32))
 
