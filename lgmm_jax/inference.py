@@ -152,7 +152,8 @@ class Model(ExportedModel):
 
         Returns:
           label: int64 [N], the original label id of the most probable known class.
-          log_posterior: float32 [N, C], log p(y|z) (L-GMM) or log_softmax(logits) (softmax).
+          log_posterior: float32 [N, C], log p(y|z) = log_softmax(log p(z|y) / T) at L_D's temperature T,
+            the posterior L_D trained (L-GMM; T = 1 is Eq. 7), or log_softmax(logits) (softmax).
           score: float32 [N], `score_name`, higher = more like the known classes.
           known: bool [N], score >= threshold (False = rejected as unknown).
         Raises:
@@ -173,12 +174,12 @@ class Model(ExportedModel):
         )
         outputs = forward.collect(batches, self.mesh, self.variables, self.forward)
         head_outputs = forward.predictions(self.head, outputs)
-        temperature = forward.posterior_temperature_of(self.config)
+        temperature = forward.posterior_temperature_of(self.config) if self.head == "lgmm" else 1.0
         score = forward.score_table(outputs, {}, (self.score_name,), temperature)[self.score_name]
         score = score.astype(np.float32)
         return {
             "label": np.asarray(self.known_labels, np.int64)[np.argmax(head_outputs, axis=-1)],
-            "log_posterior": np.asarray(jax.nn.log_softmax(head_outputs, axis=-1), np.float32),
+            "log_posterior": np.asarray(jax.nn.log_softmax(head_outputs / temperature, axis=-1), np.float32),
             "score": score,
             "known": score >= np.float32(self.threshold),
         }
