@@ -7,9 +7,10 @@
 
 Every example of every evaluation set is seen once (padded, masked batches). Known-class test data give
 top-1/top-5; each unknown set is scored against them with every score the head has (L-GMM: `likelihood`,
-`marginal`, `posterior`; softmax: `msp`, `maxlogit`, `energy`, `odin`, `kl_matching`, `mahalanobis`). Scores that need
-fitting (KL templates, ODIN*'s step, Mahalanobis statistics, rejection thresholds) are fitted on the
-held-out validation split or the training split of the known classes, never on test or unknown data.
+`marginal`, `posterior`; softmax: `msp`, `maxlogit`, `energy`, `odin`, `kl_matching`, `mahalanobis`).
+Scores that need fitting (KL templates, ODIN*'s step, Mahalanobis statistics, rejection thresholds) are
+fitted on the held-out validation split or the training split of the known classes, never on test or
+unknown data.
 Writes results.json, report.md and PNG plots into the output folder.
 
 A segmentation run (config.task='segmentation') is evaluated by `lgmm_jax.segmentation_evaluation`:

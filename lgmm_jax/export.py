@@ -222,8 +222,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "a training run's folder: export its latest checkpoint")
     flags.DEFINE_string("output", None, "the new folder to write the exported model into")
-    flags.DEFINE_string("score", None, "L-GMM: likelihood (default), marginal or posterior; softmax: msp (default), "
-                        "maxlogit or energy (segmenters: likelihood; msp, maxlogit or entropy)")
+    flags.DEFINE_string("score", None, "L-GMM: likelihood (default), marginal or posterior; softmax: msp "
+                        "(default), maxlogit or energy (segmenters: likelihood; msp, maxlogit or entropy)")
 
 
 def main(argv):

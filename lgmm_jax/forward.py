@@ -106,7 +106,10 @@ def score_table(outputs: dict, fitted: dict, chosen, posterior_temperature: floa
 
 
 def posterior_temperature_of(config) -> float:
-    """The temperature T of L-GMM's class posterior softmax(log p(z|y) / T): L_D's, which trained it."""
+    """The temperature T of the model's class posterior softmax(predictions / T): for L-GMM L_D's, which
+    trained it; 1 for the softmax model, whose cross-entropy is untempered."""
+    if config.model.head != "lgmm":
+        return 1.0
     return float(config.loss.get("discriminative_temperature", 1.0))
 
 

@@ -43,7 +43,10 @@ VARIABLES_DIR = "variables"
 # Files without which an export cannot be loaded (orbax's tree metadata and its array index).
 REQUIRED_FILES = (MODEL_FILE, f"{VARIABLES_DIR}/_METADATA", f"{VARIABLES_DIR}/manifest.ocdbt")
 # The scores a deployed model can compute from one image alone (no fitted statistics), per head.
-DEPLOYABLE_SCORES = {"lgmm": ("likelihood", "marginal", "posterior"), "softmax": ("msp", "maxlogit", "energy")}
+DEPLOYABLE_SCORES = {
+    "lgmm": ("likelihood", "marginal", "posterior"),
+    "softmax": ("msp", "maxlogit", "energy"),
+}
 DEFAULT_SCORE = {"lgmm": "likelihood", "softmax": "msp"}
 
 
@@ -174,7 +177,7 @@ class Model(ExportedModel):
         )
         outputs = forward.collect(batches, self.mesh, self.variables, self.forward)
         head_outputs = forward.predictions(self.head, outputs)
-        temperature = forward.posterior_temperature_of(self.config) if self.head == "lgmm" else 1.0
+        temperature = forward.posterior_temperature_of(self.config)
         score = forward.score_table(outputs, {}, (self.score_name,), temperature)[self.score_name]
         score = score.astype(np.float32)
         return {

@@ -247,8 +247,8 @@ def test_a_workdir_of_another_encoder_width_is_refused_and_one_from_before_the_k
     (tmp_path / checkpointing.CONFIG_FILE).write_text(json.dumps(saved))
     checkpointing.check_compatible(str(tmp_path), config)
     config.model.encoder_widths = (64, 128, 256)
-    with pytest.raises(checkpointing.IncompatibleCheckpointError,
-                       match=r"model.encoder_widths=\(\).*model.encoder_widths=\(64, 128, 256\).*new --workdir"):
+    refusal = r"model.encoder_widths=\(\).*model.encoder_widths=\(64, 128, 256\).*new --workdir"
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match=refusal):
         checkpointing.check_compatible(str(tmp_path), config)
 
 

@@ -240,7 +240,8 @@ def test_bad_options_and_inputs_raise_value_errors():
 
 
 def _small_cnn_parameter_count(widths, num_classes):
-    """Written out: 3x3 convs without bias from 1 channel, a BatchNorm scale and bias per channel, a Dense head."""
+    """Written out: 3x3 convs without bias from 1 channel, a BatchNorm scale and bias per channel, and a
+    Dense head."""
     channels = (1, *widths)
     convs = sum(9 * c_in * c_out + 2 * c_out for c_in, c_out in zip(channels, channels[1:]))
     return convs + widths[-1] * num_classes + num_classes
