@@ -11,7 +11,8 @@ top-1/top-5; each unknown set is scored against them with every score the head h
 Scores that need fitting (KL templates, ODIN*'s step, Mahalanobis statistics, rejection thresholds) are
 fitted on the held-out validation split or the training split of the known classes, never on test or
 unknown data.
-Writes results.json, report.md and PNG plots into the output folder.
+Writes results.json, report.md, PNG plots and scores.npz (every example's score on the validation split,
+the known test split and each unknown set, `"<set>/<score>"`) into the output folder.
 
 A segmentation run (config.task='segmentation') is evaluated by `lgmm_jax.segmentation_evaluation`:
 mIoU / aAcc / per-class IoU on the known test split, pixel AUROC / AP / FPR95 on each anomaly set, with
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import itertools
 import json
 import math
@@ -51,6 +53,7 @@ from lgmm_jax.sharding import batch_sharding, make_mesh, replicated
 from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
 
 RESULTS_FILE = "results.json"
+SCORES_FILE = "scores.npz"
 ODIN_SELECTION_SIZE = 1000  # held-out images ODIN*'s step is chosen on (eval.odin_selection_size)
 
 
@@ -169,7 +172,8 @@ def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset:
 
 
 def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[str, Any]:
-    """Every number of results.json for a model's variables (see the module docstring), and its plots."""
+    """Every number of results.json for a model's variables (see the module docstring), and what the plots
+    are drawn from (classification: `ScoreSets`; segmentation: `SegmentationPlots`)."""
     if experiment.is_segmentation(config):
         return segmentation_evaluation.evaluate(
             config, model, variables, protocol, mesh, unknown_set_names(protocol, segmentation=True)
@@ -232,7 +236,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     }
     if "odin" in fitted:
         results["odin"] = {"temperature": fitted["odin"].temperature, "epsilon": fitted["odin"].epsilon}
-    plots = {}
+    score_sets = ScoreSets(validation=validation_scores, known=known_scores, unknown={})
     for ref, name, unknown_source in zip(protocol.unknown, unknown_names, unknown_sources):
         unknown = run(unknown_source, ref.classes, all_unknown=True, extra=extra)
         unknown_scores = forward.score_table(unknown, fitted, chosen, temperature)
@@ -240,14 +244,39 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
             score: metrics.ood_metrics(known_scores[score], unknown_scores[score]) for score in chosen
         }
         results["open_set"][name]["num_examples"] = int(len(unknown["label"]))
-        plots[name] = (known_scores, unknown_scores)
+        score_sets.unknown[name] = unknown_scores
     if head == "lgmm":
         results["components"] = component_usage(config, variables, known_test)
-    return results, plots
+    return results, score_sets
 
 
-def write_results(workdir: str, results: dict, plots: dict) -> None:
-    """results.json, report.md and the PNG plots (chief process only)."""
+@dataclasses.dataclass(frozen=True)
+class ScoreSets:
+    """Every example's score, per score name: the validation split (what the thresholds are set on), the
+    known test split and each unknown set (by its results.json name)."""
+
+    validation: dict[str, np.ndarray]
+    known: dict[str, np.ndarray]
+    unknown: dict[str, dict[str, np.ndarray]]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """scores.npz's arrays: `"<set>/<score>"`, the sets being 'validation', 'test' and the unknown sets."""
+        tables = {"validation": self.validation, "test": self.known, **self.unknown}
+        return {f"{set_name}/{score}": np.asarray(values) for set_name, table in tables.items()
+                for score, values in table.items()}
+
+
+def write_scores(folder: str, sets: ScoreSets) -> str:
+    """scores.npz: every example's score (`ScoreSets.arrays`), to recompute any metric or threshold."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **sets.arrays())
+    path = epath.Path(folder) / SCORES_FILE
+    path.write_bytes(buffer.getvalue())
+    return str(path)
+
+
+def write_results(workdir: str, results: dict, plots) -> None:
+    """results.json, report.md, the PNG plots and (classification) scores.npz (chief process only)."""
     if jax.process_index() != 0:
         return
     folder = epath.Path(workdir)  # local or gs://
@@ -257,7 +286,8 @@ def write_results(workdir: str, results: dict, plots: dict) -> None:
     if isinstance(plots, segmentation_evaluation.SegmentationPlots):
         segmentation_figures.write_figures(workdir, plots)
     else:
-        report.write_plots(workdir, plots)
+        report.write_plots(workdir, {name: (plots.known, unknown) for name, unknown in plots.unknown.items()})
+        write_scores(workdir, plots)
 
 
 def evaluate_variables_and_write(config, folder, model, variables, protocol, mesh) -> dict[str, Any]:

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_runs import shared_folder
+
 REPO = Path(__file__).resolve().parents[1]
 BAD_INPUT_SECONDS = 60  # generous for a loaded 2-core CI machine; each case takes a few seconds
 
 
-def compilation_cache(tmp_path_factory) -> Path:
-    """One persistent XLA compilation cache for every subprocess of the test session."""
-    path = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
-    path.mkdir(exist_ok=True)
-    return path
+def compilation_cache(tmp_path_factory=None) -> Path:
+    """The session's persistent XLA compilation cache (tests/conftest.py), for subprocesses."""
+    return Path(os.environ["LGMM_TEST_COMPILATION_CACHE"])
 
 
 def cli_env(devices: int = 1, cache: Path | None = None, **extra: str) -> dict[str, str]:
@@ -130,13 +130,42 @@ REFERENCE_ARGS = (
 
 def reference_run(tmp_path_factory) -> Path:
     """The reference configuration run once on one device, uninterrupted; made once per test session."""
-    workdir = tmp_path_factory.getbasetemp() / "reference_run"
-    if not (workdir / "results.json").exists():
-        shutil.rmtree(workdir, ignore_errors=True)
-        result = run_main(workdir, *REFERENCE_ARGS, cache=compilation_cache(tmp_path_factory))
+
+    def make(workdir):
+        result = run_main(workdir, *REFERENCE_ARGS, cache=compilation_cache())
         assert result.returncode == 0, result.stderr
         assert "on 1 device(s) in 1 process(es), memory bank on 1 device" in result.stdout
-    return workdir
+
+    return shared_folder(tmp_path_factory, "reference_run", make)
+
+
+# The segmentation run that test_faults.py and test_distributed.py compare with: the testbed
+# (configs/scenes.py, L-GMM) for 10 steps of SGD, a checkpoint every 2 steps and the k-means re-seed at
+# step 5, between two checkpoints (0.04 of an epoch).
+SEGMENTATION_STEPS = 10
+SEGMENTATION_ARGS = (
+    "--config=configs/scenes.py",
+    f"--config.num_train_steps={SEGMENTATION_STEPS}",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+    "--config.segmentation.eval_images=20",
+    "--config.segmentation.fit_images=20",
+    "--config.eval_batch_size=20",
+    "--config.loss.reseed_epochs=(0.04,)",
+    "--config.optimizer.name=sgd",
+    "--config.optimizer.learning_rate=0.01",
+    "--config.optimizer.warmup_epochs=0",
+)
+
+
+def segmentation_reference_run(tmp_path_factory) -> Path:
+    """The segmentation reference run once on one device, uninterrupted; made once per test session."""
+
+    def make(workdir):
+        result = run_main(workdir, *SEGMENTATION_ARGS, cache=compilation_cache())
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return shared_folder(tmp_path_factory, "segmentation_reference_run", make)
 
 
 @pytest.fixture(scope="module")

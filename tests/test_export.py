@@ -1,6 +1,6 @@
 """Export and inference: an exported model loaded in a fresh process predicts what the checkpoint evaluates.
 
-One tiny training run (20 steps on digits) per head and module. References: the training run's own
+One tiny training run (20 steps on digits, shared with test_evaluate.py) per head. References: the training run's own
 results.json (top-1, thresholds), the checkpoint evaluated in this process, numpy / scipy recomputations.
 """
 
@@ -24,6 +24,7 @@ from lgmm_jax import evaluate, experiment, export, forward, inference, train
 from lgmm_jax.data import pipeline, sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from lgmm_jax.sharding import make_mesh
+from tests.shared_runs import tiny_default_run
 from tests.subprocesses import finish, one_line_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,9 +67,11 @@ def train_tiny(workdir, **overrides):
 def run(tmp_path_factory):
     """Train, export in-process; then side by side in fresh processes: `inference.load` + `predict` on the
     known test and validation images, the CLI on an incomplete export, the CLI exporting over an export."""
-    root = tmp_path_factory.mktemp("export")
-    workdir, exported = str(root / "run"), str(root / "exported")
-    results = train_tiny(workdir)
+    workdir = tiny_default_run(tmp_path_factory, "export")
+    root = workdir.parent
+    workdir, exported = str(workdir), str(root / "exported")
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
     description = export.export_model(workdir, exported)
 
     test_images, test_labels = known_images("test")

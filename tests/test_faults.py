@@ -36,10 +36,13 @@ from tests.test_cli import (
     REFERENCE_ARGS,
     REFERENCE_BATCH_SIZE,
     REFERENCE_STEPS,
+    SEGMENTATION_ARGS,
+    SEGMENTATION_STEPS,
     committed_steps,
     compilation_cache,
     reference_run,
     run_main,
+    segmentation_reference_run,
     start_main,
     timed_run,
     tree_digest,
@@ -502,25 +505,9 @@ def test_full_disk_stops_with_one_line_and_the_rerun_after_freeing_space_resumes
 # Segmentation (configs/scenes.py): the same loop, checkpoints and signals, a pixel as the example.
 # --------------------------------------------------------------------------------------------------
 
-SEGMENTATION_STEPS = 12
-SEGMENTATION_ARGS = (
-    "--config=configs/scenes.py",
-    f"--config.num_train_steps={SEGMENTATION_STEPS}",
-    "--config.log_every_steps=2",
-    "--config.checkpoint_every_steps=2",
-    "--config.segmentation.eval_images=20",
-    "--config.segmentation.fit_images=20",
-    "--config.eval_batch_size=20",
-    "--config.loss.reseed_epochs=(0.04,)",  # the k-means re-seed at step 5, between two checkpoints
-)
-
-
 @pytest.fixture(scope="module")
-def uninterrupted_segmentation(tmp_path_factory, cache):
-    workdir = tmp_path_factory.mktemp("segmentation_reference") / "run"
-    result = run_main(workdir, *SEGMENTATION_ARGS, cache=cache)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+def uninterrupted_segmentation(tmp_path_factory):
+    return segmentation_reference_run(tmp_path_factory)
 
 
 def test_a_segmentation_run_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(

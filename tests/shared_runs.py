@@ -1,0 +1,54 @@
+"""Training runs made once per test session and shared by the modules that derive checks from them.
+
+`shared_folder(tmp_path_factory, name, make)` is `session root / name`, filled once by `make(folder)`;
+under pytest-xdist the first worker to ask makes it under a file lock and the others wait and read it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from filelock import FileLock
+
+
+def session_root(tmp_path_factory) -> Path:
+    """The session's temporary root, the same for every xdist worker (each worker's basetemp is below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared_folder(tmp_path_factory, name: str, make) -> Path:
+    """`session root / name`, made once per session by `make(folder)` and shared by every test and worker.
+    A `make` that fails leaves nothing behind: the next caller tries again."""
+    folder = session_root(tmp_path_factory) / name
+    complete = Path(f"{folder}.complete")  # beside the folder: the folder holds only what `make` wrote
+    with FileLock(f"{folder}.lock"):
+        if not complete.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            make(folder)
+            complete.touch()
+    return folder
+
+
+def copy_of_shared_run(tmp_path_factory, name: str, make, into: str) -> Path:
+    """A private copy of the shared run `name` (a module that writes into its run works on its own copy)."""
+    copy = tmp_path_factory.mktemp(into) / name
+    shutil.copytree(shared_folder(tmp_path_factory, name, make), copy)
+    return copy
+
+
+def train_default_in_process(workdir: Path, num_train_steps: int = 20) -> None:
+    """configs/default.py (digits 6/4, L-GMM) for `num_train_steps`, trained in this process."""
+    import configs.default
+    from lgmm_jax import train
+
+    config = configs.default.get_config()
+    config.num_train_steps = num_train_steps
+    train.train_and_evaluate(config, str(workdir))
+
+
+def tiny_default_run(tmp_path_factory, into: str) -> Path:
+    """A private copy of the default config trained for 20 steps (made once per session); its workdir
+    holds the training run's results.json."""
+    return copy_of_shared_run(tmp_path_factory, "tiny_default_run", train_default_in_process, into)
