@@ -13,12 +13,20 @@ transformers' `SegformerForSemanticSegmentation` counts the same), DESIGN.md sec
 * Decoder: per stage a Dense (with bias) to the decoder width E (256 for B0/B1, 768 for B2-B5), each
   upsampled bilinearly (align_corners=False) to stage 1's 1/4 resolution, concatenated as
   [stage 4, 3, 2, 1], fused by a bias-free 1x1 conv with BatchNorm and ReLU. Its output [B, H/4, W/4, E]
-  is the decoder feature map that the segmenter's per-pixel head reads. (mmseg's own port projects with
-  conv+BN+ReLU, 4*E parameters more; the official code and HF use Linear layers, as here.)
+  is the decoder feature map that the segmenter's per-pixel head reads. Mainline mmseg's `SegformerHead`
+  projects each stage with a 1x1 ConvModule (conv without bias, BatchNorm, ReLU; 4*E parameters more)
+  where the official code and HF use Linear layers: `decode_projection="conv_bn_relu"` selects it (the
+  default "linear" is the official head). mmseg concatenates the stages as [1, 2, 3, 4]; its fuse conv's
+  input channels are reordered on loading (`lgmm_jax.pretrained`), so one concat order serves both.
 
 LayerNorm epsilon is 1e-6 in the blocks and after each stage, 1e-5 in the patch embeddings and the
-reduction (as the official code). Stochastic depth rises linearly from 0 to `drop_path_rate` (0.1 in the
-official configs) over all blocks, draws from the 'dropout' rng and is active only with `train=True`.
+reduction (as the official code). Other sources differ and their weights only give their outputs with
+their own values: Hugging Face's SegFormer uses 1e-5 everywhere (its config's `layer_norm_eps` is not read
+by those norms), mmseg's `MixVisionTransformer` 1e-6 everywhere. `layer_norm_epsilon` (blocks and
+stages) and `embedding_layer_norm_epsilon` (patch embeddings and reduction) set them;
+`pretrained.model_options(path)` gives the values a checkpoint needs. Stochastic depth rises linearly
+from 0 to `drop_path_rate` (0.1 in the official configs) over all blocks, draws from the 'dropout' rng
+and is active only with `train=True`.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lgmm_jax.models.deeplab import ConvModule
 from lgmm_jax.models.resize import resize_bilinear
 from lgmm_jax.models.resnet import CONV_KERNEL_INIT, batch_norm, conv, require_nhwc_images
 from lgmm_jax.models.swin import DENSE_KERNEL_INIT, drop_path
@@ -38,6 +47,7 @@ Dtype = Any
 
 BLOCK_LAYER_NORM_EPSILON = 1e-6
 EMBEDDING_LAYER_NORM_EPSILON = 1e-5
+DECODE_PROJECTIONS = ("linear", "conv_bn_relu")
 
 
 def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
@@ -62,6 +72,7 @@ class EfficientSelfAttention(nn.Module):
     num_heads: int
     reduction_ratio: int
     dtype: Dtype = jnp.float32
+    reduction_norm_epsilon: float = EMBEDDING_LAYER_NORM_EPSILON
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -74,7 +85,7 @@ class EfficientSelfAttention(nn.Module):
         if self.reduction_ratio > 1:
             ratio = self.reduction_ratio
             context = _biased_conv(channels, ratio, ratio, 0, self.dtype, "sr")(context)
-            context = _layer_norm(EMBEDDING_LAYER_NORM_EPSILON, self.dtype, "sr_norm")(context)
+            context = _layer_norm(self.reduction_norm_epsilon, self.dtype, "sr_norm")(context)
         key_value = _dense(2 * channels, self.dtype, "kv")(context)
         key_value = key_value.reshape(batch, -1, 2, self.num_heads, head_dim)
         attended = nn.dot_product_attention(
@@ -106,19 +117,27 @@ class MiTBlock(nn.Module):
     reduction_ratio: int
     drop_path_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    layer_norm_epsilon: float = BLOCK_LAYER_NORM_EPSILON
+    reduction_norm_epsilon: float = EMBEDDING_LAYER_NORM_EPSILON
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = _layer_norm(BLOCK_LAYER_NORM_EPSILON, self.dtype, "norm1")(x)
-        y = EfficientSelfAttention(self.num_heads, self.reduction_ratio, self.dtype, name="attn")(y)
+        y = _layer_norm(self.layer_norm_epsilon, self.dtype, "norm1")(x)
+        y = EfficientSelfAttention(
+            self.num_heads, self.reduction_ratio, self.dtype, self.reduction_norm_epsilon, name="attn"
+        )(y)
         x = x + drop_path(self.drop_path_rate, train)(y)
-        y = _layer_norm(BLOCK_LAYER_NORM_EPSILON, self.dtype, "norm2")(x)
+        y = _layer_norm(self.layer_norm_epsilon, self.dtype, "norm2")(x)
         y = MixFFN(dtype=self.dtype, name="ffn")(y)
         return x + drop_path(self.drop_path_rate, train)(y)
 
 
 class MixTransformer(nn.Module):
-    """MiT encoder: images [B, H, W, 3] -> four maps at strides 4, 8, 16, 32 with widths `widths`."""
+    """MiT encoder: images [B, H, W, 3] -> four maps at strides 4, 8, 16, 32 with widths `widths`.
+
+    `layer_norm_epsilon` is that of the blocks' and stages' LayerNorms, `embedding_layer_norm_epsilon`
+    that of the patch embeddings' and the key/value reduction's (see the module docstring).
+    """
 
     widths: Sequence[int] = (64, 128, 320, 512)
     depths: Sequence[int] = (2, 2, 2, 2)
@@ -126,6 +145,8 @@ class MixTransformer(nn.Module):
     reduction_ratios: Sequence[int] = (8, 4, 2, 1)
     drop_path_rate: float = 0.1
     dtype: Dtype = jnp.float32
+    layer_norm_epsilon: float = BLOCK_LAYER_NORM_EPSILON
+    embedding_layer_norm_epsilon: float = EMBEDDING_LAYER_NORM_EPSILON
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> list[jax.Array]:
@@ -137,33 +158,47 @@ class MixTransformer(nn.Module):
         for stage, (width, depth) in enumerate(zip(self.widths, self.depths)):
             kernel, stride = (7, 4) if stage == 0 else (3, 2)
             x = _biased_conv(width, kernel, stride, kernel // 2, self.dtype, f"patch_embed{stage + 1}")(x)
-            x = _layer_norm(EMBEDDING_LAYER_NORM_EPSILON, self.dtype, f"patch_embed{stage + 1}_norm")(x)
+            x = _layer_norm(self.embedding_layer_norm_epsilon, self.dtype, f"patch_embed{stage + 1}_norm")(x)
             for block in range(depth):
                 x = MiTBlock(
                     num_heads=self.num_heads[stage],
                     reduction_ratio=self.reduction_ratios[stage],
                     drop_path_rate=self.drop_path_rate * block_index / max(total_blocks - 1, 1),
                     dtype=self.dtype,
+                    layer_norm_epsilon=self.layer_norm_epsilon,
+                    reduction_norm_epsilon=self.embedding_layer_norm_epsilon,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
                 block_index += 1
-            x = _layer_norm(BLOCK_LAYER_NORM_EPSILON, self.dtype, f"stage{stage + 1}_norm")(x)
+            x = _layer_norm(self.layer_norm_epsilon, self.dtype, f"stage{stage + 1}_norm")(x)
             stages.append(x)
         return stages
 
 
 class AllMLPDecoder(nn.Module):
-    """The official SegFormer head without its classifier: four maps -> [B, h1, w1, width]."""
+    """The official SegFormer head without its classifier: four maps -> [B, h1, w1, width].
+
+    `projection` "linear" (official, HF): a Dense with bias per stage; "conv_bn_relu" (mainline mmseg):
+    a 1x1 ConvModule per stage, named `linear_c{i}` with `conv` and `bn` inside.
+    """
 
     width: int = 256
     dtype: Dtype = jnp.float32
+    projection: str = "linear"
+
+    def _project(self, x: jax.Array, index: int, train: bool) -> jax.Array:
+        name = f"linear_c{index + 1}"
+        if self.projection == "linear":
+            return _dense(self.width, self.dtype, name)(x)
+        if self.projection == "conv_bn_relu":
+            return ConvModule(self.width, dtype=self.dtype, name=name)(x, train)
+        raise ValueError(f"unknown decode_projection {self.projection!r}; choose one of {DECODE_PROJECTIONS}")
 
     @nn.compact
     def __call__(self, stages: Sequence[jax.Array], train: bool) -> jax.Array:
         size = stages[0].shape[1:3]
         projected = [
-            resize_bilinear(_dense(self.width, self.dtype, f"linear_c{index + 1}")(x), size)
-            for index, x in enumerate(stages)
+            resize_bilinear(self._project(x, index, train), size) for index, x in enumerate(stages)
         ]
         x = jnp.concatenate(projected[::-1], axis=-1)
         x = conv(self.width, 1, 1, self.dtype, name="linear_fuse")(x)
@@ -178,6 +213,9 @@ class SegFormer(nn.Module):
     decoder_width: int
     drop_path_rate: float = 0.1
     dtype: Dtype = jnp.float32
+    layer_norm_epsilon: float = BLOCK_LAYER_NORM_EPSILON
+    embedding_layer_norm_epsilon: float = EMBEDDING_LAYER_NORM_EPSILON
+    decode_projection: str = "linear"
 
     @property
     def num_features(self) -> int:
@@ -186,9 +224,12 @@ class SegFormer(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         stages = MixTransformer(
-            self.widths, self.depths, drop_path_rate=self.drop_path_rate, dtype=self.dtype, name="backbone"
+            self.widths, self.depths, drop_path_rate=self.drop_path_rate, dtype=self.dtype,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            embedding_layer_norm_epsilon=self.embedding_layer_norm_epsilon, name="backbone",
         )(images, train)
-        return AllMLPDecoder(self.decoder_width, self.dtype, name="decode_head")(stages, train)
+        decoder = AllMLPDecoder(self.decoder_width, self.dtype, self.decode_projection, name="decode_head")
+        return decoder(stages, train)
 
 
 MIT_WIDTHS = {"b0": (32, 64, 160, 256)} | {f"b{i}": (64, 128, 320, 512) for i in range(1, 6)}
@@ -204,9 +245,17 @@ DECODER_WIDTHS = {"b0": 256, "b1": 256} | {f"b{i}": 768 for i in range(2, 6)}
 
 
 def segformer(variant: str, *, dtype: Dtype = jnp.float32, **kwargs) -> SegFormer:
-    """SegFormer-B0..B5 (`variant` "b0".."b5"); kwargs override the module's attributes."""
+    """SegFormer-B0..B5 (`variant` "b0".."b5"); kwargs override the module's attributes.
+
+    E.g. `layer_norm_epsilon=1e-5` (Hugging Face weights), `decode_projection="conv_bn_relu"` (mmseg's
+    head); `pretrained.model_options(path)` gives those a checkpoint needs.
+    """
     if variant not in MIT_WIDTHS:
         raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(MIT_WIDTHS)}")
+    if kwargs.get("decode_projection", "linear") not in DECODE_PROJECTIONS:
+        raise ValueError(
+            f"unknown decode_projection {kwargs['decode_projection']!r}; choose one of {DECODE_PROJECTIONS}"
+        )
     attributes = dict(
         widths=MIT_WIDTHS[variant], depths=MIT_DEPTHS[variant], decoder_width=DECODER_WIDTHS[variant]
     )

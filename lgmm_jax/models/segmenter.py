@@ -136,7 +136,10 @@ def create_segmenter(
       head: "softmax" or "lgmm".
       dtype: compute dtype of the decoder (parameters are float32; scores are float32).
       decoder_kwargs: overrides of the decoder's attributes, e.g. `{"auxiliary_head": False}` for
-        DeepLabv3+, `{"drop_path_rate": 0.0}` for SegFormer.
+        DeepLabv3+, `{"drop_path_rate": 0.0}` for SegFormer; for SegFormer also the conventions of other
+        implementations' weights: `layer_norm_epsilon` / `embedding_layer_norm_epsilon` (Hugging Face
+        1e-5, mmseg 1e-6) and `decode_projection="conv_bn_relu"` (mmseg's decode head).
+        `**lgmm_jax.pretrained.model_options(path)` passes those a checkpoint needs.
       **head_kwargs: attributes of the head module: `dropout_rate` for both; for "lgmm" also
         `latent_dim` (64), `num_components` (3), `latent_normalization`, `init_scale`, `scale_floor`,
         `share_scale`, `reduction`.
