@@ -23,6 +23,15 @@ def get_config() -> ml_collections.ConfigDict:
     # stream, the train step's loss, the evaluation and the report; everything else is shared.
     config.task = "classification"
 
+    # Start a new run from weights (lgmm_jax/initial_weights.py; README "Pretrained weights"): a published
+    # checkpoint file (.safetensors; .pth/.bin/.pt with `pip install -e '.[torch]'`) in a layout that
+    # `lgmm_jax.pretrained` recognises, or the workdir or export of an earlier run of this library whose
+    # encoder has this run's structure. 'backbone' loads the encoder (heads start fresh), 'all' every part
+    # the file and the model share. Only a run at step 0 reads it; a resumed run takes its own checkpoint.
+    config.init = ml_collections.ConfigDict()
+    config.init.weights = ""
+    config.init.what = "backbone"
+
     # Data. A named protocol (lgmm_jax/data/protocols.py) fixes the known classes and the unknown sets;
     # with protocol='' every class of `dataset` is known and `ood_datasets` ('dataset:split') are unknown.
     config.dataset = "digits"

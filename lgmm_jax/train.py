@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from lgmm_jax import checkpointing, evaluate, experiment, losses, mixing
+from lgmm_jax import checkpointing, evaluate, experiment, forward, initial_weights, losses, mixing
 from lgmm_jax.data import pipeline
 from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
@@ -348,6 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     mesh = make_mesh()
     config = experiment.check_config(config, mesh.devices.size, jax.process_count())
+    config = initial_weights.with_source_conventions(config, workdir)
     with checkpointing.workdir_session(workdir), checkpointing.preemption_guard() as preemption:
         checkpointing.check_compatible(workdir, config)  # before any work: a wrong workdir fails at once
         protocol = experiment.resolve_protocol(config)
@@ -363,10 +364,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         optimizer, learning_rate = create_optimizer(config, steps_per_epoch, total_steps)
         state, shardings = create_sharded_train_state(config, model, optimizer, image_shape, num_classes, mesh)
         train_iter = experiment.train_stream(config, protocol, train_source)
+        starting = initial_weights.weights_of(config) and not checkpointing.complete_steps_on_disk(workdir)
+        if starting:  # read before anything is written: a file that cannot be used leaves the workdir as it was
+            loaded, init_report = initial_weights.loaded_arrays(
+                config, model, forward.model_variables(state), image_shape)
 
         with contextlib.closing(checkpointing.open_manager(workdir, config)) as checkpoints:
             state = checkpointing.restore_latest(checkpoints, state, shardings, train_iter)
             checkpointing.write_config(workdir, config)  # the workdir is this config's from here on
+            if starting:  # checkpointed as step 0 at once: from here on a rerun resumes and never reads the file
+                state = initial_weights.start_from(state, loaded, shardings)
+                checkpointing.save(checkpoints, 0, state, train_iter)
+                console(initial_weights.summary(initial_weights.weights_of(config), init_report))
+                if jax.process_index() == 0:
+                    initial_weights.write_report(workdir, initial_weights.weights_of(config), init_report)
             start_step = int(state.step)
             memory = f", {memory_placement(mesh, num_classes)}" if config.model.head == "lgmm" else ""
             console(

@@ -1,0 +1,128 @@
+"""`--config.init.weights`: a new run starts from exactly the arrays of its source, checkpointed as step 0;
+a resumed run never reads the source again; an unusable file is one line, a non-zero exit, nothing written.
+
+The source here is a run of this library (the shared 20-step default run, L-GMM on digits) whose encoder
+starts a softmax run; the published layouts go through the same `pretrained.plan` and are proved equal to
+their reference implementations in test_pretrained.py.
+"""
+import json
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+from safetensors.numpy import save_file
+
+import configs.default
+from lgmm_jax import checkpointing, evaluate, experiment, initial_weights, train
+from lgmm_jax.models.configured import create_model
+from lgmm_jax.sharding import make_mesh
+from lgmm_jax.state import create_optimizer, create_train_state
+from tests.shared_runs import tiny_default_run
+from tests.test_cli import assert_one_line_error, run_main
+
+
+def softmax_config(source, steps: int):
+    config = configs.default.get_config()
+    config.model.head = "softmax"
+    config.num_train_steps = steps
+    config.checkpoint_every_steps = 1
+    config.log_every_steps = 1
+    config.init.weights = str(source)
+    return config
+
+
+def checkpoint_params(workdir, step: int) -> dict:
+    """{"params/...", "batch_stats/..."} arrays of checkpoint `step`, read with orbax as saved."""
+    with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"),
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    tree = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """The source run, and a softmax run started from its encoder (2 steps, a checkpoint after each)."""
+    source = tiny_default_run(tmp_path_factory, "initial_weights")
+    workdir = source.parent / "softmax_from_lgmm"
+    train.train_and_evaluate(softmax_config(source, steps=2), str(workdir))
+    return source, workdir
+
+
+def test_step_zero_holds_the_sources_encoder_and_the_runs_own_fresh_classifier(started):
+    source, workdir = started
+    assert checkpointing.complete_steps_on_disk(str(workdir)) == [0, 1, 2]
+    step0 = checkpoint_params(workdir, 0)
+    source_variables = evaluate.restore_workdir(str(source), make_mesh()).variables
+    source_flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(
+        {"params": source_variables["params"], "batch_stats": source_variables["batch_stats"]}).items()}
+    encoder = {name for name in step0 if name.split("/")[1] == "backbone"}
+    assert encoder and {n for n in source_flat if n.split("/")[1] == "backbone"} == encoder
+    for name in encoder:
+        np.testing.assert_array_equal(step0[name], source_flat[name], err_msg=name)
+
+    # Everything else is what the softmax run initialises by itself (its seed), not the source's.
+    config = softmax_config(source, steps=2)
+    protocol = experiment.resolve_protocol(config)
+    train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    model = create_model(config.model, experiment.num_known_classes(protocol, train_source))
+    optimizer, _ = create_optimizer(config, steps_per_epoch=1, total_steps=1)
+    image_shape = experiment.model_input_shape(config, protocol, train_source)
+    fresh = jax.jit(lambda: create_train_state(config, model, optimizer, image_shape, len(protocol.known_classes)))()
+    fresh_flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(
+        {"params": fresh.params, "batch_stats": fresh.batch_stats}).items()}
+    assert set(fresh_flat) == set(step0)
+    for name in set(step0) - encoder:
+        np.testing.assert_array_equal(step0[name], fresh_flat[name], err_msg=name)
+    assert not all(np.array_equal(step0[n], fresh_flat[n]) for n in encoder)  # the load did something
+
+    report = json.loads((workdir / initial_weights.REPORT_FILE).read_text())
+    assert report["weights"] == str(source) and report["layout"] == "lgmm_jax"
+    assert set(report["loaded"]) == encoder
+    assert set(report["fresh"]) == set(step0) - encoder
+    assert any(name.startswith("params/head/") for name in report["ignored"])  # the source's GMM
+
+
+def test_a_resumed_run_never_reads_the_source_again(started, tmp_path):
+    source, workdir = started
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir, resumed)
+    moved = tmp_path / "source_gone"
+    shutil.move(str(source), moved)
+    try:
+        results = train.train_and_evaluate(softmax_config(source, steps=3), str(resumed))
+    finally:
+        shutil.move(str(moved), source)
+    assert checkpointing.complete_steps_on_disk(str(resumed))[-1] == 3 and results["closed_set"]["top1"] > 0
+
+
+def torchvision_like_file(path):
+    """A real layout (torchvision ResNet names) that fits no part of the small CNN."""
+    save_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32), "bn1.weight": np.ones(64, np.float32),
+               "layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32),
+               "bn1.bias": np.zeros(64, np.float32), "bn1.running_mean": np.zeros(64, np.float32),
+               "bn1.running_var": np.ones(64, np.float32), "fc.weight": np.zeros((1000, 2048), np.float32),
+               "fc.bias": np.zeros(1000, np.float32)}, str(path))
+
+
+@pytest.mark.parametrize("kind, fragments", [
+    ("unreadable", ("bad.safetensors",)),
+    ("another_architecture", ("bad.safetensors", "torchvision", "no counterpart")),
+    ("unknown_layout", ("bad.safetensors", "unknown layout")),
+    ("missing", ("bad.safetensors",)),
+])
+def test_an_unusable_file_is_one_line_and_writes_nothing(kind, fragments, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    if kind == "unreadable":
+        bad.write_bytes(b"not a safetensors file")
+    elif kind == "another_architecture":
+        torchvision_like_file(bad)
+    elif kind == "unknown_layout":
+        save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, str(bad))
+    workdir = tmp_path / "workdir"
+    result = run_main(workdir, "--config.num_train_steps=2", f"--config.init.weights={bad}")
+    assert_one_line_error(result, *fragments)
+    assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
