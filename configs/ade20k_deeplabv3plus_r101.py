@@ -12,8 +12,11 @@
   measured at. Override with --config.optimizer.learning_rate=0.1 to take the paper literally.
 - Auxiliary FCN head on stage 3, loss weight 0.4 (both heads). L-GMM: 64-d latents, 8 components per
   class on ADE20K (GMMSeg's choice), 2000 remembered pixels per class (Appendix D's memory size).
-- The paper's backbones are trained from scratch here (mmseg's recipe loads ImageNet weights; none ship
-  with this library).
+- Starting point: mmseg's recipe loads the ImageNet ResNetV1c-101 (`open-mmlab://resnet101_v1c`, mmcls's
+  `resnet101_v1c-e67eebb6.pth`) into the backbone; the heads start fresh. Pass the file (a .pth needs
+  `pip install -e '.[torch]'`; a .safetensors does not):
+  `--config.init.weights=resnet101_v1c-e67eebb6.pth` (init.what='backbone'). Without it the run starts
+  from random weights, which is not the paper's recipe.
 - The validation split (rejection thresholds only) is ADE's val, which is also the test split: ADE20K has
   no other held-out labelled set.
 """

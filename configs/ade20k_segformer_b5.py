@@ -13,6 +13,10 @@ Which MiT-B: the paper writes "MiT_Base" without a number; Table 5 marks its Seg
   linear warm-up over 1500 iterations from 1e-6 of the rate, then poly (power 1) to 0. Drop path 0.1.
 - L-GMM: 64-d latents, 8 components per class on ADE20K (GMMSeg), 2000 remembered pixels per class; the
   Gaussians learn at the encoder's base rate.
+- Starting point: the ImageNet-1k MiT-B5 of SegFormer's release, `--config.init.weights=mit_b5.pth`
+  (NVlabs) or Hugging Face's `nvidia/mit-b5` `model.safetensors`; the decode head and the per-pixel head
+  start fresh. A Hugging Face file also sets its LayerNorm epsilon (1e-5) in model.decoder, recorded in
+  config.json.
 """
 
 from configs import ade20k_deeplabv3plus_r101

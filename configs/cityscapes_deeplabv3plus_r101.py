@@ -12,6 +12,10 @@ Found and Road Anomaly unchanged.
   (images/ and labels/ in the Fishyscapes format) and DIR/road_anomaly (as the release ships:
   frames/*.jpg with frames/*.labels/labels_semantic.png). See lgmm_jax/data/segmentation.py.
 - L-GMM: 64-d latents, 5 components per class (GMMSeg), 2000 remembered pixels per class.
+- Starting point: the ImageNet ResNetV1c-101 of mmseg's recipe, `--config.init.weights=
+  resnet101_v1c-e67eebb6.pth` (see configs/ade20k_deeplabv3plus_r101.py). To evaluate mmseg's trained
+  softmax model instead, load its model-zoo checkpoint whole: `--config.model.head=softmax
+  --config.init.weights=deeplabv3plus_r101-d8_769x769_80k_cityscapes.pth --config.init.what=all`.
 """
 
 from configs import ade20k_deeplabv3plus_r101

@@ -6,7 +6,10 @@ B5 as configs/ade20k_segformer_b5.py says why. The data and crop follow Appendix
 than mmseg's own SegFormer Cityscapes recipe (1024x1024, 160k): the paper states one protocol for both
 architectures. The optimiser is SegFormer's (AdamW 6e-5, weight decay 0.01, decode head at 10x,
 1500-iteration warm-up from 1e-6, poly power 1 to 0). Unknown sets: --config.ood_folder_root=DIR as in
-configs/cityscapes_deeplabv3plus_r101.py.
+configs/cityscapes_deeplabv3plus_r101.py. Starting point: the ImageNet-1k MiT-B5, `--config.init.weights=
+mit_b5.pth` as configs/ade20k_segformer_b5.py says; a published Cityscapes SegFormer (e.g. Hugging Face's
+`nvidia/segformer-b5-finetuned-cityscapes-1024-1024`) loads whole with --config.model.head=softmax
+--config.init.what=all.
 """
 
 from configs import ade20k_segformer_b5, cityscapes_deeplabv3plus_r101

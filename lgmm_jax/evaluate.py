@@ -7,10 +7,12 @@
 
 Every example of every evaluation set is seen once (padded, masked batches). Known-class test data give
 top-1/top-5; each unknown set is scored against them with every score the head has (L-GMM: `likelihood`,
-`marginal`, `posterior`; softmax: `msp`, `maxlogit`, `energy`, `odin`, `kl_matching`, `mahalanobis`).
-Scores that need fitting (KL templates, ODIN*'s step, Mahalanobis statistics, rejection thresholds) are
-fitted on the held-out validation split or the training split of the known classes, never on test or
-unknown data.
+`marginal`, `posterior`, and the post-hoc read-outs of its encoder `knn_latent`, `knn_features`,
+`rmds_features`; softmax: `msp`, `maxlogit`, `energy`, `odin`, `kl_matching`,
+`mahalanobis` and OpenOOD v1.5's `knn`, `vim`, `react`, `ash`, `gen`, `rmds`, `lgmm_jax.ood.posthoc`).
+Scores that need fitting (KL templates, ODIN*'s step, Mahalanobis / RMDS / ViM statistics, KNN's bank,
+ReAct's clip, rejection thresholds) are fitted on the held-out validation split or the training split of
+the known classes (`lgmm_jax.ood.fitting`), never on test or unknown data.
 Writes results.json, report.md, PNG plots and scores.npz (every example's score on the validation split,
 the known test split and each unknown set, `"<set>/<score>"`) into the output folder.
 
@@ -47,7 +49,7 @@ from lgmm_jax.data.protocols import DataRef, OpenSetProtocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
 from lgmm_jax.mixture import labelled_log_prob
 from lgmm_jax.models.gmm import head_gaussians
-from lgmm_jax.ood import metrics, scores
+from lgmm_jax.ood import fitting, metrics, posthoc, scores
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.sharding import batch_sharding, make_mesh, replicated
 from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
@@ -59,7 +61,10 @@ ODIN_SELECTION_SIZE = 1000  # held-out images ODIN*'s step is chosen on (eval.od
 
 def available_scores(config) -> tuple[str, ...]:
     """The configured scores, or every score of the head."""
-    every = scores.LGMM_SCORES if config.model.head == "lgmm" else scores.SOFTMAX_SCORES
+    if config.model.head == "lgmm":
+        every = scores.LGMM_SCORES + posthoc.LGMM_POSTHOC_SCORES
+    else:
+        every = scores.SOFTMAX_SCORES + posthoc.POSTHOC_SCORES
     chosen = tuple(config.eval.scores) or every
     unknown = [name for name in chosen if name not in every]
     if unknown:
@@ -94,17 +99,6 @@ def odin_selection_images(config, stream, validation_source, known) -> np.ndarra
     limit = int(config.eval.get("odin_selection_size", ODIN_SELECTION_SIZE))
     max_batches = max(math.ceil(limit / experiment.eval_batch_size(config)), 1)
     return every_process_images(stream(validation_source, known), max_batches)[:limit]
-
-
-def fit_mahalanobis_streamed(outputs_per_batch, num_classes: int):
-    """(class means, tied precision) from the features of every batch, one batch in memory at a time."""
-    statistics = None
-    for outputs in outputs_per_batch:
-        if len(outputs["label"]):
-            statistics = scores.accumulate_mahalanobis(statistics, outputs["features"], outputs["label"], num_classes)
-    if statistics is None:
-        raise ValueError("no training example to fit the Mahalanobis statistics on: check the training split")
-    return scores.mahalanobis_from_statistics(statistics)
 
 
 def component_usage(config, variables, outputs) -> dict[str, Any]:
@@ -180,7 +174,8 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
         )
     head = config.model.head
     chosen = available_scores(config)
-    forward_fn = forward.make_forward(model, head, mesh)
+    forward_fn = forward.make_forward(model, head, mesh,
+                                      lgmm_features=any(name.endswith("_features") for name in chosen))
     source = functools.partial(experiment.data_source, config=config)
     stream = functools.partial(experiment.eval_stream, config, protocol)
     train_source = source(protocol.dataset, protocol.train_split)
@@ -211,10 +206,14 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     validation = run(validation_source, known, extra=extra)
     if "kl_matching" in chosen:
         fitted["kl_templates"] = scores.fit_kl_templates(validation["logits"], validation["logits"].shape[1])
-    if "mahalanobis" in chosen:
-        fitted["mahalanobis"] = fit_mahalanobis_streamed(
-            forward.iterate_outputs(stream(train_source, known), mesh, variables, forward_fn), num_classes
-        )
+    if head == "softmax":  # the final linear layer, which ViM, ReAct and ASH recompute logits through
+        fitted["classifier"] = (variables["params"]["classifier"]["kernel"], variables["params"]["classifier"]["bias"])
+    if "react" in chosen:  # OpenOOD clips at a percentile of held-out known activations
+        fitted["react"] = posthoc.fit_react(validation["features"])
+    if any(name in fitting.TRAINING_FITTED for name in chosen):
+        fitted.update(fitting.fit_on_training_outputs(
+            forward.iterate_outputs(stream(train_source, known), mesh, variables, forward_fn), chosen,
+            num_classes, fitted.get("classifier")))
 
     known_test = run(source(protocol.dataset, protocol.test_split), known, extra=extra)
     temperature = forward.posterior_temperature_of(config)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lgmm_jax.ood import scores
+from lgmm_jax.ood import fitting, posthoc, scores
 from lgmm_jax.sharding import batch_sharding, global_batch, replicated
 
 # The per-example columns of an evaluation batch that travel with the model's outputs.
@@ -31,17 +31,23 @@ def model_variables(state) -> dict:
     return variables
 
 
-def make_forward(model, head: str, mesh):
+def make_forward(model, head: str, mesh, lgmm_features: bool = False):
     """Jitted inference on a sharded batch: per-example outputs of the head.
 
-    L-GMM: `latent` z [B, D] and `class_log_likelihood` log p(z|y) [B, C] (Eq. 4); softmax: `logits`
-    [B, C] and the backbone's pooled `features` [B, F] (for Mahalanobis).
+    L-GMM: `latent` z [B, D] and `class_log_likelihood` log p(z|y) [B, C] (Eq. 4), and with
+    `lgmm_features` the backbone's pooled `features` [B, F] (for post-hoc read-outs of its encoder);
+    softmax: `logits` [B, C] and the backbone's pooled `features` [B, F] (for Mahalanobis and the
+    feature-based post-hoc scores).
     """
 
     def forward(variables, images):
         if head == "lgmm":
             z, class_log_likelihood = model.apply(variables, images, train=False)
-            return {"latent": z, "class_log_likelihood": class_log_likelihood}
+            outputs = {"latent": z, "class_log_likelihood": class_log_likelihood}
+            if lgmm_features:
+                features = model.apply(variables, images, False, method=lambda m, x, t: m.features(x, t))
+                outputs["features"] = features.astype(jnp.float32)
+            return outputs
         logits = model.apply(variables, images, train=False)
         features = model.apply(variables, images, False, method=lambda m, x, t: m.backbone(x, t))
         return {"logits": logits, "features": features.astype(jnp.float32)}
@@ -83,8 +89,10 @@ def score_table(outputs: dict, fitted: dict, chosen, posterior_temperature: floa
     """name -> [N] float64 scores (higher = more in-distribution) of one evaluation set's outputs.
 
     `fitted` holds what a score fitted on known data beforehand: `kl_templates`, `mahalanobis`
-    ((class means, precision)); ODIN's scores come computed, as the output `odin`. L-GMM's `posterior`
-    is tempered by `posterior_temperature`, L_D's temperature (`posterior_temperature_of(config)`).
+    ((class means, precision)), the post-hoc scores' fits by score name (`ood.fitting`, `react`) and
+    `classifier` (the softmax model's final (kernel, bias), for ReAct and ASH); ODIN's scores come
+    computed, as the output `odin`. L-GMM's `posterior` is tempered by `posterior_temperature`, L_D's
+    temperature (`posterior_temperature_of(config)`).
     """
     table: dict[str, Any] = {}
     for name in chosen:
@@ -100,6 +108,18 @@ def score_table(outputs: dict, fitted: dict, chosen, posterior_temperature: floa
             table[name] = scores.kl_matching(outputs["logits"], fitted["kl_templates"])
         elif name == "mahalanobis":
             table[name] = scores.mahalanobis(outputs["features"], *fitted["mahalanobis"])
+        elif name in ("knn", "knn_features", "knn_latent"):
+            table[name] = posthoc.knn(outputs[fitting.TRAINING_FITTED[name]], fitted[name])
+        elif name in ("rmds", "rmds_features"):
+            table[name] = posthoc.rmds(outputs[fitting.TRAINING_FITTED[name]], fitted[name])
+        elif name == "vim":
+            table[name] = posthoc.vim(outputs["features"], outputs["logits"], fitted["vim"])
+        elif name == "react":
+            table[name] = posthoc.react(outputs["features"], fitted["react"], *fitted["classifier"])
+        elif name == "ash":
+            table[name] = posthoc.ash(outputs["features"], *fitted["classifier"])
+        elif name == "gen":
+            table[name] = posthoc.gen(outputs["logits"])
         else:
             raise ValueError(f"unknown score {name!r}: use one of {tuple(scores.SCORE_FUNCTIONS)}")
     return {name: np.asarray(value, np.float64) for name, value in table.items()}

@@ -52,3 +52,21 @@ def tiny_default_run(tmp_path_factory, into: str) -> Path:
     """A private copy of the default config trained for 20 steps (made once per session); its workdir
     holds the training run's results.json."""
     return copy_of_shared_run(tmp_path_factory, "tiny_default_run", train_default_in_process, into)
+
+
+def initial_parameters(config) -> dict:
+    """The params a run of `config` starts from (its seed), built as training builds them."""
+    import jax
+
+    from lgmm_jax import experiment, state
+    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.sharding import make_mesh
+
+    protocol = experiment.resolve_protocol(config)
+    source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    num_classes = experiment.num_known_classes(protocol, source)
+    model = create_model(config.model, num_classes)
+    optimizer, _ = state.create_optimizer(config, steps_per_epoch=1, total_steps=1)
+    initial, _ = state.create_sharded_train_state(
+        config, model, optimizer, experiment.model_input_shape(config, protocol, source), num_classes, make_mesh())
+    return jax.device_get(initial.params)

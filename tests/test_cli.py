@@ -164,6 +164,7 @@ def segmentation_reference_run(tmp_path_factory) -> Path:
     def make(workdir):
         result = run_main(workdir, *SEGMENTATION_ARGS, cache=compilation_cache())
         assert result.returncode == 0, result.stderr[-3000:]
+        Path(f"{workdir}.stdout").write_text(result.stdout)  # beside the workdir: what the run printed
 
     return shared_folder(tmp_path_factory, "segmentation_reference_run", make)
 

@@ -4,6 +4,7 @@ computations, and the testbed run end to end (train, evaluate, export, predict) 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -13,23 +14,15 @@ import numpy as np
 import pytest
 
 from configs import scenes as scenes_config
-from lgmm_jax import experiment, pixel_forward, segmentation_evaluation
+from lgmm_jax import checkpointing, evaluate, experiment, pixel_forward, segmentation_evaluation
 from lgmm_jax.data import scenes
 from lgmm_jax.models.configured import create_model, initial_variables
 from lgmm_jax.pixel_forward import DenseSettings, Fitted, SmlStatistics
 from lgmm_jax.sharding import make_mesh
-from tests.test_cli import REPO, compilation_cache, run_main
+from tests.shared_runs import initial_parameters
+from tests.test_cli import REPO, SEGMENTATION_ARGS, compilation_cache, run_main, segmentation_reference_run
 
-# A short run of configs/scenes.py: a few steps, the first images of each set.
-QUICK_ARGS = (
-    "--config=configs/scenes.py",
-    "--config.num_train_steps=6",
-    "--config.log_every_steps=3",
-    "--config.checkpoint_every_steps=3",
-    "--config.segmentation.eval_images=40",
-    "--config.segmentation.fit_images=40",
-    "--config.eval_batch_size=20",
-)
+EVAL_IMAGES = 20  # SEGMENTATION_ARGS' segmentation.eval_images: the first images of each set
 
 
 def test_window_spans_are_mmsegs():
@@ -199,8 +192,16 @@ def test_decode_head_learning_rate_is_a_parameter_group():
 
 @pytest.fixture(scope="module", params=["lgmm", "softmax"])
 def quick_run(request, tmp_path_factory):
+    """The testbed trained for a few steps (`tests.test_cli.SEGMENTATION_ARGS`) with each head; L-GMM's is
+    the session's segmentation reference run (test_faults.py and test_distributed.py compare with it)."""
+    if request.param == "lgmm":
+        source = segmentation_reference_run(tmp_path_factory)
+        workdir = tmp_path_factory.mktemp("scenes_lgmm") / "run"
+        shutil.copytree(source, workdir)
+        result = subprocess.CompletedProcess([], 0, (source.parent / f"{source.name}.stdout").read_text(), "")
+        return request.param, workdir, result
     workdir = tmp_path_factory.mktemp(f"scenes_{request.param}") / "run"
-    result = run_main(workdir, *QUICK_ARGS, f"--config.model.head={request.param}",
+    result = run_main(workdir, *SEGMENTATION_ARGS, f"--config.model.head={request.param}",
                       cache=compilation_cache(tmp_path_factory))
     assert result.returncode == 0, result.stderr[-3000:]
     return request.param, workdir, result
@@ -210,7 +211,7 @@ def test_the_testbed_trains_and_evaluates_end_to_end(quick_run):
     head, workdir, result = quick_run
     results = json.loads((workdir / "results.json").read_text())
     closed = results["closed_set"]
-    assert results["task"] == "segmentation" and closed["num_images"] == 40
+    assert results["task"] == "segmentation" and closed["num_images"] == EVAL_IMAGES
     assert set(closed) >= {"miou", "aacc", "iou"} and len(closed["iou"]) == scenes.NUM_CLASSES
     assert set(results["open_set"]) == {"near", "far"}
     expected = {"lgmm": {"likelihood"}, "softmax": {"msp", "maxlogit", "entropy", "sml", "mahalanobis"}}[head]
@@ -236,11 +237,11 @@ def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(quick_run, 
     model = inference.load(str(exported))
     assert isinstance(model, inference.SegmentationModel)
     validation = scenes.load("validation")
-    images = validation["image"][:40]
+    images = validation["image"][:EVAL_IMAGES]
     out = model.predict(images)
     assert out["label"].shape == out["score"].shape == out["known"].shape == images.shape[:3]
-    labelled = validation["label"][:40] != 255
-    # The threshold keeps 95% of the held-out known pixels it was set on (all of them here, 40 images).
+    labelled = validation["label"][:EVAL_IMAGES] != 255
+    # The threshold keeps 95% of the held-out known pixels it was set on (all of them here).
     assert out["known"][labelled].mean() >= 0.95 - 1e-9
     odd = np.pad(images[:3], ((0, 0), (0, 5), (0, 9), (0, 0)))  # any size: padded inside, cropped back
     assert model.predict(odd)["label"].shape == (3, 69, 73)
@@ -259,17 +260,13 @@ def test_evaluating_the_workdir_again_reproduces_the_training_runs_results(quick
     assert again == json.loads((workdir / "results.json").read_text())
 
 
-@pytest.mark.parametrize("head", ["lgmm", "softmax"])
-def test_every_trainable_parameter_of_both_segmenters_moves(head):
-    """The comparison's two sides both learn: after three real testbed steps no leaf is at its initial value
+def test_every_trainable_parameter_of_both_segmenters_moves(quick_run):
+    """The comparison's two sides both learn: after the run's steps no leaf is at its initial value
     (decoder, projection, GMM head for L-GMM; decoder and classifier for softmax)."""
-    from configs import scenes
-    from tests.test_train import trained_parameters
-
-    config = scenes.get_config()
-    config.model.head = head
-    config.batch_size = 4
-    initial, trained = trained_parameters(config)
+    _, workdir, _ = quick_run
+    config = checkpointing.read_config(str(workdir))
+    initial = initial_parameters(config)
+    trained = jax.device_get(evaluate.restore_workdir(str(workdir), make_mesh(), config).variables["params"])
     leaves = jax.tree_util.tree_leaves_with_path(initial)
     frozen = [jax.tree_util.keystr(path) for (path, a), b in zip(leaves, jax.tree.leaves(trained)) if np.array_equal(a, b)]
     assert len(leaves) > 100 and not frozen, frozen

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from configs import cifar10, cifar100, default
 from lgmm_jax import train
 from lgmm_jax.models.configured import create_model
-from lgmm_jax.ood import scores
+from lgmm_jax.ood import posthoc, scores
 
 
 def small_config(**overrides):
@@ -39,6 +39,8 @@ def test_lgmm_default_config_end_to_end(lgmm_run):
     assert results["closed_set"]["top1"] > 0.5  # 6 known classes: chance is 1/6
     assert set(results["open_set"]) == {"unknown_classes"}
     assert set(results["open_set"]["unknown_classes"]) >= set(scores.LGMM_SCORES)
+    for name in posthoc.LGMM_POSTHOC_SCORES:  # KNN / RMDS on the latents and features: each learned something
+        assert results["open_set"]["unknown_classes"][name]["auroc"] > 0.5, name
     likelihood = results["open_set"]["unknown_classes"]["likelihood"]
     assert set(likelihood) == {"auroc", "fpr95", "fpr95_ood_positive", "aupr_in", "aupr_out", "detection_error"}
     assert 1.0 <= results["components"]["mean_effective_components"] <= 3.0
@@ -67,16 +69,22 @@ def test_softmax_counterpart_end_to_end(tmp_path):
     results = train.train_and_evaluate(small_config(**{"model.head": "softmax"}), str(tmp_path))
     assert results["closed_set"]["top1"] > 0.5
     assert set(results["open_set"]["unknown_classes"]) >= set(scores.SOFTMAX_SCORES)
+    for name in posthoc.POSTHOC_SCORES:  # OpenOOD's scores on the same features: each learned something
+        assert results["open_set"]["unknown_classes"][name]["auroc"] > 0.5, name
     assert "components" not in results
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, monkeypatch):
     """10 steps, then the same workdir to 20 steps == 20 steps straight (constant rate: the schedule
-    does not depend on the total)."""
+    does not depend on the total). The resumed run's workdir is relative, as README's command passes it
+    (--workdir=workdir; orbax's array writer only takes absolute paths)."""
     overrides = {"optimizer.schedule": "constant", "checkpoint_every_steps": 5, "loss.reseed_epochs": (1,)}
     straight = train.train_and_evaluate(small_config(num_train_steps=20, **overrides), str(tmp_path / "a"))
-    train.train_and_evaluate(small_config(num_train_steps=10, **overrides), str(tmp_path / "b"))
-    resumed = train.train_and_evaluate(small_config(num_train_steps=20, **overrides), str(tmp_path / "b"))
+    monkeypatch.chdir(tmp_path)
+    train.train_and_evaluate(small_config(num_train_steps=10, **overrides), "b")
+    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["10", "5"]
+    resumed = train.train_and_evaluate(small_config(num_train_steps=20, **overrides), "b")
+    assert "20" in os.listdir(tmp_path / "b" / "checkpoints")
     assert resumed == straight
     last = lambda d: read_jsonl(tmp_path / d / "metrics.jsonl")[-1]  # noqa: E731
     a, b = last("a"), last("b")
@@ -117,18 +125,6 @@ def test_one_step_on_the_tfds_path(mock_cifar, config_module, tmp_path):
     assert set(results["open_set"]) == {"svhn_cropped", "cifar100" if config_module is cifar10 else "cifar10"}
     record = read_jsonl(tmp_path / "metrics.jsonl")[-1]
     assert record["step"] == 1 and np.isfinite(record["loss"])
-
-
-def test_a_relative_workdir_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
-    """README's command passes --workdir=workdir; orbax's array writer only takes absolute paths."""
-    monkeypatch.chdir(tmp_path)
-    config = small_config(num_train_steps=10, checkpoint_every_steps=5)
-    train.train_and_evaluate(config, "workdir")
-    assert sorted(os.listdir(tmp_path / "workdir" / "checkpoints")) == ["10", "5"]
-    config.num_train_steps = 15
-    results = train.train_and_evaluate(config, "workdir")  # resumes from step 10
-    assert "15" in os.listdir(tmp_path / "workdir" / "checkpoints")
-    assert results["closed_set"]["num_examples"] > 0
 
 
 @pytest.mark.parametrize("gmm_update", ["moment_matching", "gradient"])
