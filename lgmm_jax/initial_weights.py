@@ -47,11 +47,13 @@ def with_source_conventions(config: ml_collections.ConfigDict, workdir: str) -> 
     computes what the source computed; config.json then records them for evaluation and export. A run
     that resumes takes them from its own config.json and does not open the file again."""
     path = weights_of(config)
-    if not path or is_run_folder(path):
+    if not path:
         return config
     what = config.init.get("what", "backbone")
     if what not in WHAT:
         raise ValueError(f"init.what={what!r} is not one of {WHAT}")
+    if is_run_folder(path):
+        return config
     if checkpointing.complete_steps_on_disk(workdir):
         decoder_options = dict(checkpointing.read_config(workdir).model.get("decoder") or {})
     else:

@@ -364,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         optimizer, learning_rate = create_optimizer(config, steps_per_epoch, total_steps)
         state, shardings = create_sharded_train_state(config, model, optimizer, image_shape, num_classes, mesh)
         train_iter = experiment.train_stream(config, protocol, train_source)
-        starting = initial_weights.weights_of(config) and not checkpointing.complete_steps_on_disk(workdir)
+        starting = bool(initial_weights.weights_of(config)) and not checkpointing.complete_steps_on_disk(workdir)
         if starting:  # read before anything is written: a file that cannot be used leaves the workdir as it was
             loaded, init_report = initial_weights.loaded_arrays(
                 config, model, forward.model_variables(state), image_shape)
