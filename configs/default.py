@@ -81,8 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.moment_rate = 0.5  # moment_matching: share of the way to the bank's fit per step
     config.model.dtype = "float32"  # compute dtype of the encoder; bfloat16 for mixed precision
     config.model.zero_init_residual = False  # ResNets: zero the last BN scale of each block (mmcls)
-    # small_cnn only: the channels of its conv layers; empty = (32, 64, 128), the 93k-parameter default.
+    # small_cnn: the channels of its conv layers; empty = (32, 64, 128), the 93k-parameter default.
+    # mit_b*: the widths of its four stages, and encoder_depths its blocks per stage; empty = published.
     config.model.encoder_widths = ()
+    config.model.encoder_depths = ()
     # Segmenters (model.encoder one of models.SEGMENTER_NAMES): overrides of the decoder's attributes,
     # e.g. {'widths': (16, 32, 80, 128), 'depths': (1, 1, 1, 1), 'decoder_width': 64} for a tiny
     # SegFormer or {'auxiliary_head': False} for DeepLabv3+ (`models.create_segmenter`'s decoder_kwargs).

@@ -43,7 +43,7 @@ def parse_flags_or_fail(argv: list[str]) -> list[str]:
     make_config_package_importable(argv)
     try:
         remaining = flags.FLAGS(argv)
-        if "config" in flags.FLAGS:
+        if "config" in flags.FLAGS and flags.FLAGS.config is not None:
             flags.FLAGS.config.keys()  # ml_collections defers a bad config file's error to first use
         return remaining
     except flags.Error as error:

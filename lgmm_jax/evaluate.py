@@ -57,6 +57,9 @@ from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
 RESULTS_FILE = "results.json"
 SCORES_FILE = "scores.npz"
 ODIN_SELECTION_SIZE = 1000  # held-out images ODIN*'s step is chosen on (eval.odin_selection_size)
+# Images of each unknown set that odin_ood's temperature and step are chosen on (ODIN's 1,000; at most half
+# the set, eval.odin_ood_held_out); the set is scored on the rest.
+ODIN_OOD_HELD_OUT = 1000
 
 
 def available_scores(config) -> tuple[str, ...]:
@@ -64,7 +67,7 @@ def available_scores(config) -> tuple[str, ...]:
     if config.model.head == "lgmm":
         every = scores.LGMM_SCORES + posthoc.LGMM_POSTHOC_SCORES
     else:
-        every = scores.SOFTMAX_SCORES + posthoc.POSTHOC_SCORES
+        every = scores.SOFTMAX_SCORES + posthoc.POSTHOC_SCORES + posthoc.OOD_TUNED_SCORES
     chosen = tuple(config.eval.scores) or every
     unknown = [name for name in chosen if name not in every]
     if unknown:
@@ -94,11 +97,54 @@ def every_process_images(batches, max_batches: int) -> np.ndarray:
     return images[mask]
 
 
+def first_images(config, batches, limit: int) -> np.ndarray:
+    """The first `limit` real images of an evaluation stream, the same on every host (`every_process_images`)."""
+    max_batches = max(math.ceil(limit / experiment.eval_batch_size(config)), 1)
+    return every_process_images(batches, max_batches)[:limit]
+
+
 def odin_selection_images(config, stream, validation_source, known) -> np.ndarray:
     """At most `eval.odin_selection_size` held-out known-class images for ODIN*'s choice of step."""
-    limit = int(config.eval.get("odin_selection_size", ODIN_SELECTION_SIZE))
-    max_batches = max(math.ceil(limit / experiment.eval_batch_size(config)), 1)
-    return every_process_images(stream(validation_source, known), max_batches)[:limit]
+    return first_images(config, stream(validation_source, known),
+                        int(config.eval.get("odin_selection_size", ODIN_SELECTION_SIZE)))
+
+
+def odin_ood_held_out(config, num_unknown: int) -> int:
+    """How many of an unknown set's first images `odin_ood` is tuned on: `eval.odin_ood_held_out`, at most
+    half of the set."""
+    return min(int(config.eval.get("odin_ood_held_out", ODIN_OOD_HELD_OUT)), num_unknown // 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class OdinOnOod:
+    """`odin_ood` on one unknown set: the known test split's and the set's scores after its held-out
+    images, and what was chosen (results.json's `tuned_on_ood`)."""
+
+    known: np.ndarray
+    unknown: np.ndarray
+    record: dict[str, Any]
+
+
+def odin_tuned_on_unknown(config, model, variables, mesh, known_selection, pixel_std, known_batches,
+                          unknown_batches, num_unknown: int) -> OdinOnOod:
+    """The paper's Table 3 "ODIN": temperature and step chosen on the first images of this unknown set (and
+    held-out known images, `posthoc.select_odin_on_ood`), scored on the known test split and on the rest of
+    the set. `known_batches` / `unknown_batches`: () -> a fresh evaluation stream; `num_unknown`: the set's
+    size."""
+    only_odin = lambda fn: (lambda v, images: {"odin": fn(v, images)})  # noqa: E731
+    held_out = odin_ood_held_out(config, num_unknown)
+    if held_out < 1:
+        raise ValueError(f"odin_ood needs at least 2 unknown images and eval.odin_ood_held_out >= 1; got "
+                         f"{num_unknown} images: leave odin_ood out of eval.scores")
+    choice = posthoc.select_odin_on_ood(
+        functools.partial(model.apply, variables, train=False), known_selection,
+        first_images(config, unknown_batches(), held_out), input_std=pixel_std)
+    odin = make_odin(model, mesh, choice.temperature, scores.odin_step(choice.epsilon, pixel_std))
+    known = forward.collect(known_batches(), mesh, variables, only_odin(odin))["odin"]
+    unknown = forward.collect(unknown_batches(), mesh, variables, only_odin(odin))["odin"][held_out:]
+    record = {"temperature": choice.temperature, "epsilon": choice.epsilon, "held_out": held_out,
+              "scored": int(len(unknown))}
+    return OdinOnOod(np.asarray(known, np.float64), np.asarray(unknown, np.float64), record)
 
 
 def component_usage(config, variables, outputs) -> dict[str, Any]:
@@ -193,14 +239,13 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     fitted: dict[str, Any] = {}
     extra = {}
     validation_source = source(protocol.dataset, protocol.validation_split)
+    # ODIN's steps are in [0, 1] pixel units; our inputs are standardised per channel.
+    pixel_std = pipeline.get_normalization(protocol.dataset, train_source).std
+    if "odin" in chosen or "odin_ood" in chosen:
+        known_selection = odin_selection_images(config, stream, validation_source, known)
     if "odin" in chosen:
-        # ODIN's steps are in [0, 1] pixel units; our inputs are standardised per channel.
-        pixel_std = pipeline.get_normalization(protocol.dataset, train_source).std
         choice = scores.select_odin_hyperparameters(
-            functools.partial(model.apply, variables, train=False),
-            odin_selection_images(config, stream, validation_source, known),
-            input_std=pixel_std,
-        )
+            functools.partial(model.apply, variables, train=False), known_selection, input_std=pixel_std)
         fitted["odin"] = choice
         extra["odin"] = make_odin(model, mesh, choice.temperature, scores.odin_step(choice.epsilon, pixel_std))
     validation = run(validation_source, known, extra=extra)
@@ -215,10 +260,12 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
             forward.iterate_outputs(stream(train_source, known), mesh, variables, forward_fn), chosen,
             num_classes, fitted.get("classifier")))
 
-    known_test = run(source(protocol.dataset, protocol.test_split), known, extra=extra)
+    test_source = source(protocol.dataset, protocol.test_split)
+    known_test = run(test_source, known, extra=extra)
     temperature = forward.posterior_temperature_of(config)
-    known_scores = forward.score_table(known_test, fitted, chosen, temperature)
-    validation_scores = forward.score_table(validation, fitted, chosen, temperature)
+    shared = tuple(name for name in chosen if name not in posthoc.OOD_TUNED_SCORES)  # one table for every set
+    known_scores = forward.score_table(known_test, fitted, shared, temperature)
+    validation_scores = forward.score_table(validation, fitted, shared, temperature)
     results: dict[str, Any] = {
         "protocol": protocol.name,
         "head": head,
@@ -238,9 +285,18 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     score_sets = ScoreSets(validation=validation_scores, known=known_scores, unknown={})
     for ref, name, unknown_source in zip(protocol.unknown, unknown_names, unknown_sources):
         unknown = run(unknown_source, ref.classes, all_unknown=True, extra=extra)
-        unknown_scores = forward.score_table(unknown, fitted, chosen, temperature)
+        unknown_scores = forward.score_table(unknown, fitted, shared, temperature)
+        known_for_set = dict(known_scores)
+        if "odin_ood" in chosen:
+            tuned = odin_tuned_on_unknown(
+                config, model, variables, mesh, known_selection, pixel_std,
+                functools.partial(stream, test_source, known),
+                functools.partial(stream, unknown_source, ref.classes, True), len(unknown["label"]))
+            known_for_set["odin_ood"] = score_sets.known_for_set.setdefault(name, {})["odin_ood"] = tuned.known
+            unknown_scores["odin_ood"] = tuned.unknown
+            results.setdefault("tuned_on_ood", {}).setdefault("odin_ood", {})[name] = tuned.record
         results["open_set"][name] = {
-            score: metrics.ood_metrics(known_scores[score], unknown_scores[score]) for score in chosen
+            score: metrics.ood_metrics(known_for_set[score], unknown_scores[score]) for score in chosen
         }
         results["open_set"][name]["num_examples"] = int(len(unknown["label"]))
         score_sets.unknown[name] = unknown_scores
@@ -257,10 +313,18 @@ class ScoreSets:
     validation: dict[str, np.ndarray]
     known: dict[str, np.ndarray]
     unknown: dict[str, dict[str, np.ndarray]]
+    # Known test scores that depend on the unknown set (scores tuned on it, `odin_ood`), by set name.
+    known_for_set: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    def known_against(self, set_name: str) -> dict[str, np.ndarray]:
+        """The known test split's scores that the unknown set `set_name` is compared with."""
+        return {**self.known, **self.known_for_set.get(set_name, {})}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """scores.npz's arrays: `"<set>/<score>"`, the sets being 'validation', 'test' and the unknown sets."""
-        tables = {"validation": self.validation, "test": self.known, **self.unknown}
+        """scores.npz's arrays: `"<set>/<score>"`, the sets being 'validation', 'test', the unknown sets and
+        'test_vs_<unknown set>' (the known test scores of a score tuned on that set)."""
+        tables = {"validation": self.validation, "test": self.known, **self.unknown,
+                  **{f"test_vs_{name}": table for name, table in self.known_for_set.items()}}
         return {f"{set_name}/{score}": np.asarray(values) for set_name, table in tables.items()
                 for score, values in table.items()}
 
@@ -285,7 +349,8 @@ def write_results(workdir: str, results: dict, plots) -> None:
     if isinstance(plots, segmentation_evaluation.SegmentationPlots):
         segmentation_figures.write_figures(workdir, plots)
     else:
-        report.write_plots(workdir, {name: (plots.known, unknown) for name, unknown in plots.unknown.items()})
+        report.write_plots(workdir, {name: (plots.known_against(name), unknown)
+                                     for name, unknown in plots.unknown.items()})
         write_scores(workdir, plots)
 
 
@@ -322,6 +387,16 @@ class TrainedModel:
     step: int
 
 
+def configured_model(config: ml_collections.ConfigDict):
+    """(protocol, training source, number of known classes, network input shape (H, W, C), model) of a
+    config: what rebuilding a trained model needs besides its variables."""
+    protocol = experiment.resolve_protocol(config)
+    train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    num_classes = experiment.num_known_classes(protocol, train_source)
+    input_shape = experiment.model_input_shape(config, protocol, train_source)
+    return protocol, train_source, num_classes, tuple(input_shape), create_model(config.model, num_classes)
+
+
 def restore_workdir(workdir: str, mesh, config: ml_collections.ConfigDict | None = None) -> TrainedModel:
     """The latest checkpoint of `workdir`, rebuilt with the run's config (`DIR/config.json` by default).
 
@@ -333,11 +408,7 @@ def restore_workdir(workdir: str, mesh, config: ml_collections.ConfigDict | None
       IncompatibleCheckpointError: the checkpoint does not fit the config.
     """
     config = config if config is not None else checkpointing.read_config(workdir)
-    protocol = experiment.resolve_protocol(config)
-    train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
-    num_classes = experiment.num_known_classes(protocol, train_source)
-    input_shape = experiment.model_input_shape(config, protocol, train_source)
-    model = create_model(config.model, num_classes)
+    protocol, train_source, num_classes, input_shape, model = configured_model(config)
     # The optimiser state's structure does not depend on the schedule's step counts.
     optimizer, _ = create_optimizer(config, steps_per_epoch=1, total_steps=1)
     abstract = jax.eval_shape(lambda: create_train_state(config, model, optimizer, input_shape, num_classes))

@@ -1,6 +1,8 @@
 """Export a training run's latest checkpoint as a self-contained model folder for inference and evaluation.
 
     python -m lgmm_jax.export --workdir=RUN --output=EXPORTED [--score=marginal|posterior]
+    python -m lgmm_jax.export --config=configs/cityscapes_segformer_b5.py --weights=model.safetensors \
+        --config.model.head=softmax --output=EXPORTED      # a published model, never trained here
 
 The folder holds no pickle:
 
@@ -11,6 +13,11 @@ The folder holds no pickle:
   evaluation preprocessing preset with the normalisation mean / std, the input image shape, the score and
   its rejection threshold. The threshold keeps ``config.eval.threshold_tpr`` (95%) of the held-out
   known-class validation split, which training never sees (`lgmm_jax.ood.metrics.threshold_at_tpr`).
+
+A published checkpoint exports without training (`--config` and `--weights`): the config's model is filled
+entirely from the file (`lgmm_jax.pretrained`; every array must come from it, so a GMM head, which no
+published file has, is refused) and the threshold is set on the config's validation split as for a run;
+`evaluate --model=EXPORTED` then gives the published model's numbers with every score of its head.
 
 A segmentation run exports the same way: model.json says `"task": "segmentation"` and how the model is
 run on an image (`dense`: whole or slide inference, the test-time resize, the padding), its score is a
@@ -34,11 +41,14 @@ import tempfile
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
+from ml_collections import config_flags
 
-from lgmm_jax import cli, evaluate, experiment, forward, inference, pixel_forward, segmentation_evaluation
+from lgmm_jax import cli, evaluate, experiment, forward, inference, initial_weights, pixel_forward, pretrained
+from lgmm_jax import segmentation_evaluation
 from lgmm_jax.data import pipeline
 from lgmm_jax.ood import metrics
 from lgmm_jax.sharding import make_mesh
@@ -80,7 +90,7 @@ def segmentation_threshold(trained: evaluate.TrainedModel, score_name: str, mesh
     return threshold, len(source)
 
 
-def describe_segmenter(trained: evaluate.TrainedModel, workdir: str, score_name: str, mesh) -> dict[str, Any]:
+def describe_segmenter(trained: evaluate.TrainedModel, origin: dict, score_name: str, mesh) -> dict[str, Any]:
     """model.json's content for a segmentation run (see the module docstring)."""
     config, protocol, source = trained.config, trained.protocol, trained.train_source
     settings = segmentation_evaluation.settings_of(config)
@@ -111,7 +121,7 @@ def describe_segmenter(trained: evaluate.TrainedModel, workdir: str, score_name:
         "threshold_data": {"dataset": protocol.dataset, "split": protocol.validation_split,
                            "num_examples": num_images, "unit": "labelled pixels"},
         "protocol": protocol.name,
-        "checkpoint": {"workdir": os.path.abspath(workdir), "step": trained.step},
+        "checkpoint": origin,
         "variables": inference.VARIABLES_DIR,
         "config": json.loads(config.to_json()),
     }
@@ -129,7 +139,7 @@ def validation_scores(trained: evaluate.TrainedModel, score_name: str, mesh) -> 
 
 
 def describe(
-    trained: evaluate.TrainedModel, workdir: str, score_name: str, scores: np.ndarray
+    trained: evaluate.TrainedModel, origin: dict, score_name: str, scores: np.ndarray
 ) -> dict[str, Any]:
     """model.json's content (see the module docstring)."""
     config, protocol, source = trained.config, trained.protocol, trained.train_source
@@ -164,7 +174,7 @@ def describe(
             "num_examples": int(len(scores)),
         },
         "protocol": protocol.name,
-        "checkpoint": {"workdir": os.path.abspath(workdir), "step": trained.step},
+        "checkpoint": origin,
         "variables": inference.VARIABLES_DIR,
         "config": json.loads(trained.config.to_json()),
     }
@@ -191,6 +201,41 @@ def write_export(output: str, variables: dict, description: dict) -> None:
         raise
 
 
+def published_model(config, weights: str) -> evaluate.TrainedModel:
+    """`config`'s model with every array from the checkpoint file `weights` (`pretrained.load_variables`,
+    the file's conventions written into the config as training from it does).
+
+    Raises:
+      WeightsError: the file cannot be read, does not fit, or leaves arrays of the model unfilled.
+    """
+    config = ml_collections.ConfigDict(json.loads(config.to_json()))
+    with config.unlocked():
+        config.init = {"weights": weights, "what": "all"}
+    config = initial_weights.with_source_conventions(config, workdir=None)
+    protocol, train_source, num_classes, input_shape, model = evaluate.configured_model(config)
+    variables, report = pretrained.load_variables(model, weights, what="all", image_shape=(1, *input_shape))
+    if report["fresh"]:
+        raise pretrained.WeightsError(
+            f"{weights} leaves {len(report['fresh'])} arrays of the {config.model.head} {config.model.encoder} "
+            f"model unfilled ({', '.join(report['fresh'][:3])}...): export needs the whole model from the "
+            "file; train from it instead with --config.init.weights")
+    return evaluate.TrainedModel(config=config, protocol=protocol, train_source=train_source, model=model,
+                                 variables=variables, input_shape=input_shape, num_classes=num_classes, step=0)
+
+
+def export_trained(trained: evaluate.TrainedModel, output: str, origin: dict, score_name: str | None,
+                   mesh) -> dict[str, Any]:
+    """Describe `trained` (its threshold set on the validation split) and write it to `output`."""
+    segmentation = experiment.is_segmentation(trained.config)
+    score_name = choose_score(trained.config.model.head, score_name, segmentation)
+    if segmentation:
+        description = describe_segmenter(trained, origin, score_name, mesh)
+    else:
+        description = describe(trained, origin, score_name, validation_scores(trained, score_name, mesh))
+    write_export(output, trained.variables, description)
+    return description
+
+
 def export_model(workdir: str, output: str, score_name: str | None = None) -> dict[str, Any]:
     """Export `workdir`'s latest checkpoint to the new folder `output`; returns model.json's content.
 
@@ -202,14 +247,17 @@ def export_model(workdir: str, output: str, score_name: str | None = None) -> di
     check_output_is_free(output)
     mesh = make_mesh()
     trained = evaluate.restore_workdir(workdir, mesh)
-    segmentation = experiment.is_segmentation(trained.config)
-    score_name = choose_score(trained.config.model.head, score_name, segmentation)
-    if segmentation:
-        description = describe_segmenter(trained, workdir, score_name, mesh)
-    else:
-        description = describe(trained, workdir, score_name, validation_scores(trained, score_name, mesh))
-    write_export(output, trained.variables, description)
-    return description
+    origin = {"workdir": os.path.abspath(workdir), "step": trained.step}
+    return export_trained(trained, output, origin, score_name, mesh)
+
+
+def export_published(config, weights: str, output: str, score_name: str | None = None) -> dict[str, Any]:
+    """Export `config`'s model filled from the checkpoint file `weights` (`published_model`) to the new
+    folder `output`, without training; returns model.json's content (its "checkpoint": {"weights": path})."""
+    check_output_is_free(output)
+    trained = published_model(config, weights)
+    origin = {"weights": weights if "://" in weights else os.path.abspath(weights)}
+    return export_trained(trained, output, origin, score_name, make_mesh())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -221,6 +269,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "a training run's folder: export its latest checkpoint")
+    flags.DEFINE_string("weights", None, "a published checkpoint file: export --config's model filled from it")
+    config_flags.DEFINE_config_file("config", None, "with --weights: the model's config file", lock_config=True)
     flags.DEFINE_string("output", None, "the new folder to write the exported model into")
     flags.DEFINE_string("score", None, "L-GMM: likelihood (default), marginal or posterior; softmax: msp "
                         "(default), maxlogit or energy (segmenters: likelihood; msp, maxlogit or entropy)")
@@ -229,8 +279,12 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
-    if not FLAGS.workdir or not FLAGS.output:
-        cli.fail("pass --workdir=RUN (a training run's folder) and --output=NEW_DIR")
+    published = bool(FLAGS.weights)
+    if bool(FLAGS.workdir) == published or not FLAGS.output:
+        cli.fail("pass --workdir=RUN (a training run's folder) or --config=FILE --weights=CHECKPOINT, and "
+                 "--output=NEW_DIR")
+    if published and FLAGS.config is None:
+        cli.fail("--weights needs --config=FILE: the config whose model the checkpoint fills")
     try:
         check_output_is_free(FLAGS.output)
     except FileExistsError as error:
@@ -238,9 +292,14 @@ def main(argv):
     cli.quiet_libraries()
 
     def export_and_report():
-        description = export_model(FLAGS.workdir, FLAGS.output, FLAGS.score)
+        if published:
+            description = export_published(FLAGS.config, FLAGS.weights, FLAGS.output, FLAGS.score)
+            source = FLAGS.weights
+        else:
+            description = export_model(FLAGS.workdir, FLAGS.output, FLAGS.score)
+            source = f"step {description['checkpoint']['step']} of {FLAGS.workdir}"
         print(
-            f"exported step {description['checkpoint']['step']} of {FLAGS.workdir} to {FLAGS.output}: "
+            f"exported {source} to {FLAGS.output}: "
             f"{description['score']} >= {description['threshold']:.6g} accepts as known "
             f"({description['threshold_tpr']:.0%} of the "
             f"{description['threshold_data'].get('unit', 'images')} of {description['threshold_data']['num_examples']} "

@@ -41,11 +41,12 @@ def is_run_folder(path: str) -> bool:
     return folder.is_dir() and ((folder / "model.json").exists() or (folder / "config.json").exists())
 
 
-def with_source_conventions(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+def with_source_conventions(config: ml_collections.ConfigDict, workdir: str | None) -> ml_collections.ConfigDict:
     """`config` with the conventions of `init.weights`' implementation written into `model.decoder`
     (Hugging Face SegFormer's LayerNorm epsilon, mmseg's decode-head projection), so that the model
     computes what the source computed; config.json then records them for evaluation and export. A run
-    that resumes takes them from its own config.json and does not open the file again."""
+    that resumes takes them from its own config.json and does not open the file again (`workdir` None: no
+    run folder, always read the file)."""
     path = weights_of(config)
     if not path:
         return config
@@ -54,7 +55,7 @@ def with_source_conventions(config: ml_collections.ConfigDict, workdir: str) -> 
         raise ValueError(f"init.what={what!r} is not one of {WHAT}")
     if is_run_folder(path):
         return config
-    if checkpointing.complete_steps_on_disk(workdir):
+    if workdir is not None and checkpointing.complete_steps_on_disk(workdir):
         decoder_options = dict(checkpointing.read_config(workdir).model.get("decoder") or {})
     else:
         decoder_options = dict(pretrained.model_options(path).get("decoder_kwargs", {}))

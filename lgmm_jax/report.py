@@ -97,9 +97,10 @@ def render_report(results: dict) -> str:
             [[percent(closed["top1"]), percent(closed["top5"]), str(closed["num_examples"])]],
         ),
     ]
+    tuned_on_ood = results.get("tuned_on_ood", {})
     for set_name, by_score in results["open_set"].items():
         rows = [
-            [score] + [percent(values[key]) for key, _ in METRIC_COLUMNS]
+            [f"{score} †" if score in tuned_on_ood else score] + [percent(values[key]) for key, _ in METRIC_COLUMNS]
             for score, values in by_score.items()
             if isinstance(values, dict)
         ]
@@ -108,6 +109,12 @@ def render_report(results: dict) -> str:
             f"## Open-set recognition: known test vs {set_name} ({by_score['num_examples']} unknown; Tables 3, 4, 10)",
             "",
             markdown_table(["score"] + [title for _, title in METRIC_COLUMNS], rows),
+        ]
+        parts += [
+            f"\n† uses OOD data: {score}'s hyper-parameters were chosen on {chosen[set_name]['held_out']} images "
+            f"of {set_name} (temperature {chosen[set_name]['temperature']:g}, step {chosen[set_name]['epsilon']:g}), "
+            f"scored on the other {chosen[set_name]['scored']}"
+            for score, chosen in tuned_on_ood.items() if set_name in chosen
         ]
     parts += [
         "",

@@ -33,6 +33,7 @@ DATASETS = {
     # Segmentation: classes without void (ADE20K's 150 after reduce_zero_label, Cityscapes' 19 train ids,
     # the testbed's background and 7 garments); a segmenter's input is its training crop.
     "scenes": (8, (64, 64, 3)),
+    "scenes_garments": (10, (64, 64, 3)),  # the testbed's garments one per image: Fashion-MNIST's classes
     "scene_parse150": (150, (None, None, 3)),
     "cityscapes": (19, (1024, 2048, 3)),
 }
@@ -57,14 +58,19 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
         image_shape = (224, 224, 3) if preset.startswith("imagenet") else tuple(stored_shape)
         if config.get("task") == "segmentation":
             image_shape = (*config.segmentation.crop_size, 3)
-        rows = []
+        rows, abstract_states = [], {}
         for num_devices in (1, 2, 4, 8):
             mesh = make_mesh(num_devices)
             checked = experiment.check_config(config, num_devices)
-            model = create_model(checked.model, num_classes)
-            optimizer, _ = create_optimizer(checked, steps_per_epoch=100, total_steps=1000)
-            abstract = jax.eval_shape(
-                lambda: create_train_state(checked, model, optimizer, image_shape, num_classes))
+            # The train state is a function of the checked config (not of the devices): traced once per
+            # distinct checked config, sharded for each device count.
+            key = checked.to_json()
+            if key not in abstract_states:
+                model = create_model(checked.model, num_classes)
+                optimizer, _ = create_optimizer(checked, steps_per_epoch=100, total_steps=1000)
+                abstract_states[key] = jax.eval_shape(
+                    lambda: create_train_state(checked, model, optimizer, image_shape, num_classes))
+            abstract = abstract_states[key]
             shardings = state_shardings(abstract, mesh, num_classes)
             leaves = jax.tree.leaves(abstract.params)
             rows.append({

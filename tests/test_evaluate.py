@@ -137,9 +137,11 @@ def test_scores_npz_holds_the_scores_behind_every_number(run):
         for score, values in by_score.items():
             if not isinstance(values, dict):
                 continue
-            known, unknown = arrays[f"test/{score}"], arrays[f"{set_name}/{score}"]
+            known = arrays.get(f"test_vs_{set_name}/{score}", arrays[f"test/{score}"])
+            unknown = arrays[f"{set_name}/{score}"]
             assert len(known) == evaluated["closed_set"]["num_examples"]
-            assert len(unknown) == by_score["num_examples"]
+            held_out = evaluated.get("tuned_on_ood", {}).get(score, {}).get(set_name, {}).get("held_out", 0)
+            assert len(unknown) == by_score["num_examples"] - held_out
             is_known = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
             assert roc_auc_score(is_known, np.r_[known, unknown]) == pytest.approx(values["auroc"], abs=1e-12)
 

@@ -126,3 +126,35 @@ def test_an_unusable_file_is_one_line_and_writes_nothing(kind, fragments, tmp_pa
     result = run_main(workdir, "--config.num_train_steps=2", f"--config.init.weights={bad}")
     assert_one_line_error(result, *fragments)
     assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+
+
+def test_the_testbed_segmenter_starts_from_a_garment_classifier(tmp_path):
+    """README's two commands: configs/scenes_garments.py trains the testbed segmenter's encoder as a
+    classifier of the known garments (the held-out ones are its unknown classes), and configs/scenes.py
+    with init.weights=that run starts from it: the step-0 encoder is the classifier's, every other array
+    the segmenter's own."""
+    import configs.scenes
+    import configs.scenes_garments
+    from lgmm_jax.data import scenes
+
+    garments = configs.scenes_garments.get_config()
+    garments.update_from_flattened_dict({"num_train_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1,
+                                         "eval.scores": ("msp",)})
+    results = train.train_and_evaluate(garments, str(tmp_path / "garments"))
+    assert experiment.resolve_protocol(garments).known_classes == scenes.KNOWN_GARMENTS
+    assert results["open_set"]["unknown_classes"]["num_examples"] > 0  # the held-out garments, never trained on
+
+    segmenter = configs.scenes.get_config()
+    segmenter.update_from_flattened_dict({
+        "num_train_steps": 1, "checkpoint_every_steps": 1, "log_every_steps": 1, "init.weights": str(tmp_path / "garments"),
+        "segmentation.eval_images": 4, "segmentation.fit_images": 4})
+    train.train_and_evaluate(segmenter, str(tmp_path / "scenes"))
+    step0 = checkpoint_params(tmp_path / "scenes", 0)
+    classifier = checkpoint_params(tmp_path / "garments", 2)
+    encoder = {name: name.replace("/backbone/", "/decoder/backbone/", 1) for name in classifier
+               if name.split("/")[1] == "backbone"}
+    assert encoder and set(encoder.values()) == {n for n in step0 if n.split("/")[1:3] == ["decoder", "backbone"]}
+    for theirs, ours in encoder.items():
+        np.testing.assert_array_equal(step0[ours], classifier[theirs], err_msg=ours)
+    report = json.loads((tmp_path / "scenes" / initial_weights.REPORT_FILE).read_text())
+    assert set(report["loaded"]) == set(encoder.values()) and "params/classifier/kernel" in report["ignored"]

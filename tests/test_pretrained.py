@@ -359,3 +359,38 @@ def test_a_segmenter_encoder_moves_into_an_lgmm_segmenter(folder):
     assert "params/classifier/kernel" in report["ignored"]
     kv = lambda tree: tree["params"]["decoder"]["backbone"]["stage1_block1"]["attn"]["kv"]["kernel"]
     assert np.array_equal(kv(variables), kv(source))
+
+
+def test_a_published_segmenter_exports_and_evaluates_without_training(tmp_path):
+    """`export --config --weights`: a Hugging Face SegFormer-B0 file for the testbed's 8 classes becomes an
+    export whose variables are the file's arrays (loaded directly, with its conventions) and which
+    `evaluate --model` scores with mIoU and every softmax pixel score; a model the file cannot fill
+    (an L-GMM head) is refused in one line with nothing written."""
+    from configs import scenes
+    from lgmm_jax import evaluate, export, inference
+
+    _, names, shapes, dtypes = fixture("hf_segformer_b0")
+    shapes = [[8, *shape[1:]] if name.startswith("decode_head.classifier.") else shape
+              for name, shape in zip(names, shapes)]
+    path = str(tmp_path / "segformer_b0_scenes.safetensors")
+    safetensors.numpy.save_file(generator.published_state(names, shapes, dtypes), path)
+    config = scenes.get_config()
+    config.model.head = "softmax"
+    config.model.decoder = {}  # SegFormer-B0 at full width, as published
+    config.segmentation.eval_images = config.segmentation.fit_images = 6  # a quick look at every set
+
+    description = export.export_published(config, path, str(tmp_path / "exported"))
+    assert description["checkpoint"] == {"weights": path}
+    assert description["config"]["model"]["decoder"]["layer_norm_epsilon"] == 1e-5  # the file's convention
+    expected, _ = pretrained.load_variables(segmenter("segformer_b0", 8)(path), path, image_shape=(1, 64, 64, 3))
+    exported = inference.load(str(tmp_path / "exported")).variables
+    assert jax.tree.all(jax.tree.map(np.array_equal, exported, expected))
+
+    results = evaluate.evaluate_export(str(tmp_path / "exported"), str(tmp_path / "evaluated"))
+    assert 0.0 <= results["closed_set"]["miou"] <= 1.0
+    for unknown_set in ("near", "far"):
+        assert {"msp", "maxlogit", "entropy", "sml", "mahalanobis"} <= set(results["open_set"][unknown_set])
+
+    config.model.head = "lgmm"
+    one_line_error(path, "unfilled", call=lambda: export.export_published(config, path, str(tmp_path / "lgmm")))
+    assert not (tmp_path / "lgmm").exists()

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from sklearn.metrics import roc_auc_score
 
 from configs import cifar10, cifar100, default
 from lgmm_jax import train
@@ -68,10 +69,24 @@ def test_tensorboard_events_readable_without_tensorflow(lgmm_run):
 def test_softmax_counterpart_end_to_end(tmp_path):
     results = train.train_and_evaluate(small_config(**{"model.head": "softmax"}), str(tmp_path))
     assert results["closed_set"]["top1"] > 0.5
-    assert set(results["open_set"]["unknown_classes"]) >= set(scores.SOFTMAX_SCORES)
-    for name in posthoc.POSTHOC_SCORES:  # OpenOOD's scores on the same features: each learned something
-        assert results["open_set"]["unknown_classes"][name]["auroc"] > 0.5, name
+    open_set = results["open_set"]["unknown_classes"]
+    assert set(open_set) >= set(scores.SOFTMAX_SCORES)
+    for name in posthoc.POSTHOC_SCORES + posthoc.OOD_TUNED_SCORES:  # each learned something
+        assert open_set[name]["auroc"] > 0.5, name
     assert "components" not in results
+    # odin_ood is tuned on the first min(1000, N // 2) unknown images and scored on the others, against
+    # the whole known test split; its AUROC is scikit-learn's on the stored scores.
+    tuned = results["tuned_on_ood"]["odin_ood"]["unknown_classes"]
+    num_unknown = open_set["num_examples"]
+    assert tuned["held_out"] == min(1000, num_unknown // 2) and tuned["scored"] == num_unknown - tuned["held_out"]
+    assert tuned["temperature"] in posthoc.ODIN_OOD_TEMPERATURES and tuned["epsilon"] in posthoc.ODIN_OOD_EPSILONS
+    with np.load(tmp_path / "scores.npz") as stored:
+        known, unknown = stored["test_vs_unknown_classes/odin_ood"], stored["unknown_classes/odin_ood"]
+        assert "validation/odin_ood" not in stored.files  # not deployable: no threshold
+    assert (len(known), len(unknown)) == (results["closed_set"]["num_examples"], tuned["scored"])
+    is_known = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
+    assert roc_auc_score(is_known, np.r_[known, unknown]) == pytest.approx(open_set["odin_ood"]["auroc"], abs=1e-12)
+    assert "odin_ood †" in (tmp_path / "report.md").read_text()
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):

@@ -203,7 +203,20 @@ _CLASS_SPLIT_PROTOCOLS = {
     "tinyimagenet_20_180": _tinyimagenet,
 }
 
-PROTOCOL_NAMES = tuple(sorted(_CLASS_SPLIT_PROTOCOLS) + sorted(_OOD_PROTOCOLS))
+
+
+def _scenes_garments() -> OpenSetProtocol:
+    """The segmentation testbed's known garments as image classes, its held-out garments unknown."""
+    from lgmm_jax.data import scenes
+
+    return OpenSetProtocol(
+        name="scenes_garments", dataset="scenes_garments", known_classes=scenes.KNOWN_GARMENTS,
+        unknown=(DataRef("scenes_garments", "test", scenes.NEAR_GARMENTS),), preprocess="none",
+        reference="our testbed (lgmm_jax/data/scenes.py): the classes its segmenter knows")
+
+
+_TESTBED_PROTOCOLS = {"scenes_garments": _scenes_garments}
+PROTOCOL_NAMES = tuple(sorted(_CLASS_SPLIT_PROTOCOLS) + sorted(_OOD_PROTOCOLS) + sorted(_TESTBED_PROTOCOLS))
 NUM_CLASS_SPLITS = 5
 
 
@@ -211,6 +224,8 @@ def get_protocol(name: str, split_index: int = 0) -> OpenSetProtocol:
     """Returns protocol ``name``; ``split_index`` (0..4) picks the published class split where there is one."""
     if name in _OOD_PROTOCOLS:
         return _OOD_PROTOCOLS[name]
+    if name in _TESTBED_PROTOCOLS:
+        return _TESTBED_PROTOCOLS[name]()
     if name not in _CLASS_SPLIT_PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}: use one of {', '.join(PROTOCOL_NAMES)}")
     if not 0 <= split_index < NUM_CLASS_SPLITS:

@@ -38,6 +38,14 @@ few objects with room for background, and a small segmenter sees a batch of 32 s
 step at a cost a 2-core CPU trains in minutes; 96 x 96 would cost 2.25x as much for no new kind of
 difficulty.
 
+The garment images ``scenes_garments`` (`load_garments_source`, an image classification dataset) are
+the testbed's objects one at a time: one Fashion-MNIST garment of any class pasted as above on a
+background, 64 x 64, labelled with its Fashion-MNIST class. Splits `GARMENT_SPLIT_SIZES`: ``train`` and
+``validation`` from the training photographs and Fashion-MNIST's train / validation garments, ``test``
+from the test photographs and garments, as the scenes' splits. An encoder trained on the known garments
+of ``train`` (protocol ``scenes_garments``) sees what the testbed's segmenter sees and none of its
+unknown objects, and starts the segmenter (`configs/scenes_garments.py`).
+
 Every scene is drawn from its own generator ``np.random.default_rng((seed, split number, scene index))``,
 so a split is deterministic from the seed and independent of the other splits. A split is built on first
 use (0.1-1.5 s here) and cached as ``<data_dir>/scenes/<version>-seed<seed>/<split>.npz``; the default
@@ -80,6 +88,7 @@ TEST_PHOTOGRAPHS = ("chelsea", "hubble_deep_field", "coins", "moon", "flower", "
 
 SPLITS = ("train", "validation", "test", "test_near", "test_far")
 SPLIT_SIZES = {"train": 2000, "validation": 200, "test": 500, "test_near": 500, "test_far": 500}
+GARMENT_SPLIT_SIZES = {"train": 10000, "validation": 1000, "test": 2000}
 CACHE_VERSION = "v1"
 
 
@@ -181,6 +190,21 @@ def digit_pool() -> ObjectPool:
     return ObjectPool(images, np.full(len(images), _UNKNOWN_CLASS, dtype=np.int64))
 
 
+def paste_random(rng: np.random.Generator, image: np.ndarray, classes: np.ndarray, intensity: np.ndarray,
+                 class_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """`paste` an object at a random side in `OBJECT_SIDES`, tint and place (the testbed's one recipe)."""
+    size = image.shape[0]
+    side = int(rng.integers(OBJECT_SIDES[0], min(OBJECT_SIDES[1], size) + 1))
+    tint = rng.uniform(*TINT_RANGE, size=3)
+    colour, alpha = object_layer(intensity, side, tint)
+    top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    return paste(image, classes, colour, alpha, top, left, class_id)
+
+
+def as_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
 def compose_scene(rng: np.random.Generator, photographs: tuple[np.ndarray, ...], known: ObjectPool,
                   unknown: ObjectPool | None, size: int = SCENE_SIZE) -> dict[str, np.ndarray]:
     """One scene: a background, 1-3 known objects (1-2 when an unknown one follows), maybe one unknown."""
@@ -189,13 +213,17 @@ def compose_scene(rng: np.random.Generator, photographs: tuple[np.ndarray, ...],
     num_known = int(rng.integers(1, 3 if unknown is not None else 4))
     objects = [known.draw(rng) for _ in range(num_known)] + ([unknown.draw(rng)] if unknown is not None else [])
     for intensity, class_id in objects:
-        side = int(rng.integers(OBJECT_SIDES[0], min(OBJECT_SIDES[1], size) + 1))
-        tint = rng.uniform(*TINT_RANGE, size=3)
-        colour, alpha = object_layer(intensity, side, tint)
-        top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-        image, classes = paste(image, classes, colour, alpha, top, left, class_id)
+        image, classes = paste_random(rng, image, classes, intensity, class_id)
     label, anomaly = label_and_anomaly(classes)
-    return {"image": np.clip(np.rint(image), 0, 255).astype(np.uint8), "label": label, "anomaly": anomaly}
+    return {"image": as_uint8(image), "label": label, "anomaly": anomaly}
+
+
+def compose_garment_image(rng: np.random.Generator, photographs: tuple[np.ndarray, ...], intensity: np.ndarray,
+                          size: int = SCENE_SIZE) -> np.ndarray:
+    """One garment image: a background and one object pasted as in `compose_scene`, uint8 [size, size, 3]."""
+    image = random_background(photographs[int(rng.integers(len(photographs)))], size, rng).astype(np.float32)
+    image, _ = paste_random(rng, image, np.zeros((size, size), np.uint8), intensity, 0)
+    return as_uint8(image)
 
 
 def _split_recipe(split: str) -> tuple[tuple[str, ...], Callable[[], ObjectPool], Callable[[], ObjectPool | None]]:
@@ -247,6 +275,34 @@ def _save_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def build_garment_split(split: str, seed: int = 0, num_images: int | None = None) -> dict[str, np.ndarray]:
+    """The garment images of ``split`` (no cache): ``image`` uint8 [N, 64, 64, 3], ``label`` [N] (the
+    garment's Fashion-MNIST class; each image its own generator, as the scenes)."""
+    if split not in GARMENT_SPLIT_SIZES:
+        raise ValueError(f"unknown split {split!r} for scenes_garments: use one of {', '.join(GARMENT_SPLIT_SIZES)}")
+    photographs = _photographs(TEST_PHOTOGRAPHS if split == "test" else TRAIN_PHOTOGRAPHS)
+    garments = sources.load_fashion_mnist_source(split)
+    count = GARMENT_SPLIT_SIZES[split] if num_images is None else num_images
+    split_number = len(SPLITS) + tuple(GARMENT_SPLIT_SIZES).index(split)  # streams apart from the scenes'
+    images, labels = [], []
+    for i in range(count):
+        rng = np.random.default_rng((seed, split_number, i))
+        index = int(rng.integers(len(garments)))
+        images.append(compose_garment_image(rng, photographs, garments.images[index, ..., 0]))
+        labels.append(int(garments.labels[index]))
+    return {"image": np.stack(images), "label": np.asarray(labels, np.int64)}
+
+
+def load_garments_source(split: str, data_dir: str | None = None, *, seed: int = 0) -> sources.ArraySource:
+    """The ``scenes_garments`` split as an image source (built on first use and cached beside the scenes)."""
+    path = cache_path(f"garments_{split}", data_dir, seed)
+    if not os.path.isfile(path):
+        _save_atomically(path, build_garment_split(split, seed))
+    with np.load(path) as cached:
+        images, labels = cached["image"], cached["label"]
+    return sources.ArraySource("scenes_garments", images, labels, sources.FASHION_MNIST_LABEL_NAMES)
 
 
 def load(split: str, data_dir: str | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:

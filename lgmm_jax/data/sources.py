@@ -433,8 +433,8 @@ def get_source(name: str, split: str, data_dir: str | None = None) -> Source:
     """Returns the random-access source of ``split`` of dataset ``name`` (see the module docstring).
 
     Args:
-      name: ``digits``, ``fashion_mnist``, ``mnist_5k``, ``folder=PATH`` (a folder of image files), or a
-        TFDS name (``cifar10``, ``imagenet2012``, ...).
+      name: ``digits``, ``fashion_mnist``, ``mnist_5k``, ``scenes_garments`` (`scenes.load_garments_source`),
+        ``folder=PATH`` (a folder of image files), or a TFDS name (``cifar10``, ``imagenet2012``, ...).
       split: ``train`` / ``validation`` / ``test`` for bundled data, ``test`` for a folder; any TFDS split
         string otherwise.
       data_dir: folder of the Fashion-MNIST IDX files, or the TFDS data_dir (may be ``gs://...``).
@@ -448,6 +448,10 @@ def get_source(name: str, split: str, data_dir: str | None = None) -> Source:
         return load_fashion_mnist_source(split, data_dir)
     if name == "mnist_5k":
         return load_mnist_5k_source(split)
+    if name == "scenes_garments":  # the segmentation testbed's garments, one per image
+        from lgmm_jax.data import scenes
+
+        return scenes.load_garments_source(split, data_dir)
     if name.startswith(FOLDER_PREFIX):
         return load_image_folder_source(name, split)
     return TfdsSource(name, split, data_dir)

@@ -12,6 +12,8 @@ Names and their usual inputs (`DEFAULT_INPUT_SHAPES`):
   swin_t/s/b                    Swin Transformers, patch 4, window 7, 224x224x3
   cifar_swin_t/s/b              the same widths and depths with patch 2, window 4, 32x32x3
   small_cnn                     three conv layers, 8x8x1 (sklearn digits) or 28x28x1 (MNIST-like)
+  mit_b0 .. mit_b5              SegFormer's Mix Transformer, its last map averaged (the encoder of the
+                                `segformer_b*` segmenters, trained on images), 224x224x3
 
 Variables: 'params' always; 'batch_stats' for the ResNets and the small CNN (pass
 `mutable=['batch_stats']` when `train=True`). Swin uses the 'dropout' rng in training (stochastic depth).
@@ -19,6 +21,7 @@ Variables: 'params' always; 'batch_stats' for the ResNets and the small CNN (pas
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lgmm_jax.models import resnet, small, swin
+from lgmm_jax.models import resnet, segformer, small, swin
 
 Dtype = Any
 
@@ -47,12 +50,12 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "cifar_swin_s": swin.cifar_swin_s,
     "cifar_swin_b": swin.cifar_swin_b,
     "small_cnn": small.small_cnn,
-}
+} | {f"mit_b{i}": functools.partial(segformer.mit, f"b{i}") for i in range(6)}
 
 BACKBONE_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 DEFAULT_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
-    name: (224, 224, 3) if name.startswith(("resnet", "swin")) else (32, 32, 3)
+    name: (224, 224, 3) if name.startswith(("resnet", "swin", "mit")) else (32, 32, 3)
     for name in BACKBONE_NAMES
 } | {"small_cnn": (28, 28, 1)}
 

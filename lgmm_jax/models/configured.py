@@ -22,22 +22,31 @@ def compute_dtype(name: str):
     return DTYPES[name]
 
 
+def _positive_integers(key: str, values: tuple) -> tuple[int, ...]:
+    if any(int(v) != v or v < 1 for v in values):
+        raise ValueError(f"model.{key}={values} must be positive integers, e.g. (64, 128, 256)")
+    return tuple(int(v) for v in values)
+
+
 def backbone_options(model_config: ml_collections.ConfigDict) -> dict:
     """Keyword arguments of `create_backbone` that the config sets and the encoder has: `zero_init_residual`
     is a ResNet option (a config that switches a ResNet recipe to another encoder keeps working);
-    `encoder_widths` sets the small CNN's channels and is refused for any other encoder, whose widths are
-    the published ones."""
+    `encoder_widths` sets the small CNN's channels or MiT's four stage widths, `encoder_depths` MiT's
+    blocks per stage (as `model.decoder`'s `widths` and `depths` do for a SegFormer); both are refused
+    for the other encoders, whose sizes are the published ones."""
     options = {}
-    if model_config.get("zero_init_residual", False) and "resnet" in model_config.encoder:
+    encoder = model_config.encoder
+    if model_config.get("zero_init_residual", False) and "resnet" in encoder:
         options["zero_init_residual"] = True
-    widths = tuple(model_config.get("encoder_widths", ()))
-    if widths:
-        if model_config.encoder != "small_cnn":
-            raise ValueError(f"model.encoder_widths={widths} applies to small_cnn only, not "
-                             f"{model_config.encoder!r}; leave it empty (the published widths)")
-        if any(int(w) != w or w < 1 for w in widths):
-            raise ValueError(f"model.encoder_widths={widths} must be positive integers, e.g. (64, 128, 256)")
-        options["widths"] = tuple(int(w) for w in widths)
+    for key, option in (("encoder_widths", "widths"), ("encoder_depths", "depths")):
+        values = tuple(model_config.get(key, ()))
+        if not values:
+            continue
+        applies = encoder.startswith("mit_b") or (encoder == "small_cnn" and key == "encoder_widths")
+        if not applies:
+            raise ValueError(f"model.{key}={values} does not apply to {encoder!r}; leave it empty (the "
+                             "published sizes)")
+        options[option] = _positive_integers(key, values)
     return options
 
 

@@ -136,7 +136,10 @@ class MixTransformer(nn.Module):
     """MiT encoder: images [B, H, W, 3] -> four maps at strides 4, 8, 16, 32 with widths `widths`.
 
     `layer_norm_epsilon` is that of the blocks' and stages' LayerNorms, `embedding_layer_norm_epsilon`
-    that of the patch embeddings' and the key/value reduction's (see the module docstring).
+    that of the patch embeddings' and the key/value reduction's (see the module docstring). With `pooled`
+    it is an image classifier's encoder (NVlabs' MiT ImageNet classifier): the last map, after its
+    LayerNorm, averaged over space, [B, widths[-1]]; its parameters are the same arrays, so an encoder
+    trained on images moves into a SegFormer unchanged.
     """
 
     widths: Sequence[int] = (64, 128, 320, 512)
@@ -147,9 +150,14 @@ class MixTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     layer_norm_epsilon: float = BLOCK_LAYER_NORM_EPSILON
     embedding_layer_norm_epsilon: float = EMBEDDING_LAYER_NORM_EPSILON
+    pooled: bool = False
+
+    @property
+    def num_features(self) -> int:
+        return self.widths[-1]
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool) -> list[jax.Array]:
+    def __call__(self, images: jax.Array, train: bool) -> list[jax.Array] | jax.Array:
         require_nhwc_images(images)
         x = images.astype(self.dtype)
         total_blocks = sum(self.depths)
@@ -172,7 +180,7 @@ class MixTransformer(nn.Module):
                 block_index += 1
             x = _layer_norm(self.layer_norm_epsilon, self.dtype, f"stage{stage + 1}_norm")(x)
             stages.append(x)
-        return stages
+        return jnp.mean(stages[-1], axis=(1, 2)) if self.pooled else stages
 
 
 class AllMLPDecoder(nn.Module):
@@ -242,6 +250,15 @@ MIT_DEPTHS = {
     "b5": (3, 6, 40, 3),
 }
 DECODER_WIDTHS = {"b0": 256, "b1": 256} | {f"b{i}": 768 for i in range(2, 6)}
+
+
+def mit(variant: str, *, dtype: Dtype = jnp.float32, **kwargs) -> MixTransformer:
+    """MiT-B0..B5 as an image classifier's encoder (`pooled`); kwargs override the module's attributes
+    (e.g. `widths`, `depths` for a smaller MiT)."""
+    if variant not in MIT_WIDTHS:
+        raise ValueError(f"unknown MiT variant {variant!r}; choose one of {sorted(MIT_WIDTHS)}")
+    attributes = dict(widths=MIT_WIDTHS[variant], depths=MIT_DEPTHS[variant], pooled=True)
+    return MixTransformer(**{**attributes, "dtype": dtype, **kwargs})
 
 
 def segformer(variant: str, *, dtype: Dtype = jnp.float32, **kwargs) -> SegFormer:

@@ -44,6 +44,10 @@ POSTHOC_SCORES = ("knn", "vim", "react", "ash", "gen", "rmds")  # the softmax mo
 # so their covariance is near-singular along the radial direction and its pseudo-inverse amplifies float32
 # rounding; evaluating with another batch shape moved its AUROC by 1e-3 on digits (every other score: 1e-5).
 LGMM_POSTHOC_SCORES = ("knn_latent", "knn_features", "rmds_features")
+# Scores whose hyper-parameters are chosen on held-out images of the unknown set they are scored on (so
+# they are not deployable and each unknown set is scored without its held-out images): the paper's
+# Table 3 "ODIN", `select_odin_on_ood`.
+OOD_TUNED_SCORES = ("odin_ood",)
 
 DEFAULT_SAMPLE_SIZE = 50_000
 KNN_K = 50  # knn.yml

@@ -31,6 +31,8 @@ PUBLISHED_FEATURE_WIDTHS = {
     "swin_t": 768, "swin_s": 768, "swin_b": 1024,
     "cifar_swin_t": 768, "cifar_swin_s": 768, "cifar_swin_b": 1024,
     "small_cnn": 128,
+    # NVlabs' MiT classifiers (SegFormer's mix_transformer.py): embed_dims[3].
+    "mit_b0": 256, "mit_b1": 512, "mit_b2": 512, "mit_b3": 512, "mit_b4": 512, "mit_b5": 512,
 }
 
 TINY_SWIN = dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), patch_size=2, window_size=4)
@@ -269,5 +271,5 @@ def test_model_encoder_widths_is_refused_for_a_published_encoder():
 
     config = default.get_config()
     config.model.encoder, config.model.encoder_widths = "resnet18", (64, 128)
-    with pytest.raises(ValueError, match="encoder_widths=.*small_cnn only.*'resnet18'"):
+    with pytest.raises(ValueError, match="encoder_widths=.*does not apply to 'resnet18'"):
         create_model(config.model, 10)
