@@ -255,6 +255,9 @@ class EvalExample(grain.transforms.Map):
         }
 
 
+EVAL_READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)  # items are whole batches
+
+
 def _default_read_options(local_batch_size: int) -> grain.ReadOptions:
     # Elements are single examples here; keep a few batches in flight, not grain's default 500 elements.
     return grain.ReadOptions(num_threads=4, prefetch_buffer_size=max(2 * local_batch_size, 16))
@@ -328,7 +331,7 @@ def eval_batches(source: Source, *, batch_size: int, preprocess: str,
       process_index, process_count: this process's share ``[process_index::process_count]``.
       normalization: dataset name or `Normalization`; None = the source's dataset. For OOD data pass
         the training dataset's name.
-      read_options: grain threading / prefetch options.
+      read_options: grain threading / prefetch options (default: 4 threads, 4 batches ahead).
     Returns:
       A re-iterable grain ``IterDataset`` of ``{"image": float32 [b, H, W, C], "label": int32 [b],
       "original_label": int32 [b], "mask": bool [b]}``.
@@ -343,7 +346,8 @@ def eval_batches(source: Source, *, batch_size: int, preprocess: str,
     examples = grain.MapDataset.source(padded).map(
         EvalExample(source, preprocess, get_normalization(normalization, source),
                     _lookup_table(known_classes, source), int(indices[0])))
-    local_batch_size = batch_size // process_count
-    local = examples[process_index::process_count].to_iter_dataset(
-        read_options or _default_read_options(local_batch_size))
-    return local.batch(local_batch_size, drop_remainder=True)
+    # Whole batches are what the threads prefetch: grain's prefetch looks through its whole buffer for
+    # every item it returns, which for single examples cost more than reading in-memory data (0.75 s of a
+    # 4.6 s evaluation on digits). Nothing is resumed here, so the item may be a batch.
+    local = examples[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
+    return local.to_iter_dataset(read_options or EVAL_READ_OPTIONS)
