@@ -12,7 +12,10 @@
   with tolerances derived to hold across float paths (tests/test_distributed.py), and the comparisons
   with reference implementations (scikit-learn, the pretrained fixtures) have tolerances far above
   float32 rounding.
-- pytest-xdist runs the modules on two workers (pyproject's addopts; `-n 0` runs in one process);
+- pytest-xdist runs the modules on two workers (pyproject's addopts; `-n 0` runs in one process),
+  whole modules in the order below: the ones that start training runs, slowest first, then the rest
+  (`--no-loadscope-reorder`; xdist's default order, most tests first, started the slowest module last
+  and left one worker idle while it ran);
   training runs that several modules derive checks from are made once per session
   (`tests/shared_runs.py`).
 """
@@ -35,3 +38,24 @@ os.environ.update(
 def pytest_unconfigure(config):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         shutil.rmtree(os.environ["LGMM_TEST_COMPILATION_CACHE"], ignore_errors=True)
+
+
+# Modules by their time on 2 cores (seconds, measured with --durations), slowest first.
+SLOWEST_FIRST = (
+    "tests/test_distributed.py",  # ~200: multi-device and multi-process runs
+    "tests/test_faults.py",  # ~180: preempted, killed, damaged, full-disk reruns
+    "tests/test_segmentation.py",  # ~110
+    "tests/test_train.py",  # ~75
+    "tests/test_pretrained.py",  # ~60
+    "tests/test_cli.py",  # ~50
+    "tests/test_initial_weights.py",  # ~50
+    "tests/test_objective.py",  # ~40
+    "tests/test_evaluate.py",  # ~35
+    "tests/models/test_segmenters.py",  # ~35
+    "tests/test_export.py",  # ~30
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {module: position for position, module in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(SLOWEST_FIRST)))

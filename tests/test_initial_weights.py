@@ -6,6 +6,7 @@ starts a softmax run; the published layouts go through the same `pretrained.plan
 their reference implementations in test_pretrained.py.
 """
 import json
+import os
 import shutil
 
 import jax
@@ -131,30 +132,35 @@ def test_an_unusable_file_is_one_line_and_writes_nothing(kind, fragments, tmp_pa
 def test_the_testbed_segmenter_starts_from_a_garment_classifier(tmp_path):
     """README's two commands: configs/scenes_garments.py trains the testbed segmenter's encoder as a
     classifier of the known garments (the held-out ones are its unknown classes), and configs/scenes.py
-    with init.weights=that run starts from it: the step-0 encoder is the classifier's, every other array
-    the segmenter's own."""
+    with init.weights=that run takes its encoder: what a new run loads (`initial_weights.loaded_arrays`,
+    as train.py calls it) is the classifier's encoder array for array, the rest is left fresh. The garment
+    splits are composed here at a tenth of their size into the run's data_dir."""
     import configs.scenes
     import configs.scenes_garments
     from lgmm_jax.data import scenes
+    from lgmm_jax.models.configured import initial_variables
 
+    data_dir = tmp_path / "data"
+    for split, count in {"train": 1000, "validation": 100, "test": 200}.items():
+        path = scenes.cache_path(f"garments_{split}", str(data_dir))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez(path, **scenes.build_garment_split(split, num_images=count))
     garments = configs.scenes_garments.get_config()
     garments.update_from_flattened_dict({"num_train_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1,
-                                         "eval.scores": ("msp",)})
+                                         "eval.scores": ("msp",), "data_dir": str(data_dir)})
     results = train.train_and_evaluate(garments, str(tmp_path / "garments"))
     assert experiment.resolve_protocol(garments).known_classes == scenes.KNOWN_GARMENTS
     assert results["open_set"]["unknown_classes"]["num_examples"] > 0  # the held-out garments, never trained on
 
     segmenter = configs.scenes.get_config()
-    segmenter.update_from_flattened_dict({
-        "num_train_steps": 1, "checkpoint_every_steps": 1, "log_every_steps": 1, "init.weights": str(tmp_path / "garments"),
-        "segmentation.eval_images": 4, "segmentation.fit_images": 4})
-    train.train_and_evaluate(segmenter, str(tmp_path / "scenes"))
-    step0 = checkpoint_params(tmp_path / "scenes", 0)
+    segmenter.init.weights = str(tmp_path / "garments")
+    model = create_model(segmenter.model, scenes.NUM_CLASSES)
+    own = jax.jit(lambda key: initial_variables(model, key, (64, 64, 3)))(jax.random.key(0))
+    loaded, report = initial_weights.loaded_arrays(segmenter, model, own, (64, 64, 3))
     classifier = checkpoint_params(tmp_path / "garments", 2)
-    encoder = {name: name.replace("/backbone/", "/decoder/backbone/", 1) for name in classifier
+    encoder = {name.replace("/backbone/", "/decoder/backbone/", 1): name for name in classifier
                if name.split("/")[1] == "backbone"}
-    assert encoder and set(encoder.values()) == {n for n in step0 if n.split("/")[1:3] == ["decoder", "backbone"]}
-    for theirs, ours in encoder.items():
-        np.testing.assert_array_equal(step0[ours], classifier[theirs], err_msg=ours)
-    report = json.loads((tmp_path / "scenes" / initial_weights.REPORT_FILE).read_text())
-    assert set(report["loaded"]) == set(encoder.values()) and "params/classifier/kernel" in report["ignored"]
+    assert encoder and {"/".join(key) for key in loaded} == set(encoder) == set(report["loaded"])
+    for ours, theirs in encoder.items():
+        np.testing.assert_array_equal(loaded[tuple(ours.split("/"))], classifier[theirs], err_msg=ours)
+    assert "params/classifier/kernel" in report["ignored"] and "params/head/means" in report["fresh"]
