@@ -173,6 +173,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.scores = ()  # () = every score the head has (lgmm_jax/ood/scores.py)
     config.eval.threshold_tpr = 0.95  # the rejection threshold keeps this share of known data
+    # Exports reject a known-class input with probability at most alpha (split-conformal on the validation
+    # split, lgmm_jax/ood/conformal.py); evaluation reports the share of known test images that rejects.
+    config.eval.alpha = 0.05
     # A learning curve: also evaluate after these epochs (workdir/curve/epoch_E/results.json, same shape).
     config.eval.epochs = ()
     return config

@@ -49,7 +49,7 @@ from lgmm_jax.data.protocols import DataRef, OpenSetProtocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
 from lgmm_jax.mixture import labelled_log_prob
 from lgmm_jax.models.gmm import head_gaussians
-from lgmm_jax.ood import fitting, metrics, posthoc, scores
+from lgmm_jax.ood import conformal, fitting, metrics, posthoc, scores
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.sharding import batch_sharding, make_mesh, replicated
 from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
@@ -145,6 +145,24 @@ def odin_tuned_on_unknown(config, model, variables, mesh, known_selection, pixel
     record = {"temperature": choice.temperature, "epsilon": choice.epsilon, "held_out": held_out,
               "scored": int(len(unknown))}
     return OdinOnOod(np.asarray(known, np.float64), np.asarray(unknown, np.float64), record)
+
+
+def conformal_check(validation_scores: dict, known_scores: dict, labels: np.ndarray, alpha: float) -> dict:
+    """Per score, the split-conformal threshold at `alpha` set on the validation split (what an export
+    deploys, `lgmm_jax.ood.conformal`) and the share of the known test split it rejects, overall and by
+    true class: the guarantee says at most alpha in expectation."""
+    labels = np.asarray(labels)
+    checks = {}
+    for name, calibration in validation_scores.items():
+        threshold = conformal.threshold(calibration, alpha)
+        rejected = np.asarray(known_scores[name]) < threshold
+        checks[name] = {
+            "threshold": threshold,
+            "rejected": float(rejected.mean()),
+            "rejected_per_class": [float(rejected[labels == c].mean()) if np.any(labels == c) else None
+                                   for c in range(int(labels.max()) + 1)],
+        }
+    return {"alpha": alpha, "scores": checks}
 
 
 def component_usage(config, variables, outputs) -> dict[str, Any]:
@@ -282,6 +300,8 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[
     }
     if "odin" in fitted:
         results["odin"] = {"temperature": fitted["odin"].temperature, "epsilon": fitted["odin"].epsilon}
+    results["conformal"] = conformal_check(validation_scores, known_scores, known_test["label"],
+                                           float(config.eval.get("alpha", conformal.DEFAULT_ALPHA)))
     score_sets = ScoreSets(validation=validation_scores, known=known_scores, unknown={})
     for ref, name, unknown_source in zip(protocol.unknown, unknown_names, unknown_sources):
         unknown = run(unknown_source, ref.classes, all_unknown=True, extra=extra)

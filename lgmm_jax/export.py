@@ -11,8 +11,13 @@ The folder holds no pickle:
   weights); no optimiser state, no memory bank.
 - ``model.json``: the full training config, the original label id and name of each known class, the
   evaluation preprocessing preset with the normalisation mean / std, the input image shape, the score and
-  its rejection threshold. The threshold keeps ``config.eval.threshold_tpr`` (95%) of the held-out
-  known-class validation split, which training never sees (`lgmm_jax.ood.metrics.threshold_at_tpr`).
+  its rejection threshold, `alpha` and the calibration kind.
+- ``calibration_scores.npy`` (sorted) and ``calibration_classes.npy`` (the predicted class of each): the
+  score of every held-out known-class validation image, which training never sees. The threshold is the
+  split-conformal one (`lgmm_jax.ood.conformal`): a known-class input is rejected with probability at most
+  `alpha` (default 0.05, `--alpha`); `--calibration=class_conditional` gives each predicted class its own
+  threshold and the same guarantee per class. `inference` gives every input its p-value and decides at
+  another alpha on request.
 
 A published checkpoint exports without training (`--config` and `--weights`): the config's model is filled
 entirely from the file (`lgmm_jax.pretrained`; every array must come from it, so a GMM head, which no
@@ -21,8 +26,9 @@ published file has, is refused) and the threshold is set on the config's validat
 
 A segmentation run exports the same way: model.json says `"task": "segmentation"` and how the model is
 run on an image (`dense`: whole or slide inference, the test-time resize, the padding), its score is a
-per-pixel score (L-GMM: likelihood; softmax: msp, maxlogit or entropy) and the threshold keeps 95% of
-the validation split's labelled pixels; `inference.load(...).predict(images)` then returns per-pixel
+per-pixel score (L-GMM: likelihood; softmax: msp, maxlogit or entropy) and its calibration scores are
+a strided sample of the validation split's labelled pixels (at most `THRESHOLD_PIXELS_PER_IMAGE` per
+image; marginal only, and without the guarantee: pixels of one image are not exchangeable); `inference.load(...).predict(images)` then returns per-pixel
 labels, scores and the known / unknown decision at the input size.
 
 The export is written into a temporary sibling folder and renamed into place when complete, so a crash never
@@ -33,6 +39,7 @@ evaluates it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -50,7 +57,7 @@ from ml_collections import config_flags
 from lgmm_jax import cli, evaluate, experiment, forward, inference, initial_weights, pixel_forward, pretrained
 from lgmm_jax import segmentation_evaluation
 from lgmm_jax.data import pipeline
-from lgmm_jax.ood import metrics
+from lgmm_jax.ood import conformal
 from lgmm_jax.sharding import make_mesh
 
 
@@ -75,9 +82,41 @@ def choose_score(head: str, score_name: str | None, segmentation: bool = False) 
     return score_name
 
 
-def segmentation_threshold(trained: evaluate.TrainedModel, score_name: str, mesh) -> tuple[float, int]:
-    """(threshold, number of validation images): the threshold that keeps `eval.threshold_tpr` of the
-    validation split's labelled pixels, as the evaluation computes it."""
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Held-out known-class scores (and the class predicted for each) that the threshold is set on."""
+
+    scores: np.ndarray
+    classes: np.ndarray
+    kind: str
+    alpha: float
+
+    def description(self, num_classes: int) -> dict[str, Any]:
+        """model.json's threshold and calibration entries (`conformal`)."""
+        entries = {"threshold": conformal.threshold(self.scores, self.alpha), "alpha": self.alpha,
+                   "calibration": self.kind, "threshold_tpr": 1.0 - self.alpha,
+                   "calibration_files": list(inference.CALIBRATION_FILES)}
+        if self.kind == "class_conditional":
+            entries["class_thresholds"] = conformal.class_thresholds(
+                self.scores, self.classes, num_classes, self.alpha).tolist()
+        return entries
+
+    def files(self) -> dict[str, np.ndarray]:
+        order = np.argsort(self.scores, kind="stable")
+        scores_file, classes_file = inference.CALIBRATION_FILES
+        return {scores_file: self.scores[order], classes_file: self.classes[order].astype(np.int32)}
+
+
+def calibration_of(scores, classes, kind: str, alpha: float) -> Calibration:
+    if kind not in conformal.CALIBRATIONS:
+        raise ValueError(f"--calibration={kind} is not one of {', '.join(conformal.CALIBRATIONS)}")
+    return Calibration(np.asarray(scores, np.float64), np.asarray(classes, np.int64), kind,
+                       conformal.check_alpha(alpha))
+
+
+def segmentation_calibration(trained: evaluate.TrainedModel, score_name: str, mesh) -> tuple[np.ndarray, int]:
+    """(sampled labelled validation pixels' scores, number of validation images), sampled as the
+    evaluation samples them for its thresholds."""
     config, protocol = trained.config, trained.protocol
     source = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
     settings = segmentation_evaluation.settings_of(config)
@@ -86,15 +125,15 @@ def segmentation_threshold(trained: evaluate.TrainedModel, score_name: str, mesh
         variables=trained.variables, mesh=mesh, fitted=pixel_forward.Fitted(),
         batch_size=experiment.eval_batch_size(config), settings=settings, num_classes=trained.num_classes,
     )
-    threshold = segmentation_evaluation.thresholds(config, predictor, source, (score_name,))[score_name]
-    return threshold, len(source)
+    sampled = segmentation_evaluation.validation_pixel_scores(config, predictor, source, (score_name,))
+    return sampled[score_name], len(source)
 
 
-def describe_segmenter(trained: evaluate.TrainedModel, origin: dict, score_name: str, mesh) -> dict[str, Any]:
+def describe_segmenter(trained: evaluate.TrainedModel, origin: dict, score_name: str,
+                       calibration: Calibration, num_images: int) -> dict[str, Any]:
     """model.json's content for a segmentation run (see the module docstring)."""
     config, protocol, source = trained.config, trained.protocol, trained.train_source
     settings = segmentation_evaluation.settings_of(config)
-    threshold, num_images = segmentation_threshold(trained, score_name, mesh)
     return {
         "format": inference.EXPORT_FORMAT,
         "task": "segmentation",
@@ -116,10 +155,10 @@ def describe_segmenter(trained: evaluate.TrainedModel, origin: dict, score_name:
         "image_shape": [None, None, 3],
         "model_input_shape": list(trained.input_shape),
         "score": score_name,
-        "threshold": threshold,
-        "threshold_tpr": float(config.eval.threshold_tpr),
+        **calibration.description(trained.num_classes),
         "threshold_data": {"dataset": protocol.dataset, "split": protocol.validation_split,
-                           "num_examples": num_images, "unit": "labelled pixels"},
+                           "num_examples": num_images, "unit": "labelled pixels",
+                           "num_scores": int(len(calibration.scores))},
         "protocol": protocol.name,
         "checkpoint": origin,
         "variables": inference.VARIABLES_DIR,
@@ -127,19 +166,21 @@ def describe_segmenter(trained: evaluate.TrainedModel, origin: dict, score_name:
     }
 
 
-def validation_scores(trained: evaluate.TrainedModel, score_name: str, mesh) -> np.ndarray:
-    """[N] scores of the known-class validation images, computed as `evaluate.evaluate` computes them."""
+def validation_scores(trained: evaluate.TrainedModel, score_name: str, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """([N] scores, [N] predicted classes) of the known-class validation images, computed as
+    `evaluate.evaluate` computes them."""
     config, protocol = trained.config, trained.protocol
     source = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
     batches = experiment.eval_stream(config, protocol, source, protocol.known_classes)
     forward_fn = forward.make_forward(trained.model, config.model.head, mesh)
     outputs = forward.collect(batches, mesh, trained.variables, forward_fn)
     temperature = forward.posterior_temperature_of(config)
-    return forward.score_table(outputs, {}, (score_name,), temperature)[score_name]
+    scores = forward.score_table(outputs, {}, (score_name,), temperature)[score_name]
+    return scores, np.argmax(forward.predictions(config.model.head, outputs), axis=-1)
 
 
 def describe(
-    trained: evaluate.TrainedModel, origin: dict, score_name: str, scores: np.ndarray
+    trained: evaluate.TrainedModel, origin: dict, score_name: str, calibration: Calibration
 ) -> dict[str, Any]:
     """model.json's content (see the module docstring)."""
     config, protocol, source = trained.config, trained.protocol, trained.train_source
@@ -149,7 +190,6 @@ def describe(
     image_shape = list(source.image_shape)
     if pipeline.resizes_to_network_input(preset):  # resized and cropped to the network's input: any size goes in
         image_shape = [None, None, image_shape[-1]]
-    tpr = float(config.eval.threshold_tpr)
     return {
         "format": inference.EXPORT_FORMAT,
         "head": config.model.head,
@@ -166,12 +206,11 @@ def describe(
         "image_shape": image_shape,
         "model_input_shape": list(trained.input_shape),
         "score": score_name,
-        "threshold": metrics.threshold_at_tpr(scores, tpr),
-        "threshold_tpr": tpr,
+        **calibration.description(trained.num_classes),
         "threshold_data": {
             "dataset": protocol.dataset,
             "split": protocol.validation_split,
-            "num_examples": int(len(scores)),
+            "num_examples": int(len(calibration.scores)),
         },
         "protocol": protocol.name,
         "checkpoint": origin,
@@ -180,8 +219,10 @@ def describe(
     }
 
 
-def write_export(output: str, variables: dict, description: dict) -> None:
-    """Write variables/ and model.json into a temporary sibling of `output`, then rename it to `output`."""
+def write_export(output: str, variables: dict, description: dict, files: dict[str, np.ndarray] | None = None
+                 ) -> None:
+    """Write variables/, model.json and `files` (name -> array, .npy) into a temporary sibling of `output`,
+    then rename it to `output`."""
     output = os.path.abspath(output)
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
@@ -192,6 +233,8 @@ def write_export(output: str, variables: dict, description: dict) -> None:
             checkpointer.save(os.path.join(staging, inference.VARIABLES_DIR), arrays)
         with open(os.path.join(staging, inference.MODEL_FILE), "w") as f:
             json.dump(description, f, indent=2)
+        for name, array in (files or {}).items():
+            np.save(os.path.join(staging, name), array)
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         if os.path.isdir(output):
             os.rmdir(output)  # empty (checked): rename replaces only an absent or empty folder
@@ -223,20 +266,27 @@ def published_model(config, weights: str) -> evaluate.TrainedModel:
                                  variables=variables, input_shape=input_shape, num_classes=num_classes, step=0)
 
 
-def export_trained(trained: evaluate.TrainedModel, output: str, origin: dict, score_name: str | None,
-                   mesh) -> dict[str, Any]:
-    """Describe `trained` (its threshold set on the validation split) and write it to `output`."""
+def export_trained(trained: evaluate.TrainedModel, output: str, origin: dict, score_name: str | None, mesh,
+                   alpha: float = conformal.DEFAULT_ALPHA, calibration: str = "marginal") -> dict[str, Any]:
+    """Describe `trained` (calibrated on the validation split) and write it to `output`."""
     segmentation = experiment.is_segmentation(trained.config)
     score_name = choose_score(trained.config.model.head, score_name, segmentation)
     if segmentation:
-        description = describe_segmenter(trained, origin, score_name, mesh)
+        if calibration != "marginal":
+            raise ValueError("--calibration=class_conditional is for classifiers: a segmenter's calibration "
+                             "pixels are not exchangeable; use --calibration=marginal")
+        scores, num_images = segmentation_calibration(trained, score_name, mesh)
+        calibrated = calibration_of(scores, np.zeros(len(scores)), calibration, alpha)
+        description = describe_segmenter(trained, origin, score_name, calibrated, num_images)
     else:
-        description = describe(trained, origin, score_name, validation_scores(trained, score_name, mesh))
-    write_export(output, trained.variables, description)
+        calibrated = calibration_of(*validation_scores(trained, score_name, mesh), calibration, alpha)
+        description = describe(trained, origin, score_name, calibrated)
+    write_export(output, trained.variables, description, calibrated.files())
     return description
 
 
-def export_model(workdir: str, output: str, score_name: str | None = None) -> dict[str, Any]:
+def export_model(workdir: str, output: str, score_name: str | None = None, alpha: float = conformal.DEFAULT_ALPHA,
+                 calibration: str = "marginal") -> dict[str, Any]:
     """Export `workdir`'s latest checkpoint to the new folder `output`; returns model.json's content.
 
     Raises:
@@ -248,16 +298,17 @@ def export_model(workdir: str, output: str, score_name: str | None = None) -> di
     mesh = make_mesh()
     trained = evaluate.restore_workdir(workdir, mesh)
     origin = {"workdir": os.path.abspath(workdir), "step": trained.step}
-    return export_trained(trained, output, origin, score_name, mesh)
+    return export_trained(trained, output, origin, score_name, mesh, alpha, calibration)
 
 
-def export_published(config, weights: str, output: str, score_name: str | None = None) -> dict[str, Any]:
+def export_published(config, weights: str, output: str, score_name: str | None = None,
+                     alpha: float = conformal.DEFAULT_ALPHA, calibration: str = "marginal") -> dict[str, Any]:
     """Export `config`'s model filled from the checkpoint file `weights` (`published_model`) to the new
     folder `output`, without training; returns model.json's content (its "checkpoint": {"weights": path})."""
     check_output_is_free(output)
     trained = published_model(config, weights)
     origin = {"weights": weights if "://" in weights else os.path.abspath(weights)}
-    return export_trained(trained, output, origin, score_name, make_mesh())
+    return export_trained(trained, output, origin, score_name, make_mesh(), alpha, calibration)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -272,6 +323,10 @@ def define_flags() -> None:
     flags.DEFINE_string("weights", None, "a published checkpoint file: export --config's model filled from it")
     config_flags.DEFINE_config_file("config", None, "with --weights: the model's config file", lock_config=True)
     flags.DEFINE_string("output", None, "the new folder to write the exported model into")
+    flags.DEFINE_float("alpha", conformal.DEFAULT_ALPHA, "the rejection threshold rejects a known-class input "
+                       "with probability at most alpha (split-conformal on the validation split)")
+    flags.DEFINE_enum("calibration", "marginal", list(conformal.CALIBRATIONS),
+                      "one threshold, or one per predicted class (the guarantee per class)")
     flags.DEFINE_string("score", None, "L-GMM: likelihood (default), marginal or posterior; softmax: msp "
                         "(default), maxlogit or energy (segmenters: likelihood; msp, maxlogit or entropy)")
 
@@ -293,15 +348,16 @@ def main(argv):
 
     def export_and_report():
         if published:
-            description = export_published(FLAGS.config, FLAGS.weights, FLAGS.output, FLAGS.score)
+            description = export_published(FLAGS.config, FLAGS.weights, FLAGS.output, FLAGS.score, FLAGS.alpha,
+                                           FLAGS.calibration)
             source = FLAGS.weights
         else:
-            description = export_model(FLAGS.workdir, FLAGS.output, FLAGS.score)
+            description = export_model(FLAGS.workdir, FLAGS.output, FLAGS.score, FLAGS.alpha, FLAGS.calibration)
             source = f"step {description['checkpoint']['step']} of {FLAGS.workdir}"
         print(
             f"exported {source} to {FLAGS.output}: "
-            f"{description['score']} >= {description['threshold']:.6g} accepts as known "
-            f"({description['threshold_tpr']:.0%} of the "
+            f"{description['score']} >= {description['threshold']:.6g} accepts as known (rejects a known "
+            f"input with probability <= {description['alpha']:g}; calibrated on "
             f"{description['threshold_data'].get('unit', 'images')} of {description['threshold_data']['num_examples']} "
             f"validation images)",
             flush=True,

@@ -35,11 +35,14 @@ from lgmm_jax import forward, pixel_forward
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource
 from lgmm_jax.models.configured import create_model, initial_variables
+from lgmm_jax.ood import conformal
 from lgmm_jax.sharding import make_mesh, padded_batch_size, replicated
 
 EXPORT_FORMAT = "lgmm_jax.export/1"
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
+# The held-out known-class scores the threshold was calibrated on (sorted) and each one's predicted class.
+CALIBRATION_FILES = ("calibration_scores.npy", "calibration_classes.npy")
 # Files without which an export cannot be loaded (orbax's tree metadata and its array index).
 REQUIRED_FILES = (MODEL_FILE, f"{VARIABLES_DIR}/_METADATA", f"{VARIABLES_DIR}/manifest.ocdbt")
 # The scores a deployed model can compute from one image alone (no fitted statistics), per head.
@@ -114,6 +117,50 @@ def restore_variables(path: str, module, input_shape, mesh) -> dict:
         ) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """An export's calibration (`lgmm_jax.ood.conformal`): the held-out known-class scores, sorted, the
+    class predicted for each, "marginal" or "class_conditional", and the alpha the export decides at."""
+
+    scores: np.ndarray
+    classes: np.ndarray
+    kind: str
+    alpha: float
+
+    def p_values(self, scores, predicted) -> np.ndarray:
+        """(1 + #{calibration scores <= score}) / (n + 1), within the predicted class when class-conditional."""
+        if self.kind == "class_conditional":
+            return conformal.class_p_values(self.scores, self.classes, scores, predicted)
+        return conformal.p_values(self.scores, scores)
+
+
+def read_calibration(path: str, description: dict) -> Calibration | None:
+    """The export's calibration files (None for an export written before they existed)."""
+    if "calibration_files" not in description:
+        return None
+    scores_file, classes_file = (os.path.join(path, name) for name in description["calibration_files"])
+    for name in (scores_file, classes_file):
+        if not os.path.isfile(name):
+            raise IncompleteExportError(f"exported model {path} is incomplete: {os.path.basename(name)} is "
+                                        "missing; export it again")
+    return Calibration(np.load(scores_file, allow_pickle=False), np.load(classes_file, allow_pickle=False),
+                       description["calibration"], float(description["alpha"]))
+
+
+def decide(score: np.ndarray, predicted: np.ndarray, threshold: float, calibration: Calibration | None,
+           alpha: float | None) -> dict[str, np.ndarray]:
+    """`known` (and `p_value` when calibrated): p_value > alpha, alpha the export's unless given; an
+    export without calibration compares the score with its threshold."""
+    if calibration is None:
+        if alpha is not None:
+            raise ValueError("this export has no calibration scores, so it decides only at its own threshold: "
+                             "export it again to choose alpha at prediction time")
+        return {"known": score >= np.float32(threshold)}
+    p_value = calibration.p_values(score, predicted)
+    alpha = calibration.alpha if alpha is None else conformal.check_alpha(alpha)
+    return {"p_value": p_value.astype(np.float32), "known": p_value > alpha}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ExportedModel:
     """What every exported model holds (`batch_size`: rounded up to a multiple of the device count).
@@ -134,6 +181,7 @@ class ExportedModel:
     batch_size: int
     mesh: Any
     description: dict
+    calibration: Calibration | None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -150,27 +198,33 @@ class Model(ExportedModel):
     normalization: pipeline.Normalization
     forward: Any
 
-    def predict(self, images) -> dict[str, np.ndarray]:
+    def predict(self, images, alpha: float | None = None) -> dict[str, np.ndarray]:
         """Classify and score uint8 [N, H, W, C] images (numpy).
 
+        Args:
+          alpha: decide at this alpha instead of the export's (`lgmm_jax.ood.conformal`).
         Returns:
           label: int64 [N], the original label id of the most probable known class.
           log_posterior: float32 [N, C], log p(y|z) = log_softmax(log p(z|y) / T) at L_D's temperature T,
             the posterior L_D trained (L-GMM; T = 1 is Eq. 7), or log_softmax(logits) (softmax).
           score: float32 [N], `score_name`, higher = more like the known classes.
-          known: bool [N], score >= threshold (False = rejected as unknown).
+          p_value: float32 [N], the conformal p-value of the score among the calibration scores (of the
+            predicted class when class-conditional).
+          known: bool [N], p_value > alpha, i.e. score >= threshold at the export's alpha (False =
+            rejected as unknown).
         Raises:
           ValueError: images of another dtype, rank or shape (the message gives the expected one).
         """
         images = check_images(images, self.image_shape)
         num_classes = len(self.known_labels)
         if len(images) == 0:
-            return {
+            empty = {
                 "label": np.zeros([0], np.int64),
                 "log_posterior": np.zeros([0, num_classes], np.float32),
                 "score": np.zeros([0], np.float32),
                 "known": np.zeros([0], bool),
             }
+            return empty | ({"p_value": np.zeros([0], np.float32)} if self.calibration is not None else {})
         inputs = ArraySource("inference", images, np.zeros(len(images), np.int64), ("input",))
         batches = pipeline.eval_batches(
             inputs, batch_size=self.batch_size, preprocess=self.preprocess, normalization=self.normalization
@@ -179,12 +233,12 @@ class Model(ExportedModel):
         head_outputs = forward.predictions(self.head, outputs)
         temperature = forward.posterior_temperature_of(self.config)
         score = forward.score_table(outputs, {}, (self.score_name,), temperature)[self.score_name]
-        score = score.astype(np.float32)
+        predicted = np.argmax(head_outputs, axis=-1)
         return {
-            "label": np.asarray(self.known_labels, np.int64)[np.argmax(head_outputs, axis=-1)],
+            "label": np.asarray(self.known_labels, np.int64)[predicted],
             "log_posterior": np.asarray(jax.nn.log_softmax(head_outputs / temperature, axis=-1), np.float32),
-            "score": score,
-            "known": score >= np.float32(self.threshold),
+            "score": score.astype(np.float32),
+            **decide(score, predicted, self.threshold, self.calibration, alpha),
         }
 
 
@@ -196,20 +250,25 @@ class SegmentationModel(ExportedModel):
     settings: pixel_forward.DenseSettings
     forward: Any
 
-    def predict(self, images) -> dict[str, np.ndarray]:
+    def predict(self, images, alpha: float | None = None) -> dict[str, np.ndarray]:
         """Segment and score uint8 [N, H, W, 3] images (numpy).
 
+        Args:
+          alpha: decide at this alpha instead of the export's (pixels carry no conformal guarantee).
         Returns:
           label: int64 [N, H, W], the most probable known class of each pixel.
           score: float32 [N, H, W], `score_name` of each pixel, higher = more like the known classes.
-          known: bool [N, H, W], score >= threshold (False = an anomaly: no known class).
+          p_value: float32 [N, H, W], the score's p-value among the sampled validation pixels' scores.
+          known: bool [N, H, W], p_value > alpha (False = an anomaly: no known class).
         Raises:
           ValueError: images of another dtype, rank or channel count.
         """
         images = check_images(images, (None, None, 3))
         if len(images) == 0:
             empty = np.zeros([0, *images.shape[1:3]])
-            return {"label": empty.astype(np.int64), "score": empty.astype(np.float32), "known": empty.astype(bool)}
+            calibrated = {"p_value": empty.astype(np.float32)} if self.calibration is not None else {}
+            return {"label": empty.astype(np.int64), "score": empty.astype(np.float32), "known": empty.astype(bool),
+                    **calibrated}
         outputs = []
         for start in range(0, len(images), self.batch_size):
             chunk = list(images[start:start + self.batch_size])
@@ -218,12 +277,10 @@ class SegmentationModel(ExportedModel):
                 [image.shape[:2] for image in chunk], self.batch_size, self.settings,
                 len(self.label_names), (self.score_name,),
             )
-        score = np.stack([out[self.score_name] for out in outputs]).astype(np.float32)
-        return {
-            "label": np.stack([out["prediction"] for out in outputs]).astype(np.int64),
-            "score": score,
-            "known": score >= np.float32(self.threshold),
-        }
+        score = np.stack([out[self.score_name] for out in outputs])
+        label = np.stack([out["prediction"] for out in outputs]).astype(np.int64)
+        return {"label": label, "score": score.astype(np.float32),
+                **decide(score, label, self.threshold, self.calibration, alpha)}
 
 
 def common_parts(description: dict, path: str, batch_size: int | None, deployable: dict) -> dict:
@@ -246,6 +303,7 @@ def common_parts(description: dict, path: str, batch_size: int | None, deployabl
         batch_size=padded_batch_size(batch_size or config.eval_batch_size, mesh.devices.size),
         mesh=mesh,
         description=description,
+        calibration=read_calibration(path, description),
     )
 
 

@@ -122,6 +122,18 @@ def render_report(results: dict) -> str:
         "",
         markdown_table(["score", "tau"], [[k, f"{v:.4g}"] for k, v in results["thresholds"].items()]),
     ]
+    if "conformal" in results:
+        checked = results["conformal"]
+        parts += [
+            "",
+            f"## Conformal rejection at alpha = {checked['alpha']:g} (threshold set on the validation split, as "
+            "an export deploys it; the share of known test data rejected should be at most alpha)",
+            "",
+            markdown_table(["score", "tau", "known test rejected", "worst class"],
+                           [[name, f"{c['threshold']:.4g}", percent(c["rejected"]),
+                             percent(max(r for r in c["rejected_per_class"] if r is not None))]
+                            for name, c in checked["scores"].items()]),
+        ]
     if "components" in results:
         effective = results["components"]["effective_components_per_class"]
         parts += [

@@ -155,8 +155,9 @@ def strided_sample(values: np.ndarray, limit: int) -> np.ndarray:
     return values[::step]
 
 
-def thresholds(config, predictor: Predictor, validation_source, chosen) -> dict[str, float]:
-    """Per score, the threshold that keeps `eval.threshold_tpr` of the validation split's labelled pixels."""
+def validation_pixel_scores(config, predictor: Predictor, validation_source, chosen) -> dict[str, np.ndarray]:
+    """Per score, a strided sample of at most `THRESHOLD_PIXELS_PER_IMAGE` labelled pixels' scores of
+    each validation image, concatenated."""
     void = int(config.segmentation.void_label)
     kept = {name: [] for name in chosen}
     limit = int(config.segmentation.eval_images)
@@ -164,8 +165,13 @@ def thresholds(config, predictor: Predictor, validation_source, chosen) -> dict[
         labelled = np.asarray(example["label"]) != void
         for name in chosen:
             kept[name].append(strided_sample(out[name][labelled], THRESHOLD_PIXELS_PER_IMAGE))
-    return {name: metrics.threshold_at_tpr(np.concatenate(values), config.eval.threshold_tpr)
-            for name, values in kept.items()}
+    return {name: np.concatenate(values) for name, values in kept.items()}
+
+
+def thresholds(config, predictor: Predictor, validation_source, chosen) -> dict[str, float]:
+    """Per score, the threshold that keeps `eval.threshold_tpr` of the sampled labelled validation pixels."""
+    sampled = validation_pixel_scores(config, predictor, validation_source, chosen)
+    return {name: metrics.threshold_at_tpr(values, config.eval.threshold_tpr) for name, values in sampled.items()}
 
 
 def closed_set(predictor: Predictor, test_source, void: int, limit: int = 0) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import textwrap
 from unittest import mock
 
 import numpy as np
+from PIL import Image
 import pytest
 from scipy import special
 
@@ -80,12 +81,17 @@ def run(tmp_path_factory):
     broken = str(root / "broken")
     shutil.copytree(exported, broken)
     os.remove(os.path.join(broken, "model.json"))
+    image_files, _ = image_folder(root / "images", test_images[:12])  # and its two bad files
+    image_folder(root / "bad", ())  # the two bad files alone
 
     processes = {
         "predict": start("-c", FRESH_PROCESS_PREDICT, exported, str(root / "inputs.npz"),
                          str(root / "out.npz")),
         "evaluate_broken": start("-m", "lgmm_jax.evaluate", f"--model={broken}", f"--output={root / 'x'}"),
         "export_over": start("-m", "lgmm_jax.export", f"--workdir={workdir}", f"--output={exported}"),
+        "predict_cli": start("-m", "lgmm_jax.predict", f"--model={exported}", f"--output={root / 'preds.jsonl'}",
+                             "--alpha=0.2", str(root / "images")),
+        "predict_cli_bad": start("-m", "lgmm_jax.predict", f"--model={exported}", str(root / "bad")),
     }
     completed = {name: finish(process) for name, process in processes.items()}
     assert completed["predict"].returncode == 0, completed["predict"].stderr
@@ -93,7 +99,19 @@ def run(tmp_path_factory):
         predictions = {name: out[name] for name in out.files}
     return {"root": root, "workdir": workdir, "exported": exported, "results": results,
             "description": description, "predictions": predictions, "test_labels": test_labels,
-            "test_images": test_images, "completed": completed}
+            "test_images": test_images, "completed": completed, "image_files": image_files}
+
+
+def image_folder(folder, images):
+    """PNG files of `images`, then a corrupt file and one of another size: (good files, bad files)."""
+    os.makedirs(folder)
+    good = []
+    for i, image in enumerate(images):
+        good.append(str(folder / f"{i:02d}.png"))
+        Image.fromarray(image[..., 0]).save(good[-1])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(folder / "nine.png")
+    return good, [str(folder / "corrupt.png"), str(folder / "nine.png")]
 
 
 @pytest.fixture(scope="module")
@@ -127,19 +145,81 @@ def test_fresh_process_predictions_equal_the_checkpoints_evaluation(run):
     np.testing.assert_array_equal(predicted["test/known"], scores >= run["description"]["threshold"])
 
 
-def test_threshold_keeps_95_percent_of_the_validation_images(run):
-    threshold = run["description"]["threshold"]
+def test_threshold_is_the_conformal_order_statistic_of_the_validation_scores(run):
+    """The threshold is the floor(alpha (n + 1))-th smallest held-out score; the calibration file holds those
+    scores sorted (the validation images' own scores, as predict gives them); predict's p-values follow
+    (1 + #{calibration <= score}) / (n + 1) and known = p > alpha = score >= threshold."""
+    description, predicted = run["description"], run["predictions"]
+    threshold, alpha = description["threshold"], description["alpha"]
     with open(os.path.join(run["exported"], "model.json")) as f:
         assert json.load(f)["threshold"] == threshold
-    scores = run["predictions"]["validation/score"].astype(np.float64)
+    scores = predicted["validation/score"].astype(np.float64)
     n = len(known_images("validation")[1])
-    assert len(scores) == n and run["description"]["threshold_data"]["num_examples"] == n
-    # The largest tau that keeps >= 95%: the ceil(0.95 n)-th largest validation score.
-    expected = np.sort(scores)[::-1][math.ceil(0.95 * n) - 1]
-    assert threshold == pytest.approx(expected, abs=1e-5)
-    assert np.mean(scores >= threshold - 1e-5) >= 0.95 and np.mean(scores > threshold + 1e-5) < 0.95
-    assert threshold == run["results"]["thresholds"]["likelihood"]  # the training run's own evaluation
-    assert np.mean(run["predictions"]["validation/known"]) >= 0.95
+    assert len(scores) == n and description["threshold_data"]["num_examples"] == n and alpha == 0.05
+    calibration = np.load(os.path.join(run["exported"], "calibration_scores.npy"), allow_pickle=False)
+    np.testing.assert_allclose(calibration, np.sort(scores), rtol=0, atol=1e-5)
+    assert np.all(np.diff(calibration) >= 0)
+    assert threshold == calibration[math.floor(alpha * (n + 1)) - 1]
+    assert threshold == run["results"]["conformal"]["scores"]["likelihood"]["threshold"]  # the run's evaluation
+    test_scores = predicted["test/score"].astype(np.float64)
+    expected_p = np.array([(1 + np.sum(calibration <= s)) / (n + 1) for s in test_scores])
+    np.testing.assert_allclose(predicted["test/p_value"], expected_p, rtol=1e-6)
+    np.testing.assert_array_equal(predicted["test/known"], predicted["test/p_value"] > alpha)
+    np.testing.assert_array_equal(predicted["test/known"], test_scores >= threshold)
+
+
+def test_alpha_at_prediction_time_equals_rethresholding_and_classes_get_their_own(loaded, tmp_path):
+    model, run = loaded
+    images = run["test_images"]
+    calibration = model.calibration.scores
+    baseline = model.predict(images)
+    for alpha in (0.01, 0.1, 0.3):
+        out = model.predict(images, alpha=alpha)
+        np.testing.assert_array_equal(out["p_value"], baseline["p_value"])
+        k = math.floor(alpha * (len(calibration) + 1))
+        expected = out["score"] >= calibration[k - 1] if k >= 1 else np.ones(len(images), bool)
+        np.testing.assert_array_equal(out["known"], expected)
+    with pytest.raises(ValueError, match="alpha=1.5 must lie strictly between 0 and 1"):
+        model.predict(images, alpha=1.5)
+
+    described = export.export_model(run["workdir"], str(tmp_path / "per_class"), alpha=0.1,
+                                     calibration="class_conditional")
+    per_class = inference.load(str(tmp_path / "per_class"))
+    classes = per_class.calibration.classes
+    for c, class_threshold in enumerate(described["class_thresholds"]):
+        own = np.sort(per_class.calibration.scores[classes == c])
+        assert class_threshold == own[math.floor(0.1 * (len(own) + 1)) - 1], c
+    out = per_class.predict(images)
+    predicted_class = np.asarray([KNOWN.index(label) for label in out["label"]])
+    np.testing.assert_array_equal(out["known"], out["score"] >= np.asarray(described["class_thresholds"])[predicted_class])
+    with pytest.raises(ValueError, match="needs at least 99 held-out examples predicted as each class"):
+        export.export_model(run["workdir"], str(tmp_path / "too_few"), alpha=0.01, calibration="class_conditional")
+    assert not (tmp_path / "too_few").exists()
+
+
+def test_predict_cli_gives_one_line_per_image_and_one_error_per_bad_file(run):
+    """Good PNGs: one JSON line each, equal to `predict` on the same pixels at --alpha=0.2; the corrupt and the
+    wrong-size file: one error line each; status 0 unless every image failed."""
+    completed = run["completed"]["predict_cli"]
+    assert completed.returncode == 0, completed.stderr
+    lines = [json.loads(line) for line in (run["root"] / "preds.jsonl").read_text().splitlines()]
+    assert [line["file"] for line in lines] == run["image_files"]
+    expected = inference.load(run["exported"]).predict(run["test_images"][:12], alpha=0.2)
+    assert [line["label"] for line in lines] == expected["label"].tolist()
+    # One image per forward pass against twelve: another float path for the convolutions, a few float32
+    # roundings of a log-density of about 200.
+    np.testing.assert_allclose([line["score"] for line in lines], expected["score"], rtol=1e-5)
+    calibration = np.load(os.path.join(run["exported"], "calibration_scores.npy"))
+    for line in lines:
+        assert line["p_value"] == pytest.approx((1 + np.sum(calibration <= line["score"])) / (len(calibration) + 1))
+        assert line["known"] == (line["p_value"] > 0.2)
+    assert all(line["name"] == str(line["label"]) for line in lines)
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "corrupt.png" in errors[0] and "not an image" in errors[0]
+    assert "nine.png" in errors[1] and "9x9 pixels, the model takes 8x8" in errors[1]
+    failed = run["completed"]["predict_cli_bad"]
+    assert failed.returncode != 0 and failed.stdout == ""
+    assert "none of the 2 images could be classified" in failed.stderr.splitlines()[-1]
 
 
 def test_model_json_describes_the_model(run):
@@ -153,10 +233,16 @@ def test_model_json_describes_the_model(run):
     assert described["normalization"]["mean"] == list(digits.mean)
     assert described["normalization"]["std"] == list(digits.std)
     assert described["image_shape"] == [8, 8, 1] and described["threshold_tpr"] == 0.95
+    assert described["calibration"] == "marginal" and described["alpha"] == 0.05
     files = [os.path.relpath(os.path.join(d, n), run["exported"]) for d, _, ns in os.walk(run["exported"])
              for n in ns]
-    assert "model.json" in files and all(f == "model.json" or f.startswith("variables/") for f in files)
-    assert not any(f.endswith((".pkl", ".pickle", ".npy")) for f in files)
+    calibration_files = ["calibration_scores.npy", "calibration_classes.npy"]
+    assert described["calibration_files"] == calibration_files
+    assert "model.json" in files and all(f in ["model.json", *calibration_files] or f.startswith("variables/")
+                                         for f in files)
+    assert not any(f.endswith((".pkl", ".pickle")) for f in files)
+    for name in calibration_files:  # plain arrays: no pickle
+        assert np.load(os.path.join(run["exported"], name), allow_pickle=False).ndim == 1
     model = inference.load(run["exported"])
     assert model.known_labels == KNOWN and model.score_name == "likelihood"
     assert model.threshold == described["threshold"]
@@ -193,7 +279,8 @@ def test_export_refuses_to_overwrite_and_never_leaves_half_an_export(run, tmp_pa
     assert run["exported"] in message and "new --output" in message and "delete" in message
     with pytest.raises(FileExistsError):
         export.export_model(run["workdir"], run["exported"])
-    assert sorted(os.listdir(run["exported"])) == ["model.json", "variables"]
+    assert sorted(os.listdir(run["exported"])) == [
+        "calibration_classes.npy", "calibration_scores.npy", "model.json", "variables"]
 
     target = tmp_path / "crashed"
     with mock.patch.object(export.json, "dump", side_effect=OSError("disk full")):
@@ -212,7 +299,8 @@ def test_lgmm_model_exports_with_its_tempered_class_posterior(run, tmp_path):
     description = export.export_model(run["workdir"], exported, score_name="posterior")
     # The threshold is the one the training run's evaluation fitted for the same score.
     assert description["score"] == "posterior"
-    assert description["threshold"] == pytest.approx(run["results"]["thresholds"]["posterior"], abs=1e-6)
+    assert description["threshold"] == pytest.approx(
+        run["results"]["conformal"]["scores"]["posterior"]["threshold"], abs=1e-6)
     predicted = inference.load(exported).predict(run["test_images"])
     assert configs.default.get_config().loss.discriminative_temperature != 1.0  # else T's use goes untested
     # The log-odds of the largest class posterior, from predict's own (tempered) log posterior.
@@ -226,7 +314,8 @@ def test_softmax_model_exports_with_msp(tmp_path):
     workdir, exported = str(tmp_path / "run"), str(tmp_path / "exported")
     results = train_tiny(workdir, **{"model.head": "softmax", "eval.scores": ("msp",)})
     description = export.export_model(workdir, exported)
-    assert description["score"] == "msp" and description["threshold"] == results["thresholds"]["msp"]
+    assert description["score"] == "msp"
+    assert description["threshold"] == results["conformal"]["scores"]["msp"]["threshold"]
     model = inference.load(exported)
     images, labels = known_images("test")
     predicted = model.predict(images)
