@@ -132,6 +132,16 @@ def assert_same_decisions(threshold: float, reference_threshold: float, referenc
                                                                               accepted, expected)
 
 
+def known_test_class_sizes(workdir) -> np.ndarray:
+    """Examples of each known class (in model order) in the run's known test split."""
+    from lgmm_jax import checkpointing, experiment
+
+    config = checkpointing.read_config(str(workdir))
+    protocol = experiment.resolve_protocol(config)
+    labels = experiment.data_source(protocol.dataset, protocol.test_split, config=config).labels
+    return np.array([np.sum(labels == c) for c in protocol.known_classes])
+
+
 def assert_same_results(workdir, reference) -> None:
     results = json.loads((workdir / "results.json").read_text())
     expected = json.loads((reference / "results.json").read_text())
@@ -156,6 +166,15 @@ def assert_same_results(workdir, reference) -> None:
             assert_same_decisions(got[name], value, validation[name.split(".", 1)[1]], name)
         elif name.startswith("components."):
             assert abs(got[name] - value) <= USAGE_ATOL, (name, got[name], value)
+        elif name == "conformal.alpha":
+            assert got[name] == value
+        elif name.startswith("conformal.") and leaf == "threshold":  # an order statistic, as the thresholds
+            assert_same_decisions(got[name], value, validation[name.split(".")[2]], name)
+        elif name.startswith("conformal.") and leaf == "rejected":  # a share of the known test examples
+            assert abs(got[name] - value) <= EXAMPLES_ATOL / known + 1e-12, (name, got[name], value)
+        elif name.startswith("conformal.") and ".rejected_per_class." in name:  # a share of one class's
+            size = known_test_class_sizes(reference)[int(leaf)]
+            assert abs(got[name] - value) <= EXAMPLES_ATOL / size + 1e-12, (name, got[name], value)
         else:
             raise AssertionError(f"results.json has a number this test does not know how to compare: {name}")
 
