@@ -24,7 +24,10 @@ Every comparison below passes between the two paths' one-device runs, and within
 4-device and two-process runs differ from one device by at most 4.6e-5 nats in a threshold. The
 segmentation run (two processes against one device): default path, the threshold 0.0040 of 56.4 nats
 (7e-5 relative; allowed 5e-4) and every rate within 3.4e-4 (allowed 1e-3); SSE4_2, 1.8e-4 nats and
-1.6e-5; SSE4_2's one-device run against the default's, 3.4e-4 nats and 2.8e-6.
+1.6e-5; SSE4_2's one-device run against the default's, 3.4e-4 nats and 2.8e-6. The suite now compiles at
+XLA's optimisation level 1 (tests/conftest.py), one more float path: every cross-run module (this one,
+test_faults, test_evaluate, test_export, test_initial_weights, test_train) passes under it on the default
+ISA and under SSE4_2.
 """
 from __future__ import annotations
 
