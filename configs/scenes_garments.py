@@ -11,6 +11,13 @@ garment classes the segmenter knows are trained on: the held-out garments (the `
 run's unknown classes and the digits (`far`) are never seen. The encoder is the segmenter's
 (`mit_b0` at its widths and depths, its last map averaged), with a softmax classifier; AdamW at the
 segmenter's rate with a cosine schedule.
+
+Measured (seed 0, 2 CPU cores, 5 minutes with the evaluation): this recipe does not learn the garments
+yet. After 3 epochs the training batches are at 28-38% accuracy and the known test images at 16.5% top-1
+(chance 14%), and no score separates the held-out garments (AUROC 49-52). The test images sit on other
+photographs than the training ones, and the encoder starts from scratch. A budget and rate at which the
+garments are told apart are still to be found; until then the encoder it hands to `configs/scenes.py`
+is barely trained.
 """
 
 from configs import default, scenes
