@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.head = "lgmm"  # or 'softmax': the discriminative counterpart
     config.model.num_components = 3  # K, Section 2.2 / Table 7(d)
     config.model.latent_dim = 128  # D, Section 5.1
-    config.model.latent_normalization = "l2"  # l2, none, layernorm_l2 or l2_log_norm (DESIGN.md section 1)
+    config.model.latent_normalization = "l2"  # l2, none, layernorm_l2 or l2_log_norm (README, "What the paper leaves open")
     config.model.init_scale = 0.1  # about 1/sqrt(D): the scale of the unit sphere
     config.model.scale_floor = 0.05  # sigma = floor + softplus(rho) can never collapse
     config.model.share_scale = True  # one diagonal scale per class, shared by its K components
@@ -122,7 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.softmax.mixup_alpha = 0.0
     config.softmax.cutmix_alpha = 0.0
 
-    # The generative objective (Eq. 5-6) and how the mixture is kept alive (issue 8).
+    # The generative objective (Eq. 5-6) and how the mixture is kept alive.
     config.loss = ml_collections.ConfigDict()
     config.loss.lambda_one = 0.1
     config.loss.lambda_avg = 1.0
@@ -140,7 +140,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.weight_ema = 0.0  # EMA of the counted mixture weights (0: counts of this step)
     config.loss.reseed_epochs = (1,)  # re-seed the means by k-means on the memory bank after these epochs
 
-    # Segmentation (task='segmentation'; DESIGN.md section 6, mmseg's recipes).
+    # Segmentation (task='segmentation'; mmseg's recipes).
     config.segmentation = ml_collections.ConfigDict()
     config.segmentation.void_label = 255  # unlabelled pixels: a mask everywhere, never a class
     # mmseg's training pipeline (lgmm_jax/data/seg_augment.py): RandomResize(scale, ratio_range,

@@ -31,7 +31,7 @@ TRAINING_MODES = ("collaborative", "generative_only")
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """What the paper leaves open, pinned down (DESIGN.md section 1; defaults from the issue-8 study).
+    """What the paper leaves open, pinned down (README, "What the paper leaves open"; defaults from bench/study.py's runs).
 
     variant: "equations" (Eq. 4-7: logsumexp over components, L_one on responsibilities) or
       "appendix_g" (Algorithm 1: max over components, L_one pulls the means toward the L2-normalised
@@ -85,7 +85,7 @@ class ObjectiveConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PixelConfig:
-    """What makes a pixel an example of the collaborative objective (segmentation; DESIGN.md section 6).
+    """What makes a pixel an example of the collaborative objective (segmentation).
 
     void_label: the label of unlabelled pixels (255 in ADE20K with reduce_zero_label and in Cityscapes).
       It is a mask everywhere and never used as a class index.
@@ -304,7 +304,7 @@ def pixel_lgmm_objective(
     key: jax.Array,
     pixels: PixelConfig = PixelConfig(),
 ) -> tuple[jax.Array, ObjectiveOutputs]:
-    """The collaborative objective with a pixel as the example (Section 5.3 with Eq. 5-7; DESIGN.md 6).
+    """The collaborative objective with a pixel as the example (Section 5.3 with Eq. 5-7).
 
     z [B, h, w, D]: per-pixel latents at the decoder's resolution (`LGMMSegmenter.encode`); labels
     [B, H, W]: integer labels at the image's resolution, `pixels.void_label` where unlabelled.

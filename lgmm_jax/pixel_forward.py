@@ -15,7 +15,7 @@ What mmseg's `EncoderDecoder.predict` does, per pixel, with this library's open-
    one more channel and is upsampled and averaged the same way.
 3. `finish`: each image's maps cropped to its (resized) input size and resized bilinearly to its label's
    size (mmseg's `postprocess_result`), then the prediction argmax_y and the per-pixel scores
-   (higher = more known, DESIGN.md section 5):
+   (higher = more known):
 
    - `likelihood` (L-GMM): max_y log p(z|y) (Section 2.3);
    - `msp`: max_y softmax; `maxlogit`: max_y logit (Hendrycks et al. 2022); `entropy`: the negative

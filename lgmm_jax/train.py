@@ -226,7 +226,8 @@ def softmax_batch_recipe(config: ml_collections.ConfigDict) -> dict | None:
 def reseed_means(state: TrainState, num_components: int) -> TrainState:
     """Re-place each class's means by spherical k-means on its remembered latents; weights back to uniform.
 
-    Components that lost every latent come back where latents are (DESIGN.md, issue 8 study).
+    Components that lost every latent come back where latents are (bench/study.py's runs: without it
+    they stay dead).
     """
     head = state.params["head"]
     key = jax.random.fold_in(state.rng, -1 - state.step)

@@ -127,7 +127,7 @@ def test_the_paper_configs_hold_the_published_encoders(report):
     assert resnet50 == 25_557_032 - 2_049_000 + 262_272 + gmm
 
 
-# Published totals with the softmax head (DESIGN.md section 6: HF transformers' SegFormer, mmseg's
+# Published totals with the softmax head (HF transformers' SegFormer, mmseg's
 # DeepLabv3+ with its auxiliary head) and the decoder width the head reads.
 SEGMENTERS = {
     "ade20k_deeplabv3plus_r101": (62_682_876, 512),

@@ -1,4 +1,4 @@
-"""Keeping the mixture alive: balanced assignments, counted weights, moments, k-means (issue 8)."""
+"""Keeping the mixture alive: balanced assignments, counted weights, moments, k-means."""
 import jax
 import jax.numpy as jnp
 import numpy as np

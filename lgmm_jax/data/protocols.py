@@ -171,7 +171,7 @@ _OOD_PROTOCOLS = {
     "fashion_mnist_vs_mnist": OpenSetProtocol(
         name="fashion_mnist_vs_mnist", dataset="fashion_mnist", known_classes=None,
         unknown=(DataRef("mnist_5k", "test"),), preprocess="shift",
-        reference="bundled-data OOD check (DESIGN.md section 1 prototype)"),
+        reference="bundled-data OOD check (our choice)"),
     "cifar10_ood": OpenSetProtocol(
         name="cifar10_ood", dataset="cifar10", known_classes=None,
         unknown=(DataRef("svhn_cropped", "test"), DataRef("cifar100", "test")),

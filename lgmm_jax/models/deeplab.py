@@ -1,6 +1,6 @@
 """DeepLabv3+ (Chen et al. 2018) as mmsegmentation builds it: `deeplabv3plus_r{50,101}-d8`, NHWC.
 
-The encoder-decoder of the paper's Section 5.3 (DESIGN.md section 6), with mmseg's definitions:
+The encoder-decoder of the paper's Section 5.3, with mmseg's definitions:
 
 * `ResNetV1c`: ResNet with a deep stem (three 3x3 convs 32-32-64, the first strided, then a 3x3 stride-2
   max-pool) and bottlenecks with the stride on the 3x3 conv. "D8": stage strides (1, 2, 1, 1) and

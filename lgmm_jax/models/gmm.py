@@ -8,7 +8,7 @@ Shapes used throughout:
 
 Everything here computes in float32 whatever the caller's dtype. The squared Mahalanobis distance is
 expanded into two matmuls (`z^2 @ (1/sigma^2)^T - 2 z @ (mu/sigma^2)^T + sum(mu^2/sigma^2)`) at HIGHEST
-precision, so no `[B, C*K, D]` tensor is ever built (DESIGN.md section 1).
+precision, so no `[B, C*K, D]` tensor is ever built.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def component_log_prob(z: jax.Array, means: jax.Array, scales: jax.Array) -> jax
     log N = -D/2 log 2pi - sum_d log sigma_d - 1/2 sum_d (z_d - mu_d)^2 / sigma_d^2   (Eq. 4's Gaussians)
 
     scales are [C, K, D], or [C, 1, D] when a class's components share one scale (`share_scale`): then
-    `z^2 @ (1/sigma^2)^T` has C columns instead of C*K (DESIGN.md's expansion, a third fewer FLOPs at
+    `z^2 @ (1/sigma^2)^T` has C columns instead of C*K (this expansion: a third fewer FLOPs at
     equal results up to rounding); with [C, K, D] the computation is unchanged.
     """
     chex.assert_rank(z, 2)
@@ -247,7 +247,7 @@ class GMMHead(nn.Module):
 
     Parameters (collection "params"): `means` [C, K, D] and `raw_scales` [C, K or 1, D] with
     sigma = scale_floor + softplus(raw_scales). With `share_scale=True` the K components of a class share
-    one diagonal scale (DESIGN.md: a per-component scale lets the winning component shrink and take every
+    one diagonal scale (measured: a per-component scale lets the winning component shrink and take every
     point back). Mixture weights live in the "mixture" collection as `log_weights` [C, K]: they are
     estimated by counting (Section 2.2), never by gradient.
 

@@ -1,7 +1,7 @@
 """SegFormer (Xie et al. 2021): the Mix Transformer encoder MiT-B0..B5 and the all-MLP decoder, NHWC.
 
 Definitions of the official code (NVlabs/SegFormer `mix_transformer.py`, `segformer_head.py`; HF
-transformers' `SegformerForSemanticSegmentation` counts the same), DESIGN.md section 6:
+transformers' `SegformerForSemanticSegmentation` counts the same):
 
 * Four stages; each starts with an overlapping patch embedding (conv with bias, kernel 7 stride 4 for
   stage 1, kernel 3 stride 2 after, padding kernel // 2, then LayerNorm) and stacks `depth` blocks

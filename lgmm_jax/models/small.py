@@ -4,7 +4,7 @@ Three 3x3 conv + BatchNorm + ReLU layers, the last two with stride 2, then globa
 8x8 -> 8x8 -> 4x4 -> 2x2 and 28x28 -> 28x28 -> 14x14 -> 7x7. It has about 93k parameters with the default
 widths (32, 64, 128) and trains on sklearn digits in seconds on a CPU, which is what the tests and the
 bundled-data configuration need; it plays the role of the paper's small backbones for the small data sets
-that install offline (DESIGN.md section 4).
+that install offline.
 
 `SmallCNN.__call__(images, train)` returns `[B, widths[-1]]` features; `dtype` is the compute dtype and the
 parameters stay float32. Conv and BatchNorm conventions are those of `resnet.py`.

@@ -1,6 +1,6 @@
 """Open-set metrics: AUROC, FPR95 (two conventions), AUPR-In/Out, detection error, top-k accuracy.
 
-Conventions (DESIGN.md section 5; paper Section 5.2 and Appendix C.1):
+Conventions (paper Section 5.2 and Appendix C.1):
 
 * A score is higher for inputs that look more in-distribution (ID); an input is accepted as ID when
   ``score >= tau``.

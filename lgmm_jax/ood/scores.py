@@ -1,4 +1,4 @@
-"""Open-set scores, batched and jittable; higher = more in-distribution (DESIGN.md section 5).
+"""Open-set scores, batched and jittable; higher = more in-distribution.
 
 L-GMM needs no post-processing: its scores are read off the class-conditional log-likelihoods
 ``log p(z|y)`` [B, C] of the density head ("During inference, the out-of-detection data are

@@ -1,5 +1,5 @@
 """Segmentation metrics, accumulated image by image: mIoU / aAcc as mmseg, pixel-level open-set metrics as
-the Fishyscapes benchmark (DESIGN.md section 6).
+the Fishyscapes benchmark.
 
 Closed set (`ConfusionAccumulator`): per-class intersection and union summed over the whole set, void
 pixels (``ignore_index``, 255) excluded; IoU = intersection / union; mIoU = mean IoU over the classes whose
@@ -9,7 +9,7 @@ a ``C x C`` confusion matrix of int64 counts (exact at any size).
 
 Open set (`AnomalyAccumulator`): all non-void pixels of all images pooled, the anomaly (label 1) is the
 positive class, and a pixel is flagged as an anomaly when its score is LOW (scores follow this library's
-convention: higher = more known; DESIGN.md section 5):
+convention: higher = more known):
 
 - ``auroc``: ``roc_auc_score(is_anomaly, -score)``, ties counting one half;
 - ``ap``: ``average_precision_score(is_anomaly, -score)`` (sklearn's step-wise sum, no interpolation);

@@ -1,4 +1,4 @@
-"""Segmenters: reference parameter counts (DESIGN.md section 6), output shapes on non-square inputs, the
+"""Segmenters: reference parameter counts, output shapes on non-square inputs, the
 auxiliary head, the per-pixel L-GMM head, and PyTorch's resizing conventions.
 
 Counts and shapes come from `jax.eval_shape` (nothing is initialised); numerics use a reduced SegFormer.
@@ -15,7 +15,7 @@ from lgmm_jax.models import SEGMENTER_NAMES, auxiliary_logits, create_segmenter
 from lgmm_jax.models.gmm import head_gaussians, log_likelihood
 from lgmm_jax.models.resize import resize_bilinear, resize_labels_nearest
 
-# Checked against HF transformers' SegFormer and a PyTorch rebuild of mmseg's DeepLabv3+ (DESIGN.md).
+# Checked against HF transformers' SegFormer and a PyTorch rebuild of mmseg's DeepLabv3+.
 REFERENCE_COUNTS = {
     ("segformer_b0", 150): 3_752_694, ("segformer_b1", 150): 13_715_798, ("segformer_b2", 150): 27_461_974,
     ("segformer_b3", 150): 47_337_814, ("segformer_b4", 150): 64_108_374, ("segformer_b5", 150): 84_708_694,
