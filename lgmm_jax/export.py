@@ -18,6 +18,9 @@ The folder holds no pickle:
   `alpha` (default 0.05, `--alpha`); `--calibration=class_conditional` gives each predicted class its own
   threshold and the same guarantee per class. `inference` gives every input its p-value and decides at
   another alpha on request.
+- ``model.stablehlo``: the whole inference function, uint8 images to the decision, compiled by `jax.export`
+  for cpu, cuda and tpu with a symbolic batch (`lgmm_jax.serving`); it runs with jax alone. model.json's
+  "stablehlo" gives its input and outputs.
 
 A published checkpoint exports without training (`--config` and `--weights`): the config's model is filled
 entirely from the file (`lgmm_jax.pretrained`; every array must come from it, so a GMM head, which no
@@ -55,7 +58,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lgmm_jax import cli, evaluate, experiment, forward, inference, initial_weights, pixel_forward, pretrained
-from lgmm_jax import segmentation_evaluation
+from lgmm_jax import segmentation_evaluation, serving
 from lgmm_jax.data import pipeline
 from lgmm_jax.ood import conformal
 from lgmm_jax.sharding import make_mesh
@@ -114,19 +117,21 @@ def calibration_of(scores, classes, kind: str, alpha: float) -> Calibration:
                        conformal.check_alpha(alpha))
 
 
-def segmentation_calibration(trained: evaluate.TrainedModel, score_name: str, mesh) -> tuple[np.ndarray, int]:
-    """(sampled labelled validation pixels' scores, number of validation images), sampled as the
-    evaluation samples them for its thresholds."""
+def segmentation_calibration(trained: evaluate.TrainedModel, score_name: str, mesh
+                             ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """(sampled labelled validation pixels' scores, number of validation images, the network input size of
+    the first validation image), sampled as the evaluation samples them for its thresholds."""
     config, protocol = trained.config, trained.protocol
     source = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
     settings = segmentation_evaluation.settings_of(config)
+    first_size = pixel_forward.eval_image(source[0]["image"], settings).shape[:2]
     predictor = segmentation_evaluation.Predictor(
         forward=pixel_forward.make_dense_forward(trained.model, config.model.head, mesh, settings),
         variables=trained.variables, mesh=mesh, fitted=pixel_forward.Fitted(),
         batch_size=experiment.eval_batch_size(config), settings=settings, num_classes=trained.num_classes,
     )
     sampled = segmentation_evaluation.validation_pixel_scores(config, predictor, source, (score_name,))
-    return sampled[score_name], len(source)
+    return sampled[score_name], len(source), first_size
 
 
 def describe_segmenter(trained: evaluate.TrainedModel, origin: dict, score_name: str,
@@ -219,10 +224,10 @@ def describe(
     }
 
 
-def write_export(output: str, variables: dict, description: dict, files: dict[str, np.ndarray] | None = None
-                 ) -> None:
-    """Write variables/, model.json and `files` (name -> array, .npy) into a temporary sibling of `output`,
-    then rename it to `output`."""
+def write_export(output: str, variables: dict, description: dict, files: dict[str, np.ndarray] | None = None,
+                 binaries: dict[str, bytes] | None = None) -> None:
+    """Write variables/, model.json, `files` (name -> array, .npy) and `binaries` (name -> bytes) into a
+    temporary sibling of `output`, then rename it to `output`."""
     output = os.path.abspath(output)
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
@@ -235,6 +240,9 @@ def write_export(output: str, variables: dict, description: dict, files: dict[st
             json.dump(description, f, indent=2)
         for name, array in (files or {}).items():
             np.save(os.path.join(staging, name), array)
+        for name, data in (binaries or {}).items():
+            with open(os.path.join(staging, name), "wb") as f:
+                f.write(data)
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         if os.path.isdir(output):
             os.rmdir(output)  # empty (checked): rename replaces only an absent or empty folder
@@ -275,13 +283,21 @@ def export_trained(trained: evaluate.TrainedModel, output: str, origin: dict, sc
         if calibration != "marginal":
             raise ValueError("--calibration=class_conditional is for classifiers: a segmenter's calibration "
                              "pixels are not exchangeable; use --calibration=marginal")
-        scores, num_images = segmentation_calibration(trained, score_name, mesh)
+        scores, num_images, size = segmentation_calibration(trained, score_name, mesh)
         calibrated = calibration_of(scores, np.zeros(len(scores)), calibration, alpha)
         description = describe_segmenter(trained, origin, score_name, calibrated, num_images)
+        stablehlo, description["stablehlo"] = serving.compile_export(
+            trained.model, trained.variables, description, (*size, 3),
+            settings=segmentation_evaluation.settings_of(trained.config))
     else:
         calibrated = calibration_of(*validation_scores(trained, score_name, mesh), calibration, alpha)
         description = describe(trained, origin, score_name, calibrated)
-    write_export(output, trained.variables, description, calibrated.files())
+        input_shape = list(description["image_shape"])
+        if None in input_shape:  # resized and cropped to the network's input outside the compiled function
+            input_shape = description["model_input_shape"]
+        stablehlo, description["stablehlo"] = serving.compile_export(
+            trained.model, trained.variables, description, input_shape, calibrated.scores, calibrated.classes)
+    write_export(output, trained.variables, description, calibrated.files(), {serving.STABLEHLO_FILE: stablehlo})
     return description
 
 

@@ -149,7 +149,7 @@ def test_scores_npz_holds_the_scores_behind_every_number(run):
 def test_an_exported_model_evaluates_to_the_same_numbers(run):
     assert_same_numbers(run["model_evaluated"], run["trained"])
     assert sorted(os.listdir(run["exported"])) == [  # nothing written into it
-        "calibration_classes.npy", "calibration_scores.npy", "model.json", "variables"]
+        "calibration_classes.npy", "calibration_scores.npy", "model.json", "model.stablehlo", "variables"]
 
 
 def test_a_workdir_without_checkpoints_is_one_line_and_a_nonzero_exit(run):

@@ -26,7 +26,7 @@ from lgmm_jax.data import pipeline, sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from lgmm_jax.sharding import make_mesh
 from tests.shared_runs import tiny_default_run
-from tests.subprocesses import finish, one_line_error
+from tests.subprocesses import finish, one_line_error, run_stablehlo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOWN = list(MNIST_SPLITS[0])  # digits_6_4, split 0
@@ -238,14 +238,36 @@ def test_model_json_describes_the_model(run):
              for n in ns]
     calibration_files = ["calibration_scores.npy", "calibration_classes.npy"]
     assert described["calibration_files"] == calibration_files
-    assert "model.json" in files and all(f in ["model.json", *calibration_files] or f.startswith("variables/")
-                                         for f in files)
+    assert "model.json" in files and all(f in ["model.json", "model.stablehlo", *calibration_files]
+                                         or f.startswith("variables/") for f in files)
     assert not any(f.endswith((".pkl", ".pickle")) for f in files)
     for name in calibration_files:  # plain arrays: no pickle
         assert np.load(os.path.join(run["exported"], name), allow_pickle=False).ndim == 1
     model = inference.load(run["exported"])
     assert model.known_labels == KNOWN and model.score_name == "likelihood"
     assert model.threshold == described["threshold"]
+
+
+def test_the_stablehlo_runs_without_the_library_and_predicts_what_predict_does(run):
+    """model.stablehlo in a process where lgmm_jax cannot be imported, at two batch sizes of its symbolic
+    batch: predict's labels, p-values and decisions, and its scores to float32 rounding of the network
+    (1e-5 of the largest score: the two run the same operations at other batch shapes)."""
+    described = run["description"]["stablehlo"]
+    assert described["input"] == {"dtype": "uint8", "shape": ["b", 8, 8, 1]}
+    assert described["platforms"] == ["cpu", "cuda", "tpu"]
+    assert set(described["outputs"]) == {"label", "score", "p_value", "known"}
+    images = run["test_images"]
+    batch_sizes = (5, len(images))
+    compiled = run_stablehlo(run["exported"], images, run["root"], batch_sizes)
+    predicted = {name: run["predictions"][f"test/{name}"] for name in ("label", "score", "p_value", "known")}
+    for n in batch_sizes:
+        out = compiled[n]
+        assert out["score"].shape == (n,) and out["score"].dtype == np.float32
+        np.testing.assert_array_equal(out["label"], predicted["label"][:n])
+        np.testing.assert_array_equal(out["known"], predicted["known"][:n])
+        np.testing.assert_array_equal(out["p_value"], predicted["p_value"][:n])
+        np.testing.assert_allclose(out["score"], predicted["score"][:n], rtol=0,
+                                   atol=1e-5 * np.abs(predicted["score"]).max())
 
 
 @pytest.mark.parametrize("shape, dtype", [
@@ -280,7 +302,7 @@ def test_export_refuses_to_overwrite_and_never_leaves_half_an_export(run, tmp_pa
     with pytest.raises(FileExistsError):
         export.export_model(run["workdir"], run["exported"])
     assert sorted(os.listdir(run["exported"])) == [
-        "calibration_classes.npy", "calibration_scores.npy", "model.json", "variables"]
+        "calibration_classes.npy", "calibration_scores.npy", "model.json", "model.stablehlo", "variables"]
 
     target = tmp_path / "crashed"
     with mock.patch.object(export.json, "dump", side_effect=OSError("disk full")):

@@ -20,6 +20,7 @@ from lgmm_jax.models.configured import create_model, initial_variables
 from lgmm_jax.pixel_forward import DenseSettings, Fitted, SmlStatistics
 from lgmm_jax.sharding import make_mesh
 from tests.shared_runs import initial_parameters
+from tests.subprocesses import run_stablehlo
 from tests.test_cli import REPO, SEGMENTATION_ARGS, compilation_cache, run_main, segmentation_reference_run
 
 EVAL_IMAGES = 20  # SEGMENTATION_ARGS' segmentation.eval_images: the first images of each set
@@ -243,6 +244,12 @@ def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(quick_run, 
     labelled = validation["label"][:EVAL_IMAGES] != 255
     # The threshold keeps 95% of the held-out known pixels it was set on (all of them here).
     assert out["known"][labelled].mean() >= 0.95 - 1e-9
+    # model.stablehlo without the library, at the validation images' size, two batch sizes.
+    assert model.description["stablehlo"]["input"] == {"dtype": "uint8", "shape": ["b", *images.shape[1:]]}
+    for n, compiled in run_stablehlo(exported, images, tmp_path, (3, EVAL_IMAGES)).items():
+        np.testing.assert_array_equal(compiled["label"], out["label"][:n])
+        np.testing.assert_array_equal(compiled["known"], out["known"][:n])
+        assert np.abs(compiled["score"] - out["score"][:n]).max() <= 1e-5 * np.abs(out["score"]).max()
     odd = np.pad(images[:3], ((0, 0), (0, 5), (0, 9), (0, 0)))  # any size: padded inside, cropped back
     assert model.predict(odd)["label"].shape == (3, 69, 73)
     with pytest.raises(ValueError, match="uint8"):
