@@ -43,7 +43,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from lgmm_jax import checkpointing, cli, experiment, forward, inference, losses, report, segmentation_figures
-from lgmm_jax import segmentation_evaluation
+from lgmm_jax import segmentation_evaluation, tasks
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
@@ -232,7 +232,7 @@ def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset:
 def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh) -> dict[str, Any]:
     """Every number of results.json for a model's variables (see the module docstring), and what the plots
     are drawn from (classification: `ScoreSets`; segmentation: `SegmentationPlots`)."""
-    if experiment.is_segmentation(config):
+    if tasks.task_name(config) == "segmentation":  # the evaluators move behind the task interface next
         return segmentation_evaluation.evaluate(
             config, model, variables, protocol, mesh, unknown_set_names(protocol, segmentation=True)
         )

@@ -7,12 +7,10 @@ the known classes and the unknown sets, or trains on every class of `config.data
 the folder's only split is 'test'), e.g. `ood_datasets=('svhn_cropped:test', 'folder=/data/LSUN_resize')`.
 Named protocols get the entries as extra unknown sets.
 
-`config.task` says what an example is. 'classification': an image and its class (the sources of
-`lgmm_jax.data.sources`). 'segmentation': an image and its label map, the labelled pixels being the
-examples (`lgmm_jax.data.segmentation`: the testbed `scenes`, ADE20K, Cityscapes; unknown sets are
-anomaly-map sets such as 'scenes:test_near' or 'folder=/data/fishyscapes_lostandfound'); training crops
-come from mmseg's joint augmentation (`seg_augment.SegmentationTrainExample`) with ImageNet's
-normalisation, as every mmseg recipe.
+`config.task` says what an example is, and with it where the data comes from, how training batches are
+made and what the network takes (`lgmm_jax.tasks`: 'classification', an image and its class;
+'segmentation', the labelled pixels of an image, whose unknown sets are anomaly-map sets such as
+'scenes:test_near' or 'folder=/data/fishyscapes_lostandfound').
 """
 
 from __future__ import annotations
@@ -23,55 +21,16 @@ import os
 import jax
 import ml_collections
 
+from lgmm_jax import tasks
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol
-from lgmm_jax.data.seg_augment import SegmentationTrainExample
-from lgmm_jax.data.segmentation import get_segmentation_source
-from lgmm_jax.data.sources import FOLDER_PREFIX, Source, get_source
-from lgmm_jax.models.configured import HEADS, compute_dtype, is_segmenter
+from lgmm_jax.data.sources import FOLDER_PREFIX, Source
+from lgmm_jax.models.configured import HEADS, compute_dtype
 from lgmm_jax.sharding import check_batch_size, padded_batch_size
 from lgmm_jax.state import create_optimizer
 
 
 METHODS = ("library", "paper")
-TASKS = ("classification", "segmentation")
-INFERENCE_MODES = ("whole", "slide")
-# mmseg's data preprocessor for every recipe: ImageNet's mean and std.
-SEGMENTATION_NORMALIZATION = pipeline.NORMALIZATION["imagenet2012"]
-
-
-def task_of(config: ml_collections.ConfigDict) -> str:
-    """`config.task` ('classification' when the config predates it), checked."""
-    task = config.get("task", "classification")
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not one of {TASKS}")
-    return task
-
-
-def is_segmentation(config: ml_collections.ConfigDict) -> bool:
-    return task_of(config) == "segmentation"
-
-
-def check_pair(name: str, value, minimum: int = 1) -> None:
-    """`value` must be two integers >= minimum (a (height, width) or (long, short) pair)."""
-    if len(value) != 2 or any(int(v) != v or v < minimum for v in value):
-        raise ValueError(f"{name}={tuple(value)!r} must be two integers >= {minimum}")
-
-
-def check_segmentation_config(config: ml_collections.ConfigDict) -> None:
-    """The segmentation keys a run reads (see configs/default.py), or ValueError naming the key."""
-    seg = config.segmentation
-    for name in ("scale", "crop_size", "slide_crop", "slide_stride"):
-        check_pair(f"segmentation.{name}", seg[name])
-    if len(seg.eval_scale):
-        check_pair("segmentation.eval_scale", seg.eval_scale)
-    if seg.inference not in INFERENCE_MODES:
-        raise ValueError(f"segmentation.inference={seg.inference!r} is not one of {INFERENCE_MODES}")
-    if not 0 <= seg.void_label <= 255:
-        raise ValueError(f"segmentation.void_label={seg.void_label} must be a uint8 value (0..255)")
-    if config.protocol:
-        raise ValueError(f"protocol={config.protocol!r} is a classification protocol: segmentation names its "
-                         "unknown sets in ood_datasets, e.g. ('scenes:test_near',); set --config.protocol=''")
 
 
 def paper_method_settings(config: ml_collections.ConfigDict) -> dict:
@@ -113,12 +72,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
     evaluation batch is rounded up to the device count), the model's and the optimiser's settings.
     Returns the config with its method applied (`resolve_method`); raises ValueError naming the key."""
     config = resolve_method(config)
-    segmentation = is_segmentation(config)
-    if segmentation != is_segmenter(config.model.encoder):
-        kind = "a segmenter (models.SEGMENTER_NAMES)" if segmentation else "an image classifier's encoder"
-        raise ValueError(f"task={task_of(config)!r} needs {kind} as model.encoder, got {config.model.encoder!r}")
-    if segmentation:
-        check_segmentation_config(config)
+    tasks.get(config).check_config(config)
     check_batch_size(config.batch_size, num_devices, num_processes)
     eval_batch_size(config, num_devices)
     create_optimizer(config, steps_per_epoch=1, total_steps=1)  # names of optimiser, schedule, GMM update
@@ -178,14 +132,9 @@ def preprocess_preset(config: ml_collections.ConfigDict, protocol: OpenSetProtoc
 
 
 def model_input_shape(config: ml_collections.ConfigDict, protocol: OpenSetProtocol, train_source: Source):
-    """(H, W, C) of the images the network takes: the training images' shape, the ImageNet crop, or the
-    segmentation training crop."""
-    if is_segmentation(config):
-        return (*(int(v) for v in config.segmentation.crop_size), 3)
-    image_shape = tuple(train_source.image_shape)
-    if pipeline.resizes_to_network_input(preprocess_preset(config, protocol)):
-        return (pipeline.IMAGENET_TRAIN_SIZE, pipeline.IMAGENET_TRAIN_SIZE, image_shape[-1])
-    return image_shape
+    """(H, W, C) of the images the network takes (the task's: the training images' shape, the ImageNet
+    crop, or the segmentation training crop)."""
+    return tasks.get(config).model_input_shape(config, train_source, preprocess_preset(config, protocol))
 
 
 def num_known_classes(protocol: OpenSetProtocol, train_source: Source) -> int:
@@ -204,24 +153,13 @@ def data_source(ref_or_name, split: str | None = None, *, config: ml_collections
     Fashion-MNIST folder, the testbed's cache or TFDS data_dir)."""
     name = ref_or_name.dataset if isinstance(ref_or_name, DataRef) else ref_or_name
     split = ref_or_name.split if isinstance(ref_or_name, DataRef) else split
-    get = get_segmentation_source if is_segmentation(config) else get_source
-    return get(name, split, config.data_dir or None)
+    return tasks.get(config).data_source(name, split, config.data_dir or None)
 
 
 def train_stream(config, protocol: OpenSetProtocol, source: Source):
-    """This process's part of each global training batch, resumable through get_state/set_state."""
-    if is_segmentation(config):
-        return segmentation_train_stream(config, source)
-    return pipeline.train_iterator(
-        source,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        preprocess=preprocess_preset(config, protocol),
-        known_classes=protocol.known_classes,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        normalization=protocol.dataset,
-    )
+    """This process's part of each global training batch (the task's), resumable through
+    get_state/set_state."""
+    return tasks.get(config).train_stream(config, protocol, source, preprocess_preset(config, protocol))
 
 
 def eval_batch_size(config: ml_collections.ConfigDict, num_devices: int | None = None) -> int:
@@ -241,28 +179,4 @@ def eval_stream(config, protocol: OpenSetProtocol, source: Source, classes=None,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         normalization=protocol.dataset,
-    )
-
-
-def segmentation_train_stream(config, source):
-    """Segmentation training crops (image float32 [b, h, w, 3], label int32 [b, h, w], void = 255) of this
-    process, from mmseg's joint augmentation; the shuffling, batching and resumable state of
-    `pipeline.train_iterator`."""
-    seg = config.segmentation
-    example = SegmentationTrainExample(
-        source,
-        scale=tuple(int(v) for v in seg.scale),
-        crop_size=tuple(int(v) for v in seg.crop_size),
-        normalization=SEGMENTATION_NORMALIZATION,
-        ratio_range=tuple(float(v) for v in seg.ratio_range),
-        cat_max_ratio=float(seg.cat_max_ratio),
-    )
-    return pipeline.train_iterator(
-        source,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        preprocess="none",
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        example=example,
     )

@@ -58,7 +58,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lgmm_jax import cli, evaluate, experiment, forward, inference, initial_weights, pixel_forward, pretrained
-from lgmm_jax import segmentation_evaluation, serving
+from lgmm_jax import segmentation_evaluation, serving, tasks
 from lgmm_jax.data import pipeline
 from lgmm_jax.ood import conformal
 from lgmm_jax.sharding import make_mesh
@@ -277,7 +277,7 @@ def published_model(config, weights: str) -> evaluate.TrainedModel:
 def export_trained(trained: evaluate.TrainedModel, output: str, origin: dict, score_name: str | None, mesh,
                    alpha: float = conformal.DEFAULT_ALPHA, calibration: str = "marginal") -> dict[str, Any]:
     """Describe `trained` (calibrated on the validation split) and write it to `output`."""
-    segmentation = experiment.is_segmentation(trained.config)
+    segmentation = tasks.task_name(trained.config) == "segmentation"  # moves behind the task interface next
     score_name = choose_score(trained.config.model.head, score_name, segmentation)
     if segmentation:
         if calibration != "marginal":

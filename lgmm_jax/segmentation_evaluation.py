@@ -36,6 +36,7 @@ from lgmm_jax.ood import metrics, scores
 from lgmm_jax.ood.segmentation_metrics import AnomalyAccumulator, ConfusionAccumulator
 from lgmm_jax.pixel_forward import Fitted, SmlStatistics
 from lgmm_jax.sharding import batch_sharding, replicated
+from lgmm_jax.tasks.segmentation import NORMALIZATION as SEGMENTATION_NORMALIZATION
 
 THRESHOLD_PIXELS_PER_IMAGE = 1 << 16
 ROC_POINTS = 201
@@ -52,7 +53,7 @@ def chosen_scores(config) -> tuple[str, ...]:
 
 
 def settings_of(config) -> pixel_forward.DenseSettings:
-    normalization = experiment.SEGMENTATION_NORMALIZATION
+    normalization = SEGMENTATION_NORMALIZATION
     return pixel_forward.dense_settings(config.segmentation, normalization.mean, normalization.std)
 
 

@@ -17,7 +17,7 @@ import optax
 
 from lgmm_jax.memory import MemoryBank, create_memory
 from lgmm_jax.models.configured import initial_variables
-from lgmm_jax.objective import ObjectiveConfig, PixelConfig
+from lgmm_jax.objective import ObjectiveConfig
 from lgmm_jax.sharding import class_sharding, replicated
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -61,16 +61,6 @@ def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
         training=loss.training,
         bank_sample_size=loss.bank_sample_size,
         discriminative_temperature=loss.get("discriminative_temperature", 1.0),
-    )
-
-
-def pixel_config(config: ml_collections.ConfigDict) -> PixelConfig:
-    """What makes a pixel an example of the objective (segmentation), from `config.segmentation`."""
-    seg = config.segmentation
-    return PixelConfig(
-        void_label=int(seg.void_label),
-        pixels_per_class=int(seg.pixels_per_class),
-        remember_misclassified=bool(seg.remember_misclassified),
     )
 
 

@@ -4,10 +4,9 @@ The L-GMM step runs one encoder pass and one `jax.value_and_grad` of the collabo
 (`lgmm_jax.objective`): dL_D/dphi reaches the encoder, dL_G/dtheta the Gaussians. The memory bank is
 updated inside the step and the mixture weights are re-counted from it after the gradient step.
 
-Both steps serve both tasks (`config.task`): for segmentation (`pixels` set) an example is a labelled
-pixel, the L-GMM objective is `objective.pixel_lgmm_objective`, the softmax loss mmseg's
-`losses.pixel_cross_entropy`, and a segmenter's auxiliary head (DeepLabv3+'s FCN on stage 3) adds its
-weighted cross-entropy, which trains the encoder only. The loop, checkpoints and evaluation are shared.
+Both steps serve every task (`lgmm_jax.tasks`): the config's task gives them its losses
+(`tasks.base.StepLosses`: an image or a labelled pixel as the example, an auxiliary head's loss, the
+softmax counterpart's batch recipe). The loop, checkpoints and evaluation are shared.
 """
 
 from __future__ import annotations
@@ -20,19 +19,17 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from etils import epath
 
-from lgmm_jax import checkpointing, evaluate, experiment, forward, initial_weights, losses, mixing
+from lgmm_jax import checkpointing, evaluate, experiment, forward, initial_weights, losses, tasks
 from lgmm_jax.data import pipeline
 from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
-from lgmm_jax.models.resize import resize_labels_nearest
 from lgmm_jax.models.segmenter import auxiliary_logits
-from lgmm_jax.objective import ObjectiveConfig, PixelConfig, lgmm_objective, pixel_lgmm_objective
+from lgmm_jax.objective import ObjectiveConfig
 from lgmm_jax.sharding import (
     batch_sharding,
     global_batch,
@@ -41,13 +38,13 @@ from lgmm_jax.sharding import (
     replicated,
 )
 from lgmm_jax.models.configured import create_model
+from lgmm_jax.tasks.base import StepLosses
 from lgmm_jax.state import (
     TrainState,
     create_optimizer,
     create_sharded_train_state,
     gmm_moment_rate,
     objective_config,
-    pixel_config,
 )
 
 
@@ -74,25 +71,6 @@ def encoder_variables(state: TrainState, params) -> dict:
 TRAIN_COLLECTIONS = ["batch_stats", "auxiliary"]
 
 
-def auxiliary_loss(updates: dict, labels: jax.Array, pixels: PixelConfig | None, weight: float) -> jax.Array:
-    """`weight` x mmseg's cross-entropy of the auxiliary head's logits (0 without an auxiliary head)."""
-    logits = auxiliary_logits(updates)
-    if logits is None or pixels is None or weight == 0:
-        return jnp.zeros((), jnp.float32)
-    return weight * losses.pixel_cross_entropy(logits, labels, pixels.void_label)
-
-
-def batch_accuracy(scores: jax.Array, batch: dict, pixels: PixelConfig | None) -> jax.Array:
-    """Share of the batch's examples whose argmax class is their label: the real images of a
-    classification batch, or the labelled pixels of a segmentation batch at the scores' resolution
-    (labels brought there by nearest resizing, as the objective's memory bank sees them)."""
-    if pixels is None:
-        return losses.masked_mean((jnp.argmax(scores, -1) == batch["label"]).astype(jnp.float32), batch["mask"])
-    labels = resize_labels_nearest(batch["label"], scores.shape[1:3])
-    correct = (jnp.argmax(scores, -1) == labels).astype(jnp.float32)
-    return losses.masked_mean(correct, labels != pixels.void_label)
-
-
 def lgmm_train_step(
     state: TrainState,
     batch: dict,
@@ -100,16 +78,15 @@ def lgmm_train_step(
     model,
     optimizer: optax.GradientTransformation,
     objective: ObjectiveConfig,
+    task_losses: StepLosses,
     weight_ema: float,
     moment_rate: float | None = None,
-    pixels: PixelConfig | None = None,
-    auxiliary_weight: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """One collaborative step (Section 2.1): encoder by L_D, Gaussians by L_G, weights by counting.
 
     With `moment_rate` the Gaussians take no gradient step; they move that fraction of the way to the
-    maximum-likelihood fit of the memory bank instead (`mixture.moment_matched_head`). With `pixels`
-    the batch is a segmentation batch (labels [B, H, W]) and a pixel is an example.
+    maximum-likelihood fit of the memory bank instead (`mixture.moment_matched_head`). The task's
+    `task_losses` say what an example of the batch is (an image, or a labelled pixel).
     """
     log_weights = state.mixture["head"]["log_weights"]
 
@@ -123,15 +100,9 @@ def lgmm_train_step(
             rngs={"dropout": step_key(state)},
         )
         key = jax.random.fold_in(step_key(state), 1)
-        if pixels is None:
-            total, outputs = lgmm_objective(
-                z, batch["label"], batch["mask"], params["head"], log_weights, state.memory, objective, key=key
-            )
-        else:
-            total, outputs = pixel_lgmm_objective(
-                z, batch["label"], params["head"], log_weights, state.memory, objective, key, pixels
-            )
-        auxiliary = auxiliary_loss(updates, batch["label"], pixels, auxiliary_weight)
+        total, outputs = task_losses.lgmm_objective(
+            z, batch, params["head"], log_weights, state.memory, objective, key)
+        auxiliary = task_losses.auxiliary_loss(updates, batch)
         return total + auxiliary, (outputs, updates, auxiliary)
 
     (_, (outputs, updates, auxiliary)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -152,7 +123,7 @@ def lgmm_train_step(
     metrics = dict(outputs.terms)
     if auxiliary_logits(updates) is not None:
         metrics["auxiliary_loss"] = auxiliary
-    metrics["accuracy"] = batch_accuracy(outputs.class_log_likelihood, batch, pixels)
+    metrics["accuracy"] = task_losses.accuracy(outputs.class_log_likelihood, batch)
     metrics["effective_components"] = losses.masked_mean(
         losses.effective_components(outputs.hard_usage), outputs.class_present & outputs.distinct
     )
@@ -168,23 +139,14 @@ def lgmm_train_step(
 
 
 def softmax_train_step(
-    state: TrainState, batch: dict, *, model, optimizer: optax.GradientTransformation,
-    num_classes: int, batch_recipe: dict | None = None, pixels: PixelConfig | None = None,
-    auxiliary_weight: float = 0.0,
+    state: TrainState, batch: dict, *, model, optimizer: optax.GradientTransformation, task_losses: StepLosses,
 ) -> tuple[TrainState, dict]:
-    """The discriminative counterpart: the same encoder with a linear softmax head, cross-entropy.
-
-    `batch_recipe` ({label_smoothing, mixup_alpha, cutmix_alpha}, any of them 0 = off): the targets are
-    smoothed and the images mixed by Mixup or CutMix (`mixing.mix_batch`, mmcls's Swin recipe) before the
-    cross-entropy of the soft targets; accuracy is still counted against the batch's labels. With
-    `pixels` (segmentation) the loss is mmseg's per-pixel cross-entropy plus the auxiliary head's.
-    """
-    images, mask = batch["image"], batch["mask"]
-    mixing_on = pixels is None and batch_recipe is not None and any(value > 0 for value in batch_recipe.values())
-    if mixing_on:
-        images, targets = mixing.mix_batch(
-            jax.random.fold_in(step_key(state), 2), images, batch["label"], num_classes, mask=mask, **batch_recipe
-        )
+    """The discriminative counterpart: the same encoder with a linear softmax head and the task's
+    cross-entropy. Where the task has a batch recipe (`task_losses.mix`) the images are mixed first and the
+    loss is taken against the soft targets; accuracy is still counted against the batch's labels."""
+    images, targets = batch["image"], None
+    if task_losses.mix is not None:
+        images, targets = task_losses.mix(jax.random.fold_in(step_key(state), 2), images, batch)
 
     def loss_fn(params):
         logits, updates = model.apply(
@@ -194,18 +156,11 @@ def softmax_train_step(
             mutable=TRAIN_COLLECTIONS,
             rngs={"dropout": step_key(state)},
         )
-        if pixels is not None:
-            loss = losses.pixel_cross_entropy(logits, batch["label"], pixels.void_label)
-            loss = loss + auxiliary_loss(updates, batch["label"], pixels, auxiliary_weight)
-        elif mixing_on:
-            loss = losses.masked_mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets), mask)
-        else:
-            loss = losses.softmax_cross_entropy(logits, batch["label"], mask)
-        return loss, (logits, updates)
+        return task_losses.softmax_loss(logits, batch, targets, updates), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    metrics = {"loss": loss, "accuracy": batch_accuracy(logits, batch, pixels)}
+    metrics = {"loss": loss, "accuracy": task_losses.accuracy(logits, batch)}
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, param_updates),
@@ -213,14 +168,6 @@ def softmax_train_step(
         opt_state=opt_state,
     )
     return new_state, metrics
-
-
-def softmax_batch_recipe(config: ml_collections.ConfigDict) -> dict | None:
-    """The softmax counterpart's batch recipe from `config.softmax` (None when the config has none)."""
-    recipe = config.get("softmax")
-    if recipe is None:
-        return None
-    return {name: float(recipe.get(name, 0.0)) for name in ("label_smoothing", "mixup_alpha", "cutmix_alpha")}
 
 
 def reseed_means(state: TrainState, num_components: int) -> TrainState:
@@ -311,25 +258,21 @@ class MetricsWriter:
 
 
 def make_train_step(config, model, optimizer, shardings, mesh, num_classes: int):
-    """The jitted step for the configured head and task, state donated, batch sharded over `data`."""
-    task = {}
-    if experiment.is_segmentation(config):
-        task = {"pixels": pixel_config(config), "auxiliary_weight": float(config.segmentation.auxiliary_weight)}
+    """The jitted step for the configured head on the config's task's batches, state donated, batch
+    sharded over `data`."""
+    task_losses = tasks.get(config).step_losses(config, num_classes)
     if config.model.head == "lgmm":
         step = functools.partial(
             lgmm_train_step,
             model=model,
             optimizer=optimizer,
             objective=objective_config(config),
+            task_losses=task_losses,
             weight_ema=config.loss.weight_ema,
             moment_rate=gmm_moment_rate(config.model),
-            **task,
         )
     else:
-        step = functools.partial(
-            softmax_train_step, model=model, optimizer=optimizer, num_classes=num_classes,
-            batch_recipe=softmax_batch_recipe(config), **task,
-        )
+        step = functools.partial(softmax_train_step, model=model, optimizer=optimizer, task_losses=task_losses)
     return jax.jit(
         step,
         in_shardings=(shardings, batch_sharding(mesh)),

@@ -7,6 +7,7 @@ devices forced in a subprocess (XLA_FLAGS must be set before jax starts).
 """
 
 import glob
+import importlib
 import json
 import os
 import subprocess
@@ -147,6 +148,23 @@ def test_the_paper_segmentation_configs_hold_the_published_models(report, name):
     assert entry["head"] == "lgmm"
     expected = published - (width * classes + classes) + (width * dim + dim) + classes * components * dim + classes * dim
     assert entry["rows"][0]["parameters"] == expected
+
+
+# Appendix D.2: "on ADE20K train with crop size 512 x 512 and batch size 16; on Cityscapes train with crop
+# size 769 x 769 and batch size 8".
+PAPER_CROPS = {
+    "ade20k_deeplabv3plus_r101": ((512, 512), 16),
+    "ade20k_segformer_b5": ((512, 512), 16),
+    "cityscapes_deeplabv3plus_r101": ((769, 769), 8),
+    "cityscapes_segformer_b5": ((769, 769), 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CROPS))
+def test_the_paper_segmentation_configs_train_on_appendix_d2s_crops(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    crop, batch_size = PAPER_CROPS[name]
+    assert tuple(config.segmentation.crop_size) == crop and config.batch_size == batch_size
 
 
 def test_an_eval_batch_that_does_not_split_is_rounded_not_refused():

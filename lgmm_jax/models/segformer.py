@@ -54,11 +54,20 @@ def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=DENSE_KERNEL_INIT, name=name)
 
 
+def conv_kernel_init(kernel: int, features: int, groups: int):
+    """The official MiT's conv init: normal with std sqrt(2 / fan_out), fan_out = kernel^2 x features /
+    groups. For a depthwise conv (groups = features) that is sqrt(2 / 9) at 3x3; flax's fan_out does not
+    divide by the groups, which would start Mix-FFN's depthwise conv sqrt(features) times smaller."""
+    if groups == 1:
+        return CONV_KERNEL_INIT  # the same distribution
+    return nn.initializers.normal(stddev=(2.0 / (kernel * kernel * features // groups)) ** 0.5)
+
+
 def _biased_conv(features: int, kernel: int, stride: int, padding: int, dtype: Dtype, name: str, groups=1):
     return nn.Conv(
         features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
-        feature_group_count=groups, dtype=dtype, param_dtype=jnp.float32, kernel_init=CONV_KERNEL_INIT,
-        name=name,
+        feature_group_count=groups, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=conv_kernel_init(kernel, features, groups), name=name,
     )
 
 

@@ -183,3 +183,22 @@ def test_bad_names_and_options_raise_one_line_errors():
         create_segmenter("segformer_b0", 3, "lgmm", latent_size=4)
     with pytest.raises(ValueError, match="num_classes"):
         create_segmenter("segformer_b0", 0)
+
+
+def test_mits_convolutions_start_as_the_official_code_starts_them():
+    """NVlabs' mix_transformer.py `_init_weights`: a Conv2d's weight ~ N(0, 2 / fan_out) with fan_out =
+    k * k * out_channels / groups, so Mix-FFN's 3x3 depthwise conv starts at std sqrt(2/9) whatever its
+    width (flax's own fan_out, which ignores the groups, gives sqrt(2 / (9 * width)): 5.7x smaller at the
+    tiny model's narrowest 32), and the 7x7 patch embedding at sqrt(2 / (49 * width)). Sample stds of n
+    draws are compared within 6 standard errors, sqrt(1 / (2n)) relative."""
+    model = create_segmenter("segformer_b0", 3, decoder_kwargs=TINY_SEGFORMER)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+    flat = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
+            jax.tree_util.tree_leaves_with_path(variables["params"])}
+    depthwise = {name: kernel for name, kernel in flat.items() if "dwconv" in name and name.endswith("['kernel']")}
+    assert len(depthwise) == 4  # one block in each of four stages
+    for name, kernel in depthwise.items():
+        assert abs(kernel.std() / np.sqrt(2 / 9) - 1) < 6 * np.sqrt(1 / (2 * kernel.size)), name
+    embedding = next(kernel for name, kernel in flat.items() if "patch_embed1']['kernel" in name)
+    assert embedding.shape == (7, 7, 3, 8)
+    assert abs(embedding.std() / np.sqrt(2 / (49 * 8)) - 1) < 6 * np.sqrt(1 / (2 * embedding.size))

@@ -1,0 +1,61 @@
+"""The interface every task implements (`lgmm_jax.tasks`).
+
+A task is an object with the methods of `Task`; its module exposes it as `TASK`. The train steps take a
+task's `StepLosses` and so never branch on the task: the L-GMM step runs the encoder and hands its latents
+to `lgmm_objective`, the softmax step runs the classifier and hands its logits to `softmax_loss`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import NamedTuple
+
+import ml_collections
+
+
+class StepLosses(NamedTuple):
+    """How a task's batch becomes each head's loss inside the jitted train step.
+
+    lgmm_objective(z, batch, head_params, log_weights, memory, objective, key) -> (total, outputs): the
+      collaborative objective (Eq. 5-7) of the batch's examples, `objective.ObjectiveOutputs` with it.
+    auxiliary_loss(updates, batch) -> scalar: the weighted loss of an auxiliary head the model wrote into
+      `updates` during the apply (0 when there is none); it trains the encoder only.
+    softmax_loss(logits, batch, targets, updates) -> scalar: the softmax counterpart's loss; `targets` are
+      the soft targets of a mixed batch (`mix`) or None.
+    accuracy(class_scores, batch) -> scalar: the share of the batch's examples whose argmax is their label.
+    mix(key, images, batch) -> (images, targets), or None: the softmax counterpart's batch recipe (Mixup /
+      CutMix / label smoothing) where the task has one.
+    """
+
+    lgmm_objective: Callable
+    auxiliary_loss: Callable
+    softmax_loss: Callable
+    accuracy: Callable
+    mix: Callable | None = None
+
+
+class Task(abc.ABC):
+    """What a task decides (see `lgmm_jax.tasks`)."""
+
+    name: str
+
+    @abc.abstractmethod
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        """Raise ValueError naming the key when the config does not fit this task (its encoder, its keys)."""
+
+    @abc.abstractmethod
+    def data_source(self, name: str, split: str, data_dir: str | None):
+        """The `sources.Source` of a dataset's split (`data_dir`: where the data lies, None = default)."""
+
+    @abc.abstractmethod
+    def train_stream(self, config: ml_collections.ConfigDict, protocol, source, preset: str):
+        """This process's part of each global training batch, resumable through get_state / set_state."""
+
+    @abc.abstractmethod
+    def model_input_shape(self, config: ml_collections.ConfigDict, train_source, preset: str) -> tuple:
+        """(H, W, C) of the images the network takes in training."""
+
+    @abc.abstractmethod
+    def step_losses(self, config: ml_collections.ConfigDict, num_classes: int) -> StepLosses:
+        """The losses the train steps apply to this task's batches."""

@@ -1,0 +1,95 @@
+"""The task table (`lgmm_jax.tasks`): the same checks over every registered task.
+
+For each task and head on a tiny config: the config check accepts the task's own model kind and refuses
+the other one; one jitted train step built from the task's losses (`tasks.base.StepLosses`) runs on a batch
+of the task's own training stream and moves every parameter array the loss reaches, with a finite loss and
+an accuracy in [0, 1]. The references: the batch's labels (accuracy counted again from the step's own
+model outputs) and the parameters before the step.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import configs.default
+import configs.scenes
+from lgmm_jax import experiment, forward, tasks, train
+from lgmm_jax.models.configured import create_model
+from lgmm_jax.sharding import global_batch, make_mesh
+from lgmm_jax.state import create_optimizer, create_sharded_train_state
+from lgmm_jax.tasks.base import Task
+
+
+def tiny_config(task: str, head: str):
+    """The task's default config at the smallest size that still trains: one batch of 8."""
+    if task == "classification":
+        config = configs.default.get_config()
+    else:
+        config = configs.scenes.get_config()
+        config.model.decoder = {"widths": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_width": 16}
+    config.model.head = head
+    config.batch_size = 8
+    config.memory_size = 16
+    config.loss.bank_sample_size = 16
+    config.optimizer.warmup_epochs = 0.0  # the first step at the full rate
+    return config
+
+
+OTHER_ENCODER = {"classification": "segformer_b0", "segmentation": "small_cnn"}
+
+
+def test_every_registered_task_implements_the_interface():
+    for name in tasks.TASK_MODULES:
+        task = tasks.get(name)
+        assert isinstance(task, Task) and task.name == name
+    with pytest.raises(ValueError, match="task='detection' is not one of"):
+        tasks.get("detection")
+
+
+@pytest.mark.parametrize("task", sorted(tasks.TASK_MODULES))
+def test_the_config_check_refuses_the_other_tasks_model(task):
+    config = tiny_config(task, "lgmm")
+    assert experiment.check_config(config, num_devices=1).task == task
+    config.model.encoder = OTHER_ENCODER[task]
+    with pytest.raises(ValueError, match=f"task='{task}' needs .* as model.encoder, got '{OTHER_ENCODER[task]}'"):
+        experiment.check_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize("head", ["lgmm", "softmax"])
+@pytest.mark.parametrize("task", sorted(tasks.TASK_MODULES))
+def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
+    config = experiment.check_config(tiny_config(task, head), num_devices=1)
+    mesh = make_mesh()
+    protocol = experiment.resolve_protocol(config)
+    source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
+    num_classes = experiment.num_known_classes(protocol, source)
+    input_shape = experiment.model_input_shape(config, protocol, source)
+    model = create_model(config.model, num_classes)
+    optimizer, _ = create_optimizer(config, steps_per_epoch=10, total_steps=10)
+    state, shardings = create_sharded_train_state(config, model, optimizer, input_shape, num_classes, mesh)
+    local = next(experiment.train_stream(config, protocol, source))
+    assert local["image"].shape == (8, *input_shape)
+    local["mask"] = np.ones(len(local["label"]), bool)
+    before = jax.device_get(state.params)
+    variables, key = jax.device_get(forward.model_variables(state)), train.step_key(state)  # state is donated
+    step = train.make_train_step(config, model, optimizer, shardings, mesh, num_classes)
+    new_state, metrics = step(state, global_batch(local, mesh))
+    metrics = jax.device_get(metrics)
+    assert int(new_state.step) == 1 and np.isfinite(metrics["loss"]) and 0 <= metrics["accuracy"] <= 1
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, jax.device_get(new_state.params))
+    assert all(jax.tree.leaves(moved)), [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(moved)
+                                         if not m]
+    # The step's accuracy, counted again from the class scores of the step's own (training-mode) pass.
+    outputs, _ = model.apply(variables, local["image"], train=True, mutable=train.TRAIN_COLLECTIONS,
+                             rngs={"dropout": key})
+    class_scores = np.asarray(outputs[1] if isinstance(outputs, tuple) else outputs)  # a classifier's L-GMM: (z, scores)
+    labels = local["label"]
+    if task == "segmentation":  # at the scores' resolution, nearest (PyTorch's rule), void excluded
+        rows = np.arange(class_scores.shape[1]) * labels.shape[1] // class_scores.shape[1]
+        cols = np.arange(class_scores.shape[2]) * labels.shape[2] // class_scores.shape[2]
+        labels = labels[:, rows][:, :, cols]
+    labelled = labels != config.segmentation.void_label
+    expected = np.mean(np.argmax(class_scores, -1)[labelled] == labels[labelled])
+    assert metrics["accuracy"] == pytest.approx(expected, abs=1e-6)
