@@ -78,6 +78,9 @@ class ResNetV1c(nn.Module):
     dilations: Sequence[int] = (1, 1, 2, 4)
     contract_dilation: bool = True
     stem_width: int = 64
+    # mmseg's ResNet default: the last BatchNorm of each bottleneck starts at scale 0 when the backbone
+    # trains from scratch, so every block begins as the identity (a loaded checkpoint replaces it).
+    zero_init_residual: bool = True
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -102,6 +105,7 @@ class ResNetV1c(nn.Module):
                     features=64 * 2**stage,
                     strides=self.strides[stage] if block == 0 else 1,
                     dilation=first_dilation if block == 0 else dilation,
+                    zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)

@@ -202,3 +202,18 @@ def test_mits_convolutions_start_as_the_official_code_starts_them():
     embedding = next(kernel for name, kernel in flat.items() if "patch_embed1']['kernel" in name)
     assert embedding.shape == (7, 7, 3, 8)
     assert abs(embedding.std() / np.sqrt(2 / (49 * 8)) - 1) < 6 * np.sqrt(1 / (2 * embedding.size))
+
+
+def test_deeplabs_resnet_starts_each_bottleneck_as_the_identity_as_mmseg_does():
+    """mmseg's ResNet(zero_init_residual=True), its default: trained from scratch, the last norm (norm3)
+    of every bottleneck starts at weight 0 and every other BatchNorm at 1 (its init_cfg Constant 1)."""
+    from lgmm_jax.models.deeplab import ResNetV1c
+
+    model = ResNetV1c(depth=50)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    scales = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+              if jax.tree_util.keystr(path).endswith("['scale']")}
+    zero = sorted(name for name, scale in scales.items() if not scale.any())
+    assert len(zero) == 3 + 4 + 6 + 3  # one per bottleneck of ResNet-50
+    assert all("['BatchNorm_2']" in name for name in zero)  # the one after the last 1x1 conv
+    assert all(np.all(scale == 1) for name, scale in scales.items() if name not in zero)
