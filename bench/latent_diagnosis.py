@@ -41,7 +41,7 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lgmm_jax import evaluate, experiment, forward  # noqa: E402
+from lgmm_jax import experiment, forward, restore  # noqa: E402
 from lgmm_jax.ood import scores  # noqa: E402
 from lgmm_jax.sharding import make_mesh  # noqa: E402
 
@@ -90,7 +90,7 @@ def model_outputs(workdir: str):
     """The restored run, and the latents, features, log p(z|y) and labels of its known training and test
     images and of its first unknown set."""
     mesh = make_mesh()
-    trained = evaluate.restore_workdir(workdir, mesh)
+    trained = restore.restore_workdir(workdir, mesh)
     config, protocol, model = trained.config, trained.protocol, trained.model
     if config.model.head != "lgmm":
         raise SystemExit(f"error: {workdir} is a {config.model.head} run: pass an L-GMM workdir")

@@ -13,10 +13,11 @@ validation images (`lgmm_jax.ood.metrics.threshold_at_tpr`). Images go through e
 pipeline of training (`pipeline.eval_batches`: the preset's evaluation transform, the training dataset's
 normalisation, padded batches of a fixed size, so the network is compiled once).
 
-An exported segmenter (model.json's "task": "segmentation") loads as a `SegmentationModel`, whose
+`load` returns the export's task's model (`lgmm_jax.tasks.<task>.exported`, the only task module it
+imports): a classifier's `Model`, or for model.json's "task": "segmentation" a `SegmentationModel`, whose
 `predict(images)` takes uint8 [N, H, W, 3] of any one size and returns per-pixel `label` [N, H, W], `score`
-[N, H, W] and `known` [N, H, W] at that size (`lgmm_jax.pixel_forward`: whole or slide inference as in
-training's evaluation, class scores resized to the input before the argmax).
+[N, H, W] and `known` [N, H, W] at that size (whole or slide inference as in training's evaluation, class
+scores resized to the input before the argmax). This module holds what both kinds share.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lgmm_jax import forward, pixel_forward
-from lgmm_jax.data import pipeline
-from lgmm_jax.data.sources import ArraySource
+from lgmm_jax import tasks
 from lgmm_jax.models.configured import create_model, initial_variables
 from lgmm_jax.ood import conformal
 from lgmm_jax.sharding import make_mesh, padded_batch_size, replicated
@@ -184,105 +183,6 @@ class ExportedModel:
     calibration: Calibration | None
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Model(ExportedModel):
-    """An exported classifier, ready to predict.
-
-    known_labels: original label id of each known class, in model order (class i of the posterior).
-    image_shape: (H, W, C) of the images `predict` takes (None where any size is accepted).
-    """
-
-    known_labels: list[int]
-    image_shape: tuple
-    preprocess: str
-    normalization: pipeline.Normalization
-    forward: Any
-
-    def predict(self, images, alpha: float | None = None) -> dict[str, np.ndarray]:
-        """Classify and score uint8 [N, H, W, C] images (numpy).
-
-        Args:
-          alpha: decide at this alpha instead of the export's (`lgmm_jax.ood.conformal`).
-        Returns:
-          label: int64 [N], the original label id of the most probable known class.
-          log_posterior: float32 [N, C], log p(y|z) = log_softmax(log p(z|y) / T) at L_D's temperature T,
-            the posterior L_D trained (L-GMM; T = 1 is Eq. 7), or log_softmax(logits) (softmax).
-          score: float32 [N], `score_name`, higher = more like the known classes.
-          p_value: float32 [N], the conformal p-value of the score among the calibration scores (of the
-            predicted class when class-conditional).
-          known: bool [N], p_value > alpha, i.e. score >= threshold at the export's alpha (False =
-            rejected as unknown).
-        Raises:
-          ValueError: images of another dtype, rank or shape (the message gives the expected one).
-        """
-        images = check_images(images, self.image_shape)
-        num_classes = len(self.known_labels)
-        if len(images) == 0:
-            empty = {
-                "label": np.zeros([0], np.int64),
-                "log_posterior": np.zeros([0, num_classes], np.float32),
-                "score": np.zeros([0], np.float32),
-                "known": np.zeros([0], bool),
-            }
-            return empty | ({"p_value": np.zeros([0], np.float32)} if self.calibration is not None else {})
-        inputs = ArraySource("inference", images, np.zeros(len(images), np.int64), ("input",))
-        batches = pipeline.eval_batches(
-            inputs, batch_size=self.batch_size, preprocess=self.preprocess, normalization=self.normalization
-        )
-        outputs = forward.collect(batches, self.mesh, self.variables, self.forward)
-        head_outputs = forward.predictions(self.head, outputs)
-        temperature = forward.posterior_temperature_of(self.config)
-        score = forward.score_table(outputs, {}, (self.score_name,), temperature)[self.score_name]
-        predicted = np.argmax(head_outputs, axis=-1)
-        return {
-            "label": np.asarray(self.known_labels, np.int64)[predicted],
-            "log_posterior": np.asarray(jax.nn.log_softmax(head_outputs / temperature, axis=-1), np.float32),
-            "score": score.astype(np.float32),
-            **decide(score, predicted, self.threshold, self.calibration, alpha),
-        }
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SegmentationModel(ExportedModel):
-    """An exported segmenter, ready to predict per pixel (`batch_size` images per forward pass); label i
-    of `predict` is class i. settings: how the network runs on an image (`pixel_forward.DenseSettings`)."""
-
-    settings: pixel_forward.DenseSettings
-    forward: Any
-
-    def predict(self, images, alpha: float | None = None) -> dict[str, np.ndarray]:
-        """Segment and score uint8 [N, H, W, 3] images (numpy).
-
-        Args:
-          alpha: decide at this alpha instead of the export's (pixels carry no conformal guarantee).
-        Returns:
-          label: int64 [N, H, W], the most probable known class of each pixel.
-          score: float32 [N, H, W], `score_name` of each pixel, higher = more like the known classes.
-          p_value: float32 [N, H, W], the score's p-value among the sampled validation pixels' scores.
-          known: bool [N, H, W], p_value > alpha (False = an anomaly: no known class).
-        Raises:
-          ValueError: images of another dtype, rank or channel count.
-        """
-        images = check_images(images, (None, None, 3))
-        if len(images) == 0:
-            empty = np.zeros([0, *images.shape[1:3]])
-            calibrated = {"p_value": empty.astype(np.float32)} if self.calibration is not None else {}
-            return {"label": empty.astype(np.int64), "score": empty.astype(np.float32), "known": empty.astype(bool),
-                    **calibrated}
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = list(images[start:start + self.batch_size])
-            outputs += pixel_forward.predict_dense(
-                self.forward, self.variables, self.mesh, pixel_forward.Fitted(), chunk,
-                [image.shape[:2] for image in chunk], self.batch_size, self.settings,
-                len(self.label_names), (self.score_name,),
-            )
-        score = np.stack([out[self.score_name] for out in outputs])
-        label = np.stack([out["prediction"] for out in outputs]).astype(np.int64)
-        return {"label": label, "score": score.astype(np.float32),
-                **decide(score, label, self.threshold, self.calibration, alpha)}
-
-
 def common_parts(description: dict, path: str, batch_size: int | None, deployable: dict) -> dict:
     """The `ExportedModel` fields of an export whose model.json is `description` (variables restored)."""
     config = ml_collections.ConfigDict(description["config"])
@@ -307,36 +207,13 @@ def common_parts(description: dict, path: str, batch_size: int | None, deployabl
     )
 
 
-def load_segmenter(description: dict, path: str, batch_size: int | None) -> SegmentationModel:
-    """The `SegmentationModel` of an export whose model.json is `description`."""
-    parts = common_parts(description, path, batch_size, pixel_forward.DEPLOYABLE_PIXEL_SCORES)
-    dense, normalization = description["dense"], description["normalization"]
-    settings = pixel_forward.DenseSettings(
-        inference=dense["inference"], crop=tuple(dense["crop"]), stride=tuple(dense["stride"]),
-        eval_scale=tuple(dense["eval_scale"]), size_divisor=int(dense["size_divisor"]),
-        mean=tuple(normalization["mean"]), std=tuple(normalization["std"]),
-    )
-    forward_fn = pixel_forward.make_dense_forward(parts["module"], parts["head"], parts["mesh"], settings)
-    return SegmentationModel(**parts, settings=settings, forward=forward_fn)
-
-
-def load(path: str, batch_size: int | None = None) -> Model | SegmentationModel:
-    """The exported model in folder `path`; `batch_size` defaults to the config's eval_batch_size.
+def load(path: str, batch_size: int | None = None):
+    """The exported model in folder `path` (its task's `ExportedModel`: a classifier's `Model`, a
+    segmenter's `SegmentationModel`); `batch_size` defaults to the config's eval_batch_size.
 
     Raises:
       IncompleteExportError (a FileNotFoundError): a file of the export is missing (named in the message).
       ValueError: the export was written by another format version or does not fit its model.json.
     """
     description = read_description(path)
-    if description.get("task") == "segmentation":
-        return load_segmenter(description, path, batch_size)
-    parts = common_parts(description, path, batch_size, DEPLOYABLE_SCORES)
-    normalization = description["normalization"]
-    return Model(
-        **parts,
-        known_labels=[int(label) for label in description["known_labels"]],
-        image_shape=tuple(description["image_shape"]),
-        preprocess=description["preprocess"],
-        normalization=pipeline.Normalization(tuple(normalization["mean"]), tuple(normalization["std"])),
-        forward=forward.make_forward(parts["module"], parts["head"], parts["mesh"]),
-    )
+    return tasks.exported(description).load(description, path, batch_size)

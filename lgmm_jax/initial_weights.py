@@ -23,7 +23,8 @@ import ml_collections
 from etils import epath
 from flax import traverse_util
 
-from lgmm_jax import checkpointing, pretrained
+from lgmm_jax import checkpointing, inference, pretrained, restore
+from lgmm_jax.sharding import make_mesh
 
 REPORT_FILE = "init_weights.json"
 WHAT = ("backbone", "all")
@@ -71,14 +72,9 @@ def with_source_conventions(config: ml_collections.ConfigDict, workdir: str | No
 
 def source_variables(path: str) -> dict:
     """The variables of one of this library's runs: an export's, or a workdir's latest checkpoint."""
-    if (epath.Path(path) / "model.json").exists():
-        from lgmm_jax import inference
-
+    if (epath.Path(path) / inference.MODEL_FILE).exists():
         return inference.load(path).variables
-    from lgmm_jax import evaluate
-    from lgmm_jax.sharding import make_mesh
-
-    return evaluate.restore_workdir(path, make_mesh(), checkpointing.read_config(path)).variables
+    return restore.restore_workdir(path, make_mesh(), checkpointing.read_config(path)).variables
 
 
 def loaded_arrays(config, model, variables: dict, image_shape) -> tuple[dict, dict]:

@@ -93,9 +93,10 @@ def main(argv):
 
     def predict_all():
         from lgmm_jax import inference
+        from lgmm_jax.tasks.classification.exported import Model
 
         model = inference.load(FLAGS.model, batch_size=1)
-        if not isinstance(model, inference.Model):
+        if not isinstance(model, Model):
             raise ValueError(f"{FLAGS.model} is a segmenter: use inference.load(...).predict on image arrays")
         output = open(FLAGS.output, "w") if FLAGS.output else sys.stdout
         classified = 0

@@ -21,7 +21,7 @@ import pytest
 from scipy import special
 
 import configs.default
-from lgmm_jax import evaluate, experiment, export, forward, inference, train
+from lgmm_jax import experiment, export, forward, inference, restore, train
 from lgmm_jax.data import pipeline, sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from lgmm_jax.sharding import make_mesh
@@ -129,7 +129,7 @@ def test_fresh_process_predictions_equal_the_checkpoints_evaluation(run):
 
     # Scores and posteriors == the checkpoint evaluated in this process, through the evaluation pipeline.
     mesh = make_mesh()
-    trained = evaluate.restore_workdir(run["workdir"], mesh)
+    trained = restore.restore_workdir(run["workdir"], mesh)
     source = sources.get_source("digits", "test")
     outputs = forward.collect(
         experiment.eval_stream(trained.config, trained.protocol, source, trained.protocol.known_classes),

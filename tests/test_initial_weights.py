@@ -17,7 +17,7 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 import configs.default
-from lgmm_jax import checkpointing, evaluate, experiment, initial_weights, train
+from lgmm_jax import checkpointing, experiment, initial_weights, restore, train
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.sharding import make_mesh
 from lgmm_jax.state import create_optimizer, create_train_state
@@ -57,7 +57,7 @@ def test_step_zero_holds_the_sources_encoder_and_the_runs_own_fresh_classifier(s
     source, workdir = started
     assert checkpointing.complete_steps_on_disk(str(workdir)) == [0, 1, 2]
     step0 = checkpoint_params(workdir, 0)
-    source_variables = evaluate.restore_workdir(str(source), make_mesh()).variables
+    source_variables = restore.restore_workdir(str(source), make_mesh()).variables
     source_flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(
         {"params": source_variables["params"], "batch_stats": source_variables["batch_stats"]}).items()}
     encoder = {name for name in step0 if name.split("/")[1] == "backbone"}

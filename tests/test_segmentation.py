@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 from configs import scenes as scenes_config
-from lgmm_jax import checkpointing, evaluate, experiment, pixel_forward, segmentation_evaluation
+from lgmm_jax import checkpointing, experiment, restore
 from lgmm_jax.data import scenes
 from lgmm_jax.models.configured import create_model, initial_variables
-from lgmm_jax.pixel_forward import DenseSettings, Fitted, SmlStatistics
 from lgmm_jax.sharding import make_mesh
+from lgmm_jax.tasks.segmentation import evaluation as segmentation_evaluation
+from lgmm_jax.tasks.segmentation import forward as pixel_forward
+from lgmm_jax.tasks.segmentation.forward import DenseSettings, Fitted, SmlStatistics
 from tests.shared_runs import initial_parameters
 from tests.subprocesses import run_stablehlo
 from tests.test_cli import REPO, SEGMENTATION_ARGS, compilation_cache, run_main, segmentation_reference_run
@@ -234,9 +236,10 @@ def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(quick_run, 
                                cwd=REPO, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
     from lgmm_jax import inference
+    from lgmm_jax.tasks.segmentation.exported import SegmentationModel
 
     model = inference.load(str(exported))
-    assert isinstance(model, inference.SegmentationModel)
+    assert isinstance(model, SegmentationModel)
     validation = scenes.load("validation")
     images = validation["image"][:EVAL_IMAGES]
     out = model.predict(images)
@@ -277,7 +280,7 @@ def test_every_trainable_parameter_of_both_segmenters_moves(quick_run):
     _, workdir, _ = quick_run
     config = checkpointing.read_config(str(workdir))
     initial = initial_parameters(config)
-    trained = jax.device_get(evaluate.restore_workdir(str(workdir), make_mesh(), config).variables["params"])
+    trained = jax.device_get(restore.restore_workdir(str(workdir), make_mesh(), config).variables["params"])
     leaves = jax.tree_util.tree_leaves_with_path(initial)
     frozen = [jax.tree_util.keystr(path) for (path, a), b in zip(leaves, jax.tree.leaves(trained)) if np.array_equal(a, b)]
     assert len(leaves) > 100 and not frozen, frozen

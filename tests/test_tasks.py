@@ -1,13 +1,25 @@
-"""The task table (`lgmm_jax.tasks`): the same checks over every registered task.
+"""The task table (`lgmm_jax.tasks`): the same checks over every registered task, and no task switch
+outside it.
 
 For each task and head on a tiny config: the config check accepts the task's own model kind and refuses
 the other one; one jitted train step built from the task's losses (`tasks.base.StepLosses`) runs on a batch
 of the task's own training stream and moves every parameter array the loss reaches, with a finite loss and
 an accuracy in [0, 1]. The references: the batch's labels (accuracy counted again from the step's own
 model outputs) and the parameters before the step.
+
+For each task's shared trained run (the session's): re-evaluation gives training's closed-set numbers and
+unknown sets, the export loads as the task's exported model, and its predictions' decisions are the
+threshold's (score >= threshold, computed again here).
+
+The source itself: outside `lgmm_jax/tasks/`, no module asks which task runs, and none cites a document
+that is not in the repository.
 """
 
 from __future__ import annotations
+
+import json
+import pathlib
+import re
 
 import jax
 import numpy as np
@@ -15,11 +27,15 @@ import pytest
 
 import configs.default
 import configs.scenes
-from lgmm_jax import experiment, forward, tasks, train
+from lgmm_jax import checkpointing, evaluate, experiment, export, forward, inference, tasks, train
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.sharding import global_batch, make_mesh
 from lgmm_jax.state import create_optimizer, create_sharded_train_state
 from lgmm_jax.tasks.base import Task
+from tests.shared_runs import shared_folder, train_default_in_process
+from tests.test_cli import segmentation_reference_run
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "lgmm_jax"
 
 
 def tiny_config(task: str, head: str):
@@ -41,14 +57,14 @@ OTHER_ENCODER = {"classification": "segformer_b0", "segmentation": "small_cnn"}
 
 
 def test_every_registered_task_implements_the_interface():
-    for name in tasks.TASK_MODULES:
+    for name in tasks.TASK_PACKAGES:
         task = tasks.get(name)
         assert isinstance(task, Task) and task.name == name
     with pytest.raises(ValueError, match="task='detection' is not one of"):
         tasks.get("detection")
 
 
-@pytest.mark.parametrize("task", sorted(tasks.TASK_MODULES))
+@pytest.mark.parametrize("task", sorted(tasks.TASK_PACKAGES))
 def test_the_config_check_refuses_the_other_tasks_model(task):
     config = tiny_config(task, "lgmm")
     assert experiment.check_config(config, num_devices=1).task == task
@@ -58,7 +74,7 @@ def test_the_config_check_refuses_the_other_tasks_model(task):
 
 
 @pytest.mark.parametrize("head", ["lgmm", "softmax"])
-@pytest.mark.parametrize("task", sorted(tasks.TASK_MODULES))
+@pytest.mark.parametrize("task", sorted(tasks.TASK_PACKAGES))
 def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
     config = experiment.check_config(tiny_config(task, head), num_devices=1)
     mesh = make_mesh()
@@ -93,3 +109,52 @@ def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
     labelled = labels != config.segmentation.void_label
     expected = np.mean(np.argmax(class_scores, -1)[labelled] == labels[labelled])
     assert metrics["accuracy"] == pytest.approx(expected, abs=1e-6)
+
+
+def shared_run(task: str, tmp_path_factory) -> pathlib.Path:
+    """The session's trained run of the task's default config (read only here)."""
+    if task == "classification":
+        return shared_folder(tmp_path_factory, "tiny_default_run", train_default_in_process)
+    return segmentation_reference_run(tmp_path_factory)
+
+
+@pytest.mark.parametrize("task", sorted(tasks.TASK_PACKAGES))
+def test_a_trained_run_of_every_task_evaluates_exports_loads_and_predicts(task, tmp_path_factory, tmp_path):
+    run = shared_run(task, tmp_path_factory)
+    training = json.loads((run / evaluate.RESULTS_FILE).read_text())
+    evaluated = evaluate.evaluate_workdir(str(run), str(tmp_path / "evaluation"))
+    assert evaluated["closed_set"] == training["closed_set"] and set(evaluated["open_set"]) == set(training["open_set"])
+    assert (tmp_path / "evaluation" / "report.md").exists()
+
+    description = export.export_model(str(run), str(tmp_path / "exported"))
+    model = inference.load(str(tmp_path / "exported"))
+    assert type(model).__module__ == f"{tasks.TASK_PACKAGES[task]}.exported"
+    config = checkpointing.read_config(str(run))
+    protocol = experiment.resolve_protocol(config)
+    validation = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
+    images = np.stack([np.asarray(validation[i]["image"]) for i in range(4)])
+    out = model.predict(images)
+    spatial = images.shape[1:3] if task == "segmentation" else ()
+    assert out["label"].shape == out["score"].shape == out["known"].shape == (4, *spatial)
+    np.testing.assert_array_equal(out["known"], out["score"] >= description["threshold"])
+
+
+# What asking which task runs looks like: `is_segmentation(...)`, `config.task == ...`,
+# `task_name(config) != ...`, `results.get("task") == ...`, a `pixels=None` switch.
+TASK_SWITCH = re.compile(r'is_segmentation\(|\btask(_name\([^)]*\))?\s*[!=]=|pixels is None|\.get\("task"[^)]*\)\s*[!=]=')
+
+
+def test_no_module_outside_the_tasks_folder_asks_which_task_runs():
+    switches = [f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+                for path in PACKAGE.rglob("*.py") if "tasks" not in path.relative_to(PACKAGE).parts
+                for number, line in enumerate(path.read_text().splitlines(), 1) if TASK_SWITCH.search(line)]
+    assert not switches, "\n".join(switches)
+
+
+def test_no_module_cites_a_document_outside_the_repository_or_an_issue():
+    citations = [f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+                 for path in PACKAGE.rglob("*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"DESIGN\.md|\bissue[ -]?#?\d", line, re.IGNORECASE)]
+    assert not citations, "\n".join(citations)
+

@@ -33,9 +33,13 @@ train: the bundled datasets have their own ``validation`` split; TFDS datasets u
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import os
+import re
+from typing import Callable, Sequence
 
 import numpy as np
+
+from lgmm_jax.data.sources import FOLDER_PREFIX
 
 # splits_2020 (iCGY96/ARPL split.py) == osr_splits (sgvaze/osr_closed_set_all_you_need), verbatim.
 MNIST_SPLITS = (
@@ -257,3 +261,36 @@ def remap_labels(labels: np.ndarray, known_classes: Sequence[int]) -> tuple[np.n
     num_labels = max(int(labels.max(initial=-1)), int(np.max(known_classes, initial=-1))) + 1
     new_labels = label_lookup(known_classes, num_labels)[labels]
     return new_labels, new_labels >= 0
+
+
+def unknown_set_name(ref: DataRef, protocol: OpenSetProtocol, own_split_name: Callable[[DataRef], str]) -> str:
+    """An unknown set's key in results.json and in its plot file names (letters, digits, '_', '-', '.').
+
+    A split of the training dataset: `own_split_name(ref)`, the task's rule (classification:
+    'unknown_classes'; segmentation: the split without its 'test_' prefix); a folder: its base name
+    ('LSUN_resize'); another dataset: its name, with the split appended unless it is 'test'.
+    """
+    if ref.dataset == protocol.dataset:
+        return own_split_name(ref)
+    if ref.dataset.startswith(FOLDER_PREFIX):
+        name = os.path.basename(os.path.normpath(ref.dataset[len(FOLDER_PREFIX):]))
+    else:
+        name = ref.dataset if ref.split == "test" else f"{ref.dataset}_{ref.split}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unknown"
+
+
+def unique_name(name: str, taken) -> str:
+    """`name`, or `name_2`, `name_3`, ... when it is taken (two folders with the same base name)."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}_{number}"
+    return candidate
+
+
+def unknown_set_names(protocol: OpenSetProtocol, own_split_name: Callable[[DataRef], str]) -> list[str]:
+    """The key of each of the protocol's unknown sets in results.json (`unknown_set_name`, made unique)."""
+    names: list[str] = []
+    for ref in protocol.unknown:
+        names.append(unique_name(unknown_set_name(ref, protocol, own_split_name), names))
+    return names

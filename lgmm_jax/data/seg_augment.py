@@ -39,7 +39,11 @@ from PIL import Image
 from skimage import color as sk_color
 
 from lgmm_jax.data import augment
+from lgmm_jax.data.pipeline import NORMALIZATION as DATASET_NORMALIZATION
 from lgmm_jax.data.pipeline import Normalization
+
+# mmseg's data preprocessor for every recipe: ImageNet's mean and std.
+NORMALIZATION = DATASET_NORMALIZATION["imagenet2012"]
 
 VOID = 255
 RATIO_RANGE = (0.5, 2.0)

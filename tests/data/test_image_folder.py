@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 import configs.default
-from lgmm_jax import evaluate, experiment
-from lgmm_jax.data import pipeline, sources
+from lgmm_jax import experiment, tasks
+from lgmm_jax.data import pipeline, protocols, sources
+from lgmm_jax.tasks.classification import evaluation
 from lgmm_jax.data.protocols import DataRef
 
 
@@ -86,9 +87,10 @@ def test_ood_datasets_entry_keeps_colons_in_the_path_and_names_the_set_by_the_fo
     config.ood_datasets = (f"folder={folder}", f"folder={folder}/")
     protocol = experiment.resolve_protocol(config)
     refs = protocol.unknown[-2:]
-    names = [evaluate.unknown_set_name(ref, protocol) for ref in refs]
+    classification = tasks.get("classification")
+    names = [protocols.unknown_set_name(ref, protocol, classification.own_split_name) for ref in refs]
     assert names == ["LSUN_resize", "LSUN_resize"]  # a file-name-safe key
-    assert evaluate.unique_name(names[1], {names[0]: None}) == "LSUN_resize_2"
+    assert protocols.unique_name(names[1], {names[0]: None}) == "LSUN_resize_2"
     source = experiment.data_source(refs[0], config=config)
     assert len(source) == 3
 
@@ -110,7 +112,7 @@ def test_an_unknown_set_of_another_image_shape_is_refused_before_evaluation(tmp_
     known = sources.get_source("digits", "train")
     unknown = sources.get_source(f"folder={tmp_path / 'rgb'}", "test")
     with pytest.raises(ValueError, match="8x8x3 images .* trained on 8x8x1"):
-        evaluate.check_unknown_image_shape("rgb", unknown, known, "shift")
-    evaluate.check_unknown_image_shape("rgb", sources.get_source(f"folder={tmp_path / 'rgb'}", "test"),
+        evaluation.check_unknown_image_shape("rgb", unknown, known, "shift")
+    evaluation.check_unknown_image_shape("rgb", sources.get_source(f"folder={tmp_path / 'rgb'}", "test"),
                                        sources.ArraySource("x", random_images(1, (64, 64, 3)), [0], ["a"]),
                                        "imagenet")  # resized anyway: only the channels must match

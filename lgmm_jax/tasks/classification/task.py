@@ -15,11 +15,13 @@ import ml_collections
 import optax
 
 from lgmm_jax import losses, mixing
+from lgmm_jax import report as lgmm_report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import get_source
 from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.objective import lgmm_objective
 from lgmm_jax.tasks.base import StepLosses, Task
+from lgmm_jax.tasks.classification import evaluation, export, report
 
 
 def softmax_batch_recipe(config: ml_collections.ConfigDict) -> dict | None:
@@ -100,6 +102,24 @@ class ClassificationTask(Task):
             accuracy=image_accuracy,
             mix=batch_mixer(recipe, num_classes) if mixing_on else None,
         )
+
+    def own_split_name(self, ref) -> str:
+        return "unknown_classes"
+
+    def evaluate(self, config, model, variables, protocol, mesh):
+        return evaluation.evaluate(config, model, variables, protocol, mesh, self.unknown_set_names(protocol))
+
+    def write_outputs(self, folder: str, results: dict, plots: evaluation.ScoreSets) -> None:
+        """report.md, each unknown set's ROC and histogram plots, scores.npz."""
+        lgmm_report.write_report(folder, report.render(results))
+        report.write_plots(folder, {name: (plots.known_against(name), unknown) for name, unknown in plots.unknown.items()})
+        evaluation.write_scores(folder, plots)
+
+    def summary_line(self, results: dict) -> str:
+        return report.summary_line(results)
+
+    def export_contents(self, trained, origin, score_name, mesh, alpha, calibration):
+        return export.export_contents(trained, origin, score_name, mesh, alpha, calibration)
 
 
 TASK = ClassificationTask()

@@ -17,18 +17,18 @@ import jax.numpy as jnp
 import ml_collections
 
 from lgmm_jax import losses
+from lgmm_jax import report as lgmm_report
 from lgmm_jax.data import pipeline
-from lgmm_jax.data.seg_augment import SegmentationTrainExample
+from lgmm_jax.data.seg_augment import NORMALIZATION, SegmentationTrainExample
 from lgmm_jax.data.segmentation import get_segmentation_source
 from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.models.resize import resize_labels_nearest
 from lgmm_jax.models.segmenter import auxiliary_logits
 from lgmm_jax.objective import PixelConfig, pixel_lgmm_objective
 from lgmm_jax.tasks.base import StepLosses, Task
+from lgmm_jax.tasks.segmentation import evaluation, export, figures, report
 
 INFERENCE_MODES = ("whole", "slide")
-# mmseg's data preprocessor for every recipe: ImageNet's mean and std.
-NORMALIZATION = pipeline.NORMALIZATION["imagenet2012"]
 
 
 def pixel_config(config: ml_collections.ConfigDict) -> PixelConfig:
@@ -137,6 +137,24 @@ class SegmentationTask(Task):
             softmax_loss=functools.partial(cross_entropy, pixels, weight),
             accuracy=functools.partial(pixel_accuracy, pixels),
         )
+
+    def own_split_name(self, ref) -> str:
+        """The split without its 'test_' prefix: the testbed's 'scenes:test_near' is 'near'."""
+        return ref.split.removeprefix("test_")
+
+    def evaluate(self, config, model, variables, protocol, mesh):
+        return evaluation.evaluate(config, model, variables, protocol, mesh, self.unknown_set_names(protocol))
+
+    def write_outputs(self, folder: str, results: dict, plots: evaluation.SegmentationPlots) -> None:
+        """report.md and Figure 3's pictures and pixel ROC curves of each anomaly set (`figures`)."""
+        lgmm_report.write_report(folder, report.render(results))
+        figures.write_figures(folder, plots)
+
+    def summary_line(self, results: dict) -> str:
+        return report.summary_line(results)
+
+    def export_contents(self, trained, origin, score_name, mesh, alpha, calibration):
+        return export.export_contents(trained, origin, score_name, mesh, alpha, calibration)
 
 
 TASK = SegmentationTask()

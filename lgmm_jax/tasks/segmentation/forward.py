@@ -17,7 +17,7 @@ What mmseg's `EncoderDecoder.predict` does, per pixel, with this library's open-
    size (mmseg's `postprocess_result`), then the prediction argmax_y and the per-pixel scores
    (higher = more known):
 
-   - `likelihood` (L-GMM): max_y log p(z|y) (Section 2.3);
+   - `likelihood` (L-GMM): max_y log p(z|y) (Section 2.2, after Eq. 7);
    - `msp`: max_y softmax; `maxlogit`: max_y logit (Hendrycks et al. 2022); `entropy`: the negative
      entropy of the softmax, sum_y p log p;
    - `sml`: Standardized Max Logits (Jung et al. 2021): (max logit - mu_c) / sigma_c with c the predicted

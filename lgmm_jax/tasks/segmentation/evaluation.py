@@ -1,14 +1,14 @@
-"""Closed-set and open-set evaluation of a segmenter (paper Tables 5 and 6, Figure 3): the segmentation
-half of `lgmm_jax.evaluate`, which calls `evaluate` here for a config with task='segmentation'.
+"""Closed-set and open-set evaluation of a segmenter (paper Tables 5 and 6, Figure 3), what
+`lgmm_jax.evaluate` runs for a segmentation run (through the task, `task.SegmentationTask.evaluate`).
 
 - Closed set, on the known test split (`test_split`): mIoU, aAcc and per-class IoU as mmseg computes
   them (intersection and union summed over the whole set, void excluded, mean over classes with a
   non-empty union; `ood.segmentation_metrics.ConfusionAccumulator`), from predictions at each label's
-  original size (`pixel_forward`: whole or slide inference, scores resized bilinearly before the argmax).
+  original size (`forward`: whole or slide inference, scores resized bilinearly before the argmax).
 - Open set, on each unknown set's anomaly maps (0 known, 1 anomaly, 255 void): pixel AUROC, AP and FPR95
   with the anomaly as the positive class, all pixels of the set pooled, void dropped (the Fishyscapes
   benchmark; `ood.segmentation_metrics.AnomalyAccumulator`), for every score of the head
-  (`pixel_forward.PIXEL_SCORES`).
+  (`forward.PIXEL_SCORES`).
 - Statistics that scores need are fitted on training images (evaluation transform, the first
   `segmentation.fit_images`): SML's per-class mean / std of the max logit over labelled pixels predicted
   as the class, and Mahalanobis' class means and tied covariance of the decoder features of labelled
@@ -30,13 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgmm_jax import experiment, pixel_forward
+from lgmm_jax import experiment
 from lgmm_jax.forward import gather
 from lgmm_jax.ood import metrics, scores
 from lgmm_jax.ood.segmentation_metrics import AnomalyAccumulator, ConfusionAccumulator
-from lgmm_jax.pixel_forward import Fitted, SmlStatistics
 from lgmm_jax.sharding import batch_sharding, replicated
-from lgmm_jax.tasks.segmentation import NORMALIZATION as SEGMENTATION_NORMALIZATION
+from lgmm_jax.data.seg_augment import NORMALIZATION as SEGMENTATION_NORMALIZATION
+from lgmm_jax.tasks.segmentation import forward as pixel_forward
+from lgmm_jax.tasks.segmentation.forward import Fitted, SmlStatistics
 
 THRESHOLD_PIXELS_PER_IMAGE = 1 << 16
 ROC_POINTS = 201
@@ -205,7 +206,7 @@ def open_set(predictor: Predictor, unknown_source, chosen, num_pictures: int, li
 
 @dataclasses.dataclass
 class SegmentationPlots:
-    """What `segmentation_figures.write_figures` draws: pixel ROC points and example pictures per set."""
+    """What `figures.write_figures` draws: pixel ROC points and example pictures per set."""
 
     roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
     pictures: dict[str, list[dict[str, np.ndarray]]]
