@@ -1,8 +1,9 @@
 """DeepLabv3+ R101-D8 on ADE20K (paper Section 5.3, Table 5; Appendix D): mmseg's recipe
 `deeplabv3plus_r101-d8_4xb4-160k_ade20k-512x512`.
 
-- Data: TFDS `scene_parse150` (prepare it first; label 0 "other" is void, mmseg's reduce_zero_label),
-  150 classes. Training pipeline: RandomResize((2048, 512), ratio 0.5-2.0), RandomCrop(512x512,
+- Data: ADE20K as mmseg reads it, `ADEChallengeData2016/` (or the official ADEChallengeData2016.zip)
+  under `--config.data_dir=DIR` (label 0 "other" is void, mmseg's reduce_zero_label), 150 classes.
+  TFDS's `scene_parse150` is refused: its builder downloads the instance-challenge masks, not these. Training pipeline: RandomResize((2048, 512), ratio 0.5-2.0), RandomCrop(512x512,
   cat_max_ratio 0.75), flip, photometric distortion. Test: Resize((2048, 512), keep_ratio), whole
   inference, scores resized to the original label size.
 - Schedule: batch 16, 160k iterations, SGD momentum 0.9, weight decay 5e-4, poly (power 0.9) to 1e-4.
@@ -30,12 +31,12 @@ BATCH = 16
 def get_config():
     config = default.get_config()
     config.task = "segmentation"
-    config.dataset = "scene_parse150"
+    config.dataset = "ade20k"
     config.protocol = ""
     config.ood_datasets = ()
     config.train_split = "train"
-    config.validation_split = "test"
-    config.test_split = "test"
+    config.validation_split = "validation"
+    config.test_split = "validation"
     config.preprocess = "none"
 
     config.batch_size = BATCH

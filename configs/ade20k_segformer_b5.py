@@ -4,7 +4,7 @@
 Which MiT-B: the paper writes "MiT_Base" without a number; GMMSeg (the closest public code) uses B5. So
 B5 (84.7M parameters at 150 classes); --config.model.encoder=segformer_b2 etc. picks another.
 
-- Data: TFDS `scene_parse150` as configs/ade20k_deeplabv3plus_r101.py, training crop 512x512 from
+- Data: ADEChallengeData2016 under --config.data_dir as configs/ade20k_deeplabv3plus_r101.py, training crop 512x512 from
   RandomResize((2048, 512), ratio 0.5-2.0); test: Resize((2048, 512), keep_ratio), whole inference.
   Appendix D.2 trains every ADE20K model on 512x512 crops; Table 5's 640x640 mark belongs to the
   Segmenter and MaskFormer rows it compares with, not to SegFormer's.
@@ -12,6 +12,10 @@ B5 (84.7M parameters at 150 classes); --config.model.encoder=segformer_b2 etc. p
   layers, mmseg's decay_mult 0 on 'norm'; biases skip it too here), the decode head at 10x the
   learning rate (mmseg's lr_mult 10 on 'head': `optimizer.decode_head_lr_mult`, its own optimiser group),
   linear warm-up over 1500 iterations from 1e-6 of the rate, then poly (power 1) to 0. Drop path 0.1.
+- Decode head: mainline mmseg's, as GMMSeg's `SegformerGMMSegHead` builds it (the paper's codebase): a 1x1
+  ConvModule (conv, BatchNorm, ReLU) per stage (`model.decoder.decode_projection="conv_bn_relu"`), not the
+  Linear per stage of NVlabs' and Hugging Face's release ("linear"; a whole published file of theirs sets
+  it back, `lgmm_jax.pretrained.model_options`).
 - L-GMM: 64-d latents, 8 components per class on ADE20K (GMMSeg), 2000 remembered pixels per class; the
   Gaussians learn at the encoder's base rate.
 - Starting point: the ImageNet-1k MiT-B5 of SegFormer's release, `--config.init.weights=mit_b5.pth`
@@ -45,6 +49,7 @@ def use_segformer_optimizer(config, num_train_images: int) -> None:
 def get_config():
     config = ade20k_deeplabv3plus_r101.get_config()  # the data, schedule length and L-GMM settings
     config.model.encoder = "segformer_b5"
+    config.model.decoder.decode_projection = "conv_bn_relu"  # GMMSeg's SegFormer head (mainline mmseg)
     use_segformer_optimizer(config, ADE20K_TRAIN_IMAGES)
     seg = config.segmentation
     seg.auxiliary_weight = 0.0  # SegFormer has no auxiliary head

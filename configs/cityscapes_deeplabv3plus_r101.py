@@ -6,6 +6,9 @@ Found and Road Anomaly unchanged.
   rest void. Training: RandomResize((2049, 1025), ratio 0.5-2.0), RandomCrop(769x769, cat_max_ratio
   0.75), flip, photometric distortion. Test: slide inference, 769x769 windows every 513 pixels, on the
   full 1024x2048 image.
+- align_corners=True in both heads, as mmseg's 769x769 Cityscapes recipes set it (769 = 8 x 96 + 1: the
+  1/8 and 1/4 maps' corners fall on the crop's corners): `model.decoder.align_corners`, which the decode
+  head's upsampling, the losses' and inference's resizing all follow.
 - Schedule: batch 8, 80k iterations, SGD momentum 0.9, weight decay 5e-4, poly (power 0.9) to 1e-4,
   learning rate 0.01 (mmseg's default; configs/ade20k_deeplabv3plus_r101.py says why not the paper's 0.1).
 - Unknown sets (Table 6): with --config.ood_folder_root=DIR, the folders DIR/fishyscapes_lostandfound
@@ -31,6 +34,7 @@ def get_config():
     config.batch_size = 8
     config.num_train_steps = 80_000
     config.model.num_components = 5
+    config.model.decoder.align_corners = True
 
     seg = config.segmentation
     seg.scale = (2049, 1025)

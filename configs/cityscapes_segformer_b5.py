@@ -21,5 +21,7 @@ def get_config():
     config = cityscapes_deeplabv3plus_r101.get_config()
     config.model.encoder = "segformer_b5"
     config.segmentation.auxiliary_weight = 0.0  # SegFormer has no auxiliary head
+    config.model.decoder.align_corners = False  # mmseg's SegFormerHead, on Cityscapes too
+    config.model.decoder.decode_projection = "conv_bn_relu"  # GMMSeg's SegFormer head, as on ADE20K
     ade20k_segformer_b5.use_segformer_optimizer(config, CITYSCAPES_TRAIN_IMAGES)
     return config

@@ -154,6 +154,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.segmentation.pixels_per_class = 64
     config.segmentation.remember_misclassified = True
     config.segmentation.auxiliary_weight = 0.4  # DeepLabv3+'s auxiliary FCN cross-entropy (mmseg)
+    # The per-pixel cross-entropies (decode, auxiliary, L-GMM's L_D) sum over labelled pixels and divide by
+    # every pixel, as mmseg's CrossEntropyLoss by default; True divides by the labelled pixels only.
+    config.segmentation.avg_non_ignore = False
     # Inference (mmseg's test_cfg): 'whole' (the full image at once) or 'slide' (crop_size windows
     # every stride, class scores summed and divided by the windows' overlap count).
     config.segmentation.inference = "whole"
@@ -162,7 +165,10 @@ def get_config() -> ml_collections.ConfigDict:
     # mmseg's test-time Resize(scale, keep_ratio=True) before the network, () = none; the class scores
     # are resized back to the label's size (bilinear) before the argmax and the scores.
     config.segmentation.eval_scale = ()
-    config.segmentation.size_divisor = 32  # evaluation batches are padded to a multiple of this
+    # 0: evaluate as mmseg tests, images unpadded, a batch holding images of one size (one compilation per
+    # size); > 0: batches of any sizes zero-padded to a multiple of this (fewer compilations, but the
+    # padding enters image pooling, attention and border context).
+    config.segmentation.size_divisor = 0
     # Training images (eval transform) that the softmax scores' statistics are fitted on: Standardized
     # Max Logits' per-class mean and std, Mahalanobis' class means and tied covariance. 0 = all.
     config.segmentation.fit_images = 500

@@ -29,17 +29,21 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array 
     return masked_mean(losses, mask)
 
 
-def pixel_cross_entropy(scores: jax.Array, labels: jax.Array, void_label: int = 255) -> jax.Array:
-    """mmseg's decode-head loss: per-pixel scores [B, h, w, C] upsampled bilinearly (align_corners=False)
-    to the labels' [B, H, W], softmax cross-entropy averaged over the labelled pixels (the void label is a
-    mask, never a class index). For L-GMM the scores are log p(z|y) / T (Eq. 7 per pixel)."""
-    upsampled = resize_bilinear(scores, labels.shape[1:])
+def pixel_cross_entropy(scores: jax.Array, labels: jax.Array, void_label: int = 255, avg_non_ignore: bool = False,
+                        align_corners: bool = False) -> jax.Array:
+    """mmseg's decode-head loss: per-pixel scores [B, h, w, C] upsampled bilinearly (`align_corners`) to the
+    labels' [B, H, W], softmax cross-entropy of the labelled pixels (the void label is a mask, never a
+    class index) summed and divided by every pixel's count, as mmseg's CrossEntropyLoss does by default
+    (a void pixel adds 0 to the sum and 1 to the count), or by the labelled pixels' count with
+    `avg_non_ignore` (mmseg's option of that name). For L-GMM the scores are log p(z|y) / T (Eq. 7 per
+    pixel)."""
+    upsampled = resize_bilinear(scores, labels.shape[1:], align_corners)
     labelled = labels != void_label
-    return softmax_cross_entropy(
-        upsampled.reshape(-1, scores.shape[-1]),
-        jnp.where(labelled, labels, 0).reshape(-1),
-        labelled.reshape(-1),
-    )
+    per_pixel = optax.softmax_cross_entropy_with_integer_labels(
+        upsampled.reshape(-1, scores.shape[-1]).astype(jnp.float32), jnp.where(labelled, labels, 0).reshape(-1))
+    if avg_non_ignore:
+        return masked_mean(per_pixel, labelled.reshape(-1))
+    return jnp.sum(jnp.where(labelled.reshape(-1), per_pixel, 0.0)) / per_pixel.size
 
 
 def discriminative_loss(

@@ -98,11 +98,15 @@ class PixelConfig:
     remember_misclassified: True (default) samples among all labelled pixels, as classification pushes
       every example; False samples only pixels whose prediction argmax_y log p(z|y) is their label
       (GMMSeg's queue).
+    avg_non_ignore, align_corners: how L_D's per-pixel cross-entropy is normalised and upsampled
+      (`losses.pixel_cross_entropy`, mmseg's defaults False and False).
     """
 
     void_label: int = 255
     pixels_per_class: int = 64
     remember_misclassified: bool = True
+    avg_non_ignore: bool = False
+    align_corners: bool = False
 
     def __post_init__(self):
         if self.pixels_per_class < 1:
@@ -338,7 +342,8 @@ def pixel_lgmm_objective(
     class_log_likelihood = fixed_mixture_log_likelihood(flat_z, means, compact_scales, log_weights, config)
     class_log_likelihood = class_log_likelihood.reshape(batch, height, width, num_classes)
     discriminative = losses.pixel_cross_entropy(
-        class_log_likelihood / config.discriminative_temperature, labels, pixels.void_label
+        class_log_likelihood / config.discriminative_temperature, labels, pixels.void_label,
+        pixels.avg_non_ignore, pixels.align_corners,
     )
 
     small_labels = resize_labels_nearest(labels, (height, width)).reshape(-1)

@@ -35,7 +35,7 @@ DATASETS = {
     # the testbed's background and 7 garments); a segmenter's input is its training crop.
     "scenes": (8, (64, 64, 3)),
     "scenes_garments": (10, (64, 64, 3)),  # the testbed's garments one per image: Fashion-MNIST's classes
-    "scene_parse150": (150, (None, None, 3)),
+    "ade20k": (150, (None, None, 3)),
     "cityscapes": (19, (1024, 2048, 3)),
 }
 
@@ -136,6 +136,9 @@ SEGMENTERS = {
     "ade20k_segformer_b5": (84_708_694, 768),
     "cityscapes_segformer_b5": (84_607_955, 768),
 }
+# The paper's SegFormers build GMMSeg's (mainline mmseg's) decode head: each of the 4 stage projections is
+# a bias-free 1x1 conv and a BatchNorm (scale and offset) instead of HF's Linear with a bias, +768 each.
+MMSEG_SEGFORMER_HEAD = {"ade20k_segformer_b5": 4 * 768, "cityscapes_segformer_b5": 4 * 768}
 
 
 @pytest.mark.parametrize("name", sorted(SEGMENTERS))
@@ -146,6 +149,7 @@ def test_the_paper_segmentation_configs_hold_the_published_models(report, name):
     published, width = SEGMENTERS[name]
     classes, dim, components = entry["num_classes"], entry["latent_dim"], entry["num_components"]
     assert entry["head"] == "lgmm"
+    published += MMSEG_SEGFORMER_HEAD.get(name, 0)
     expected = published - (width * classes + classes) + (width * dim + dim) + classes * components * dim + classes * dim
     assert entry["rows"][0]["parameters"] == expected
 
@@ -165,6 +169,17 @@ def test_the_paper_segmentation_configs_train_on_appendix_d2s_crops(name):
     config = importlib.import_module(f"configs.{name}").get_config()
     crop, batch_size = PAPER_CROPS[name]
     assert tuple(config.segmentation.crop_size) == crop and config.batch_size == batch_size
+
+
+@pytest.mark.parametrize("name", ["ade20k_segformer_b5", "cityscapes_segformer_b5"])
+def test_the_paper_segformers_use_gmmsegs_decode_head(name):
+    """GMMSeg's `SegformerGMMSegHead` (mmseg/models/decode_heads/segformer_gmmseg_head.py in its repository)
+    projects each stage with a 1x1 ConvModule (conv, BatchNorm, ReLU), as mainline mmseg's SegformerHead."""
+    from lgmm_jax.models.configured import create_model
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    model = create_model(config.model, 19)
+    assert model.decoder.decode_projection == "conv_bn_relu"
 
 
 def test_an_eval_batch_that_does_not_split_is_rounded_not_refused():

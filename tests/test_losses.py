@@ -75,3 +75,20 @@ def test_generative_loss_weights_its_terms():
 
 def test_effective_components():
     np.testing.assert_allclose(losses.effective_components(jnp.array([[1 / 3] * 3, [1.0, 0, 0]])), [3.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+def test_pixel_cross_entropy_divides_by_every_pixel_as_mmseg_unless_avg_non_ignore(avg_non_ignore):
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(2, 5, 6, 4)) * 3  # at the labels' size: no resize
+    labels = rng.integers(0, 4, (2, 5, 6))
+    labels[rng.random((2, 5, 6)) < 0.3] = 255  # void
+    labelled = labels != 255
+    per_pixel = -np.take_along_axis(special.log_softmax(scores, axis=-1), np.where(labelled, labels, 0)[..., None],
+                                    axis=-1)[..., 0]
+    # mmseg's CrossEntropyLoss: ignored pixels add 0 to the sum; the mean is over all B*H*W pixels
+    # (avg_non_ignore=False, its default) or over the labelled ones (True).
+    expected = per_pixel[labelled].sum() / (labelled.sum() if avg_non_ignore else labels.size)
+    got = losses.pixel_cross_entropy(jnp.asarray(scores, jnp.float32), jnp.asarray(labels), 255, avg_non_ignore)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+

@@ -238,14 +238,16 @@ def pixel_objective_and_grads(phi, theta, images, labels, log_weights, memory, c
 
 @pytest.mark.parametrize("assignment", ["posterior", "sinkhorn"])
 def test_pixel_objective_is_the_classification_objective_on_the_labelled_pixels(assignment):
-    """Labels at the latents' resolution and every class within the per-class sample: same value, same
-    gradients (encoder and Gaussians), same bank and counts as `lgmm_objective` on the flattened labelled
-    pixels, which the reference picks by numpy indexing."""
+    """Labels at the latents' resolution, every class within the per-class sample and L_D averaged over the
+    labelled pixels (`avg_non_ignore`): same value, same gradients (encoder and Gaussians), same bank and
+    counts as `lgmm_objective` on the flattened labelled pixels, which the reference picks by numpy
+    indexing."""
     theta, log_weights, phi, images, labels = pixel_setup()
     config = pixel_config(assignment=assignment, lambda_one=0.3, discriminative_temperature=3.0)
     memory = create_memory(C, 40, D)
     (total, outputs), grads = pixel_objective_and_grads(
-        phi, theta, images, labels, log_weights, memory, config, PixelConfig(pixels_per_class=H * W * 2)
+        phi, theta, images, labels, log_weights, memory, config,
+        PixelConfig(pixels_per_class=H * W * 2, avg_non_ignore=True),
     )
 
     keep = np.asarray(labels).reshape(-1) != VOID
@@ -276,7 +278,8 @@ def test_pixel_objective_is_the_classification_objective_on_the_labelled_pixels(
 
 def naive_upsampled_discriminative(phi, theta, log_weights, images, labels, temperature):
     """L_D with log p(z|y) upsampled by scipy (order-1 zoom on the pixel grid: PyTorch's bilinear
-    align_corners=False) and the naive broadcast log-density, averaged over labelled pixels (numpy)."""
+    align_corners=False) and the naive broadcast log-density, summed over labelled pixels and divided by
+    all pixels as mmseg's CrossEntropyLoss (numpy)."""
     z = encode(phi, images.reshape(-1, F))
     log_likelihood = jax.nn.logsumexp(naive_log_normal(z, theta) + log_weights, -1).reshape(2, H, W, C)
     factor = labels.shape[1] // H
@@ -284,7 +287,7 @@ def naive_upsampled_discriminative(phi, theta, log_weights, images, labels, temp
     log_posterior = np.asarray(jax.nn.log_softmax(jnp.asarray(upsampled) / temperature))
     labels = np.asarray(labels)
     keep = labels != VOID
-    return -log_posterior[keep, labels[keep]].mean()
+    return -log_posterior[keep, labels[keep]].sum() / labels.size
 
 
 def test_pixel_discriminative_loss_is_taken_on_log_likelihoods_upsampled_to_the_labels():

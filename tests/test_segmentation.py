@@ -60,6 +60,67 @@ def test_slide_inference_averages_the_windows_that_cover_each_pixel():
     np.testing.assert_allclose(got, total / count[None, :, :, None], rtol=1e-5, atol=1e-6)
 
 
+def _authors_sml_post_processing(score: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """Jung et al.'s `BoundarySuppressionWithSmoothing.forward` (github.com/shjung13/Standardized-max-logits,
+    network/deepv3.py) with their defaults, written out pixel by pixel in numpy: kornia's dilation and
+    erosion (geodesic borders), the boundary loop, the replicate-padded 3x3 sums, the dilated Gaussian."""
+    height, width = score.shape
+
+    def morph(x, offsets, reduce):
+        out = x.copy()
+        for i in range(height):
+            for j in range(width):
+                values = [x[i + di, j + dj] for di, dj in offsets if 0 <= i + di < height and 0 <= j + dj < width]
+                out[i, j] = reduce(values)
+        return out
+
+    cross = [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]
+    full = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
+    labels = prediction.astype(np.float64)
+    boundaries = (morph(labels, cross, max) != morph(labels, full, min)).astype(np.float64)
+    out = score.astype(np.float64)
+    for iteration in range(4):  # boundary_width 4, boundary_iteration 4: expansion 3, 2, 1, 0
+        radius = 0 if iteration == 3 else 4 - iteration - 1
+        ball = [(di, dj) for di in range(-radius, radius + 1) for dj in range(-radius, radius + 1)
+                if abs(di) + abs(dj) <= radius]
+        non_boundary = (morph(boundaries, ball, max) == 0).astype(np.float64)
+        masked, padded_mask = np.pad(out * non_boundary, 1, mode="edge"), np.pad(non_boundary, 1, mode="edge")
+        new = out.copy()
+        for i in range(height):
+            for j in range(width):
+                count = padded_mask[i:i + 3, j:j + 3].sum()
+                average = out[i, j] if count == 0 else masked[i:i + 3, j:j + 3].sum() / count
+                new[i, j] = average if non_boundary[i, j] == 0 else out[i, j]
+        out = new
+    x, y = np.meshgrid(np.arange(7), np.arange(7), indexing="ij")
+    gaussian = np.exp(-((x - 3) ** 2 + (y - 3) ** 2) / 2.0) / (2 * np.pi)
+    gaussian /= gaussian.sum()
+    padded = np.pad(out, 18, mode="edge")
+    smoothed = np.zeros_like(out)
+    for i in range(height):
+        for j in range(width):
+            smoothed[i, j] = sum(gaussian[a, b] * padded[i + 6 * a, j + 6 * b] for a in range(7) for b in range(7))
+    return smoothed
+
+
+def test_sml_post_processing_follows_its_authors_code():
+    rng = np.random.default_rng(5)
+    prediction = np.zeros((23, 29), np.int32)
+    prediction[5:15, 4:20], prediction[12:, 15:] = 1, 2  # regions with boundaries, one touching the border
+    prediction[rng.random(prediction.shape) < 0.03] = 3  # and isolated pixels
+    score = rng.normal(size=prediction.shape).astype(np.float32) * 2
+    got = pixel_forward.sml_post_processing(jnp.asarray(score), jnp.asarray(prediction))
+    np.testing.assert_allclose(got, _authors_sml_post_processing(score, prediction), rtol=1e-5, atol=1e-5)
+    # The evaluation's `sml` is the standardised max logit post-processed at the label's size.
+    logits = rng.normal(size=(23, 29, 4)).astype(np.float32)
+    statistics = SmlStatistics(jnp.asarray([0.5, 1.0, -0.2, 0.1]), jnp.asarray([1.5, 0.7, 2.0, 1.0]))
+    out = pixel_forward.finish(jnp.asarray(logits), Fitted(sml=statistics), label_size=(23, 29), num_classes=4,
+                               chosen=("sml",))
+    predicted = logits.argmax(-1)
+    standardised = (logits.max(-1) - np.asarray(statistics.mean)[predicted]) / np.asarray(statistics.std)[predicted]
+    np.testing.assert_allclose(out["sml"], _authors_sml_post_processing(standardised, predicted), rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def tiny_segmenter():
     config = scenes_config.get_config()
@@ -67,6 +128,30 @@ def tiny_segmenter():
     model = create_model(config.model, scenes.NUM_CLASSES)
     variables = jax.jit(lambda key: initial_variables(model, key, (64, 64, 3)))(jax.random.PRNGKey(0))
     return config, model, variables
+
+
+def test_a_batch_of_different_sizes_scores_each_image_as_alone_and_padding_would_not(tiny_segmenter):
+    """mmseg tests one image at a time, unpadded: batched evaluation (size_divisor 0) must give each image
+    the numbers it gets alone. Padding the batch to one shape (size_divisor 32, the earlier default) lets
+    the zeros into SegFormer's attention and border context, and the smaller images' numbers move."""
+    config, model, variables = tiny_segmenter
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 56, 3), (64, 64, 3), (40, 56, 3))]
+    mesh = make_mesh()
+
+    def predict(settings, batch):
+        forward = pixel_forward.make_dense_forward(model, "softmax", mesh, settings)
+        return pixel_forward.predict_dense(forward, variables, mesh, Fitted(), batch, [i.shape[:2] for i in batch],
+                                           4, settings, scenes.NUM_CLASSES, ("maxlogit",))
+
+    unpadded = DenseSettings(size_divisor=0)
+    together = predict(unpadded, images)
+    for image, batched in zip(images, together):
+        alone = predict(unpadded, [image])[0]
+        np.testing.assert_array_equal(batched["maxlogit"], alone["maxlogit"])
+        np.testing.assert_array_equal(batched["prediction"], alone["prediction"])
+    padded = predict(DenseSettings(size_divisor=32), images)
+    assert not np.allclose(padded[0]["maxlogit"], together[0]["maxlogit"], atol=1e-4)
 
 
 def test_slide_with_a_window_covering_the_image_equals_whole(tiny_segmenter):

@@ -13,7 +13,8 @@ name                   data                                                     
 =====================  ========================================================  ===========================
 ``scenes``             the offline testbed (`scenes.py`): label and anomaly      train / validation / test /
                                                                                  test_near / test_far
-``scene_parse150``     ADE20K (MIT Scene Parsing, 150 classes), prepared TFDS    train, test (= ADE's val)
+``ade20k``             ADE20K as mmseg reads it: ``ADEChallengeData2016``         train, validation
+                       (folder or the official zip) under ``data_dir``
 ``cityscapes``         Cityscapes fine labels (TFDS config                       train / validation / test
                        ``semantic_segmentation``), 19 train ids
 ``folder=PATH``        Fishyscapes Lost & Found or Road Anomaly files: anomaly   test
@@ -21,11 +22,13 @@ name                   data                                                     
 
 Label conventions:
 
-- ADE20K as mmseg's ``reduce_zero_label``: 0 ("other") becomes void, class k becomes k - 1 (0..149).
-  The annotation is read from its first channel. Caveat: TFDS 4.9.10's ``scene_parse150`` builder
-  downloads ``annotations_instance.tar`` (the instance-challenge masks, whose red channel is a category
-  of that challenge) rather than ADEChallengeData2016's 150-class semantic maps; check a prepared copy
-  against the official maps before trusting its labels (values above 150 are void here).
+- ADE20K as mmseg's ``ADE20KDataset``: ``ADEChallengeData2016/images/{training,validation}/<stem>.jpg``
+  with ``annotations/{training,validation}/<stem>.png`` (the folder, or ``ADEChallengeData2016.zip`` as
+  downloaded, read in place), under ``data_dir``; ``reduce_zero_label``: 0 ("other") becomes void,
+  class k becomes k - 1 (0..149), anything above 150 void. TFDS ``scene_parse150`` is refused: its
+  builder downloads ``annotations_instance.tar`` (the instance-challenge masks, whose values are
+  categories of another challenge), not these 150-class semantic maps, so a stock build would train
+  and score on the wrong labels.
 - Cityscapes as the official ``labels.py`` (cityscapesScripts): label ids -> the 19 train ids, every
   other id (unlabelled, ego vehicle, ..., license plate) void.
 - TFDS datasets are never downloaded: an unprepared one raises `DatasetNotAvailableError` at once, with
@@ -45,7 +48,10 @@ image, or with a value outside its layout's set, is refused with a one-line Valu
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import threading
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -55,7 +61,7 @@ from lgmm_jax.data import scenes, sources
 from lgmm_jax.data.sources import DatasetNotAvailableError
 
 VOID = 255
-SEGMENTATION_DATASETS = ("scenes", "scene_parse150", "cityscapes")
+SEGMENTATION_DATASETS = ("scenes", "ade20k", "cityscapes")
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -122,8 +128,6 @@ class TfdsSegmentationSpec:
 
 
 TFDS_SEGMENTATION = {
-    "scene_parse150": TfdsSegmentationSpec(
-        "scene_parse150", "image", "annotation", reduce_zero_label_table(len(ADE20K_CLASSES)), ADE20K_CLASSES),
     "cityscapes": TfdsSegmentationSpec(
         "cityscapes/semantic_segmentation", "image_left", "segmentation_label",
         lookup_table(CITYSCAPES_TRAIN_IDS), CITYSCAPES_CLASSES),
@@ -163,6 +167,109 @@ class TfdsSegmentationSource:
 
     def __repr__(self) -> str:
         return f"TfdsSegmentationSource(name={self.name!r}, split={self.split!r}, size={len(self)})"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ADE20K: ADEChallengeData2016, as mmseg reads it
+# ----------------------------------------------------------------------------------------------------------
+
+ADE20K_ROOT = "ADEChallengeData2016"
+ADE20K_SPLITS = {"train": "training", "validation": "validation"}
+ADE20K_LABELS = reduce_zero_label_table(len(ADE20K_CLASSES))
+SCENE_PARSE150_REFUSED = (
+    "TFDS scene_parse150 holds ADE20K's instance-challenge masks (annotations_instance.tar), not the 150-class "
+    "semantic maps mmseg and the paper use: put ADEChallengeData2016/ (or ADEChallengeData2016.zip) under "
+    "--config.data_dir and use --config.dataset=ade20k")
+
+
+class Ade20kSource:
+    """A split of ADE20K from ``data_dir/ADEChallengeData2016`` (a folder) or ``data_dir/ADEChallengeData2016.zip``
+    (read in place, one open archive per thread): images/<split>/<stem>.jpg with annotations/<split>/<stem>.png,
+    labels through mmseg's ``reduce_zero_label``."""
+
+    def __init__(self, split: str, data_dir: str | None):
+        if split not in ADE20K_SPLITS:
+            raise ValueError(f"unknown split {split!r} for ade20k: use one of {', '.join(ADE20K_SPLITS)}")
+        if not data_dir:
+            raise DatasetNotAvailableError(
+                f"ade20k reads {ADE20K_ROOT}/ (or {ADE20K_ROOT}.zip) from --config.data_dir: pass the folder that holds it")
+        self.name, self.split = "ade20k", split
+        root = os.path.join(os.path.expanduser(data_dir), ADE20K_ROOT)
+        self.archive = None if os.path.isdir(root) else f"{root}.zip"
+        if self.archive is not None and not os.path.isfile(self.archive):
+            raise DatasetNotAvailableError(
+                f"neither {root}/ nor {root}.zip exists: download ADEChallengeData2016.zip (the MIT Scene Parsing "
+                f"benchmark) into {data_dir}")
+        members = self._archive_names() if self.archive else self._folder_names(root)
+        self._pairs = ade20k_pairs(members, ADE20K_SPLITS[split], self.archive or root)
+        self._root = root
+        self._local = threading.local()
+
+    @staticmethod
+    def _folder_names(root: str) -> list[str]:
+        """Every file below ``root`` as a path relative to its parent (``ADEChallengeData2016/...``)."""
+        parent = os.path.dirname(root)
+        return [os.path.relpath(path, parent) for folder, _, names in os.walk(root)
+                for path in (os.path.join(folder, name) for name in names)]
+
+    def _archive_names(self) -> list[str]:
+        with zipfile.ZipFile(self.archive) as archive:
+            return archive.namelist()
+
+    def _read(self, member: str) -> bytes:
+        if self.archive is None:
+            with open(os.path.join(os.path.dirname(self._root), member), "rb") as f:
+                return f.read()
+        if getattr(self._local, "archive", None) is None:  # a ZipFile is not safe to share between threads
+            self._local.archive = zipfile.ZipFile(self.archive)
+        return self._local.archive.read(member)
+
+    def __getstate__(self):  # grain may copy a source into worker processes: open archives stay behind
+        return {key: value for key, value in self.__dict__.items() if key != "_local"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _local=threading.local())
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_member, label_member = self._pairs[int(index)]
+        with Image.open(io.BytesIO(self._read(image_member))) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        with Image.open(io.BytesIO(self._read(label_member))) as label:
+            raw = np.asarray(label)
+        if raw.ndim != 2:
+            raise ValueError(f"{label_member}: an ADE20K annotation must be a single-channel PNG, got shape {raw.shape}")
+        _check_same_size(pixels, raw, label_member)
+        return {"image": pixels, "label": ADE20K_LABELS[raw.astype(np.uint8)]}
+
+    @property
+    def num_classes(self) -> int:
+        return len(ADE20K_CLASSES)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return ADE20K_CLASSES
+
+    def __repr__(self) -> str:
+        return f"Ade20kSource(split={self.split!r}, size={len(self)}, from={self.archive or self._root!r})"
+
+
+def ade20k_pairs(members: list[str], split_folder: str, where: str) -> list[tuple[str, str]]:
+    """Sorted ``(image, annotation)`` member names of one split: every ``images/<split>/<stem>.jpg`` with its
+    ``annotations/<split>/<stem>.png``; an image without its annotation is refused (named)."""
+    images_prefix = f"{ADE20K_ROOT}/images/{split_folder}/"
+    annotations = {name for name in members if name.startswith(f"{ADE20K_ROOT}/annotations/{split_folder}/")}
+    pairs = []
+    for image in sorted(name for name in members if name.startswith(images_prefix) and name.lower().endswith(".jpg")):
+        annotation = f"{ADE20K_ROOT}/annotations/{split_folder}/{_stem(image)}.png"
+        if annotation not in annotations:
+            raise DatasetNotAvailableError(f"{where}: {image} has no annotation {annotation}")
+        pairs.append((image, annotation))
+    if not pairs:
+        raise DatasetNotAvailableError(f"{where} holds no {images_prefix}*.jpg: unpack ADEChallengeData2016 there")
+    return pairs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,15 +406,20 @@ def get_segmentation_source(name: str, split: str, data_dir: str | None = None):
     """The segmentation source of ``split`` of ``name`` (see the module docstring).
 
     Args:
-      name: ``scenes``, ``scene_parse150``, ``cityscapes`` or ``folder=PATH`` (an anomaly set).
+      name: ``scenes``, ``ade20k``, ``cityscapes`` or ``folder=PATH`` (an anomaly set).
       split: a split of that source (any TFDS split string for the TFDS datasets).
-      data_dir: the testbed's cache folder, or the TFDS data_dir (may be ``gs://...``).
+      data_dir: the testbed's cache folder, the folder holding ADEChallengeData2016, or the TFDS data_dir
+        (may be ``gs://...``).
     Raises:
       DatasetNotAvailableError: the data is not prepared / unpacked (the message says how to get it).
       ValueError: unknown dataset or split.
     """
     if name == "scenes":
         return ScenesSource(split, data_dir)
+    if name == "ade20k":
+        return Ade20kSource(split, data_dir)
+    if name == "scene_parse150":
+        raise ValueError(SCENE_PARSE150_REFUSED)
     if name.startswith(sources.FOLDER_PREFIX):
         if split != "test":
             raise ValueError(f"unknown split {split!r} for {name}: use test")

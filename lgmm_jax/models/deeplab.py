@@ -18,8 +18,9 @@ The encoder-decoder of the paper's Section 5.3, with mmseg's definitions:
   `segmenter.auxiliary_logits`); inference never computes them.
 
 A ConvModule is conv (no bias) + BatchNorm + ReLU; a depthwise-separable ConvModule is a depthwise 3x3
-ConvModule followed by a pointwise 1x1 ConvModule (mmcv). Resizing is bilinear with
-align_corners=False (`resize.resize_bilinear`). BatchNorm follows `resnet.batch_norm` (PyTorch's
+ConvModule followed by a pointwise 1x1 ConvModule (mmcv). Resizing is bilinear with the decode head's
+`align_corners` (`resize.resize_bilinear`; mmseg's default False, True in its 769x769 Cityscapes
+recipes). BatchNorm follows `resnet.batch_norm` (PyTorch's
 momentum and epsilon; under jit with a sharded batch the statistics are global, as mmseg's SyncBN).
 """
 
@@ -119,6 +120,7 @@ class DepthwiseSeparableASPPHead(nn.Module):
     channels: int = DECODER_CHANNELS
     dilations: Sequence[int] = (1, 12, 24, 36)
     skip_channels: int = 48
+    align_corners: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -136,7 +138,7 @@ class DepthwiseSeparableASPPHead(nn.Module):
         x = jnp.concatenate(branches, axis=-1)
         x = ConvModule(self.channels, 3, dtype=self.dtype, name="bottleneck")(x, train)
         skip = ConvModule(self.skip_channels, dtype=self.dtype, name="skip")(stage1, train)
-        x = jnp.concatenate([resize_bilinear(x, stage1.shape[1:3]), skip], axis=-1)
+        x = jnp.concatenate([resize_bilinear(x, stage1.shape[1:3], self.align_corners), skip], axis=-1)
         x = DepthwiseSeparableConvModule(self.channels, dtype=self.dtype, name="sep_bottleneck1")(x, train)
         return DepthwiseSeparableConvModule(self.channels, dtype=self.dtype, name="sep_bottleneck2")(x, train)
 
@@ -165,11 +167,13 @@ class DeepLabV3Plus(nn.Module):
     With `auxiliary_head` the FCN head's logits on stage 3 ([B, H/8, W/8, C]) are sown into the
     "auxiliary" collection in training (pass `mutable=[..., "auxiliary"]` to read them); its parameters
     are created at initialisation whatever `train` is, so training and evaluation share one variable tree.
+    `align_corners`: the decode head's resize convention (mmseg's `decode_head.align_corners`).
     """
 
     num_classes: int
     depth: int = 101
     auxiliary_head: bool = True
+    align_corners: bool = False
     dtype: Dtype = jnp.float32
 
     @property
@@ -183,4 +187,5 @@ class DeepLabV3Plus(nn.Module):
             logits = FCNHead(self.num_classes, dtype=self.dtype, name="auxiliary_head")(stage3, train)
             if not self.is_initializing():  # the variables never hold a batch's logits
                 self.sow("auxiliary", "logits", logits)
-        return DepthwiseSeparableASPPHead(dtype=self.dtype, name="decode_head")(stage1, stage4, train)
+        decode_head = DepthwiseSeparableASPPHead(align_corners=self.align_corners, dtype=self.dtype, name="decode_head")
+        return decode_head(stage1, stage4, train)

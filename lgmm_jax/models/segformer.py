@@ -202,6 +202,7 @@ class AllMLPDecoder(nn.Module):
     width: int = 256
     dtype: Dtype = jnp.float32
     projection: str = "linear"
+    align_corners: bool = False  # mmseg's SegFormerHead default
 
     def _project(self, x: jax.Array, index: int, train: bool) -> jax.Array:
         name = f"linear_c{index + 1}"
@@ -215,7 +216,7 @@ class AllMLPDecoder(nn.Module):
     def __call__(self, stages: Sequence[jax.Array], train: bool) -> jax.Array:
         size = stages[0].shape[1:3]
         projected = [
-            resize_bilinear(self._project(x, index, train), size) for index, x in enumerate(stages)
+            resize_bilinear(self._project(x, index, train), size, self.align_corners) for index, x in enumerate(stages)
         ]
         x = jnp.concatenate(projected[::-1], axis=-1)
         x = conv(self.width, 1, 1, self.dtype, name="linear_fuse")(x)
@@ -233,6 +234,7 @@ class SegFormer(nn.Module):
     layer_norm_epsilon: float = BLOCK_LAYER_NORM_EPSILON
     embedding_layer_norm_epsilon: float = EMBEDDING_LAYER_NORM_EPSILON
     decode_projection: str = "linear"
+    align_corners: bool = False
 
     @property
     def num_features(self) -> int:
@@ -245,7 +247,8 @@ class SegFormer(nn.Module):
             layer_norm_epsilon=self.layer_norm_epsilon,
             embedding_layer_norm_epsilon=self.embedding_layer_norm_epsilon, name="backbone",
         )(images, train)
-        decoder = AllMLPDecoder(self.decoder_width, self.dtype, self.decode_projection, name="decode_head")
+        decoder = AllMLPDecoder(self.decoder_width, self.dtype, self.decode_projection, self.align_corners,
+                                name="decode_head")
         return decoder(stages, train)
 
 

@@ -1,4 +1,5 @@
-"""Segmentation sources: TFDS ADE20K / Cityscapes through mock_data, anomaly folders written here, scenes."""
+"""Segmentation sources: ADE20K folders and zips written here, TFDS Cityscapes through mock_data, anomaly
+folders written here, scenes."""
 
 import os
 import time
@@ -30,19 +31,6 @@ def _serve(records):
 # -------------------------------------------------------------------------------------------------- TFDS
 
 
-def test_ade20k_reduces_the_zero_label_as_mmseg(tfds_prepared):
-    raw = np.array([[0, 1, 2], [150, 151, 255]], np.uint8)
-    annotation = np.stack([raw, np.full_like(raw, 9), np.full_like(raw, 7)], axis=-1)  # only R is read
-    records = [{"image": np.full((2, 3, 3), i, np.uint8), "annotation": annotation} for i in range(4)]
-    with _serve(records):
-        source = segmentation.get_segmentation_source("scene_parse150", "train")
-        example = source[2]
-    assert len(source) == 4 and source.num_classes == 150 and len(source.label_names) == 150
-    assert source.label_names[0] == "wall" and source.label_names[-1] == "flag"
-    np.testing.assert_array_equal(example["label"], [[VOID, 0, 1], [149, VOID, VOID]])
-    assert example["label"].dtype == np.uint8 and example["image"][0, 0, 0] == 2
-
-
 def test_cityscapes_label_ids_become_the_19_train_ids(tfds_prepared):
     raw = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
     records = [{"image_id": "a", "image_left": np.zeros((16, 16, 3), np.uint8), "segmentation_label": raw}]
@@ -67,15 +55,14 @@ def test_cityscapes_mock_data_has_the_real_shapes(tfds_prepared):
 
 
 def test_a_record_whose_label_size_differs_from_its_image_is_refused(tfds_prepared):
-    records = [{"image": np.zeros((4, 5, 3), np.uint8), "annotation": np.zeros((4, 6, 3), np.uint8)}]
+    records = [{"image_left": np.zeros((4, 5, 3), np.uint8), "segmentation_label": np.zeros((4, 6, 1), np.uint8)}]
     with _serve(records):
-        source = segmentation.get_segmentation_source("scene_parse150", "test")
-        with pytest.raises(ValueError, match=r"record 0 of scene_parse150 test: image is 4x5 but its label is 4x6"):
+        source = segmentation.get_segmentation_source("cityscapes", "test")
+        with pytest.raises(ValueError, match=r"record 0 of cityscapes test: image is 4x5 but its label is 4x6"):
             source[0]
 
 
-@pytest.mark.parametrize("name, tfds_name", [("scene_parse150", "scene_parse150"),
-                                             ("cityscapes", "cityscapes/semantic_segmentation")])
+@pytest.mark.parametrize("name, tfds_name", [("cityscapes", "cityscapes/semantic_segmentation")])
 def test_unprepared_datasets_fail_fast_with_the_build_instruction(tmp_path, name, tfds_name):
     start = time.perf_counter()
     with pytest.raises(sources.DatasetNotAvailableError, match=f"tfds build {tfds_name} ") as info:
@@ -89,6 +76,73 @@ def test_unknown_datasets_and_splits_are_one_line_errors(tmp_path):
         segmentation.get_segmentation_source("ade", "train")
     with pytest.raises(ValueError, match="unknown split 'train' for folder="):
         segmentation.get_segmentation_source(f"folder={tmp_path}", "train")
+
+
+# ------------------------------------------------------------------------------ ADE20K (ADEChallengeData2016)
+
+
+def _write_ade20k(root, split_folder, labels, seed=0):
+    """ADEChallengeData2016/images/<split>/<stem>.jpg and annotations/<split>/<stem>.png, as the zip ships."""
+    rng = np.random.default_rng(seed)
+    for index, label in enumerate(labels):
+        stem = f"ADE_{split_folder[:5]}_{index + 1:08d}"
+        _write(os.path.join(root, "ADEChallengeData2016", "images", split_folder, f"{stem}.jpg"),
+               rng.integers(0, 256, (*label.shape, 3), dtype=np.uint8))
+        _write(os.path.join(root, "ADEChallengeData2016", "annotations", split_folder, f"{stem}.png"), label)
+
+
+def _zip_folder(folder, archive):
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(str(p) for p in folder.rglob("*") if p.is_file()):
+            zipped.write(path, os.path.relpath(path, folder.parent))
+
+
+def test_ade20k_reads_the_challenge_folder_and_reduces_the_zero_label_as_mmseg(tmp_path):
+    raw = np.array([[0, 1, 2], [150, 151, 255]], np.uint8)
+    _write_ade20k(tmp_path, "training", [raw, raw[::-1]])
+    _write_ade20k(tmp_path, "validation", [raw[:, ::-1]], seed=1)
+    source = segmentation.get_segmentation_source("ade20k", "train", data_dir=str(tmp_path))
+    assert len(source) == 2 and source.num_classes == 150 and len(source.label_names) == 150
+    assert source.label_names[0] == "wall" and source.label_names[-1] == "flag"
+    # mmseg's reduce_zero_label written out: 0 -> 255, k -> k - 1; above 150 no class (void here).
+    np.testing.assert_array_equal(source[0]["label"], [[VOID, 0, 1], [149, VOID, VOID]])
+    np.testing.assert_array_equal(source[1]["label"], [[149, VOID, VOID], [VOID, 0, 1]])
+    image_file = tmp_path / "ADEChallengeData2016/images/training/ADE_train_00000001.jpg"
+    np.testing.assert_array_equal(source[0]["image"], np.asarray(Image.open(image_file).convert("RGB")))
+    assert source[0]["label"].dtype == np.uint8 and source[0]["image"].dtype == np.uint8
+    validation = segmentation.get_segmentation_source("ade20k", "validation", data_dir=str(tmp_path))
+    np.testing.assert_array_equal(validation[0]["label"], [[1, 0, VOID], [VOID, VOID, 149]])
+
+
+def test_ade20k_reads_the_official_zip_in_place_with_the_folders_numbers(tmp_path):
+    raw = np.array([[0, 7, 150], [3, 3, 0]], np.uint8)
+    _write_ade20k(tmp_path / "unpacked", "training", [raw, raw.T.copy().reshape(2, 3)])
+    (tmp_path / "zipped").mkdir()
+    _zip_folder(tmp_path / "unpacked" / "ADEChallengeData2016", tmp_path / "zipped" / "ADEChallengeData2016.zip")
+    folder = segmentation.get_segmentation_source("ade20k", "train", data_dir=str(tmp_path / "unpacked"))
+    archive = segmentation.get_segmentation_source("ade20k", "train", data_dir=str(tmp_path / "zipped"))
+    assert len(archive) == len(folder) == 2
+    for index in range(2):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(archive[index][key], folder[index][key])
+
+
+def test_ade20k_missing_data_and_scene_parse150_are_one_line_errors(tmp_path):
+    with pytest.raises(sources.DatasetNotAvailableError, match="neither .*ADEChallengeData2016/ nor .*zip exists"):
+        segmentation.get_segmentation_source("ade20k", "train", data_dir=str(tmp_path))
+    with pytest.raises(sources.DatasetNotAvailableError, match="pass the folder that holds it"):
+        segmentation.get_segmentation_source("ade20k", "train")
+    _write_ade20k(tmp_path, "training", [np.zeros((2, 2), np.uint8)])
+    os.remove(tmp_path / "ADEChallengeData2016/annotations/training/ADE_train_00000001.png")
+    with pytest.raises(sources.DatasetNotAvailableError, match="ADE_train_00000001.jpg has no annotation"):
+        segmentation.get_segmentation_source("ade20k", "train", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown split 'test' for ade20k"):
+        segmentation.get_segmentation_source("ade20k", "test", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="scene_parse150 holds ADE20K's instance-challenge masks") as info:
+        segmentation.get_segmentation_source("scene_parse150", "train")
+    assert "\n" not in str(info.value) and "--config.dataset=ade20k" in str(info.value)
 
 
 # --------------------------------------------------------------------------------------- anomaly folders

@@ -167,6 +167,38 @@ def test_bilinear_resize_is_pytorchs_align_corners_false(in_size, out_size):
     )
 
 
+def test_bilinear_resize_with_align_corners_gives_pytorchs_known_values():
+    # F.interpolate([[0, 1]], size=4, mode="bilinear", align_corners=...) along one axis, by hand: True
+    # samples 0, 1/3, 2/3, 1 (corners on corners); False samples (i + 0.5) / 2 - 0.5, clamped.
+    ramp = jnp.asarray([0.0, 1.0]).reshape(1, 1, 2, 1)
+    np.testing.assert_allclose(resize_bilinear(ramp, (1, 4), align_corners=True).ravel(), [0, 1 / 3, 2 / 3, 1],
+                               atol=1e-7)
+    np.testing.assert_allclose(resize_bilinear(ramp, (1, 4)).ravel(), [0, 0.25, 0.75, 1], atol=1e-7)
+    # A bilinear function is reproduced exactly with the corners aligned: 97 -> 769, the 769x769 recipe's
+    # 1/8 map and crop, f(y, x) = 2y - 3x + 1 on the input grid stretched onto the output grid.
+    y, x = np.meshgrid(np.arange(97.0), np.arange(13.0), indexing="ij")
+    plane = (2 * y - 3 * x + 1)[None, :, :, None].astype(np.float32)
+    out_y, out_x = np.meshgrid(np.arange(769) * 96 / 768, np.arange(25) * 12 / 24, indexing="ij")
+    expected = 2 * out_y - 3 * out_x + 1
+    got = resize_bilinear(jnp.asarray(plane), (769, 25), align_corners=True)[0, :, :, 0]
+    np.testing.assert_allclose(got, expected, atol=1e-3)  # float32 values up to ~190
+
+
+def test_the_769_cityscapes_deeplab_recipe_resizes_with_aligned_corners_everywhere():
+    import configs.cityscapes_deeplabv3plus_r101
+    import configs.cityscapes_segformer_b5
+    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.tasks.segmentation import evaluation
+    from lgmm_jax.tasks.segmentation.task import pixel_config
+
+    config = configs.cityscapes_deeplabv3plus_r101.get_config()
+    assert pixel_config(config).align_corners and evaluation.settings_of(config).align_corners
+    model = create_model(config.model, 19)
+    assert model.decoder.align_corners
+    segformer = configs.cityscapes_segformer_b5.get_config()  # mmseg's SegFormerHead keeps the default
+    assert not pixel_config(segformer).align_corners and not create_model(segformer.model, 19).decoder.align_corners
+
+
 def test_nearest_label_resize_picks_pytorchs_source_pixels():
     labels = np.arange(2 * 10 * 9).reshape(2, 10, 9)
     small = np.asarray(resize_labels_nearest(jnp.asarray(labels), (3, 4)))

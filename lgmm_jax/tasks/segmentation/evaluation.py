@@ -55,7 +55,8 @@ def chosen_scores(config) -> tuple[str, ...]:
 
 def settings_of(config) -> pixel_forward.DenseSettings:
     normalization = SEGMENTATION_NORMALIZATION
-    return pixel_forward.dense_settings(config.segmentation, normalization.mean, normalization.std)
+    return pixel_forward.dense_settings(config.segmentation, normalization.mean, normalization.std,
+                                        pixel_forward.decoder_align_corners(config))
 
 
 def global_batches(num_images: int, batch_size: int, limit: int = 0):

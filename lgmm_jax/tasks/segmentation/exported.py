@@ -63,6 +63,7 @@ def load(description: dict, path: str, batch_size: int | None) -> SegmentationMo
         inference=dense["inference"], crop=tuple(dense["crop"]), stride=tuple(dense["stride"]),
         eval_scale=tuple(dense["eval_scale"]), size_divisor=int(dense["size_divisor"]),
         mean=tuple(normalization["mean"]), std=tuple(normalization["std"]),
+        align_corners=bool(dense.get("align_corners", False)),
     )
     forward_fn = forward.make_dense_forward(parts["module"], parts["head"], parts["mesh"], settings)
     return SegmentationModel(**parts, settings=settings, forward=forward_fn)

@@ -4,10 +4,15 @@
 What mmseg's `EncoderDecoder.predict` does, per pixel, with this library's open-set scores:
 
 1. `eval_image`: the image normalised (ImageNet mean and std), after mmseg's test-time
-   `Resize(scale, keep_ratio=True)` when `segmentation.eval_scale` is set; `padded_images` pads a batch
-   to one shape (a multiple of `size_divisor`, zeros after normalisation) as mmseg's `stack_batch`.
+   `Resize(scale, keep_ratio=True)` when `segmentation.eval_scale` is set. As mmseg tests (one image at a
+   time, never padded), a batch holds images of one size only (`same_size_groups`), so an image's
+   scores are those of the image alone: BatchNorm runs on running statistics, and no padding reaches
+   DeepLab's image pooling, SegFormer's attention or the border context. The cost: one compilation per
+   distinct input size. `size_divisor` > 0 trades that exactness for fewer compilations: a batch of any
+   sizes zero-padded to one shape, a multiple of `size_divisor` (mmseg's training-time `stack_batch`).
 2. `make_dense_forward`: the network's class scores (softmax logits, or L-GMM's log p(z|y), Eq. 4) at 1/4
-   resolution, brought to the input size by bilinear upsampling (align_corners=False, mmseg's `resize`):
+   resolution, brought to the input size by bilinear upsampling (mmseg's `resize`, with the decode head's
+   `align_corners`, False unless the config's `model.decoder.align_corners` says True):
    "whole" inference runs the full image, "slide" inference runs `crop`-sized windows every `stride`
    pixels (mmseg's `slide_inference`: the last window of a row or column ends at the border) and divides
    the summed scores by the number of windows that cover each pixel. With Mahalanobis statistics the
@@ -20,9 +25,10 @@ What mmseg's `EncoderDecoder.predict` does, per pixel, with this library's open-
    - `likelihood` (L-GMM): max_y log p(z|y) (Section 2.2, after Eq. 7);
    - `msp`: max_y softmax; `maxlogit`: max_y logit (Hendrycks et al. 2022); `entropy`: the negative
      entropy of the softmax, sum_y p log p;
-   - `sml`: Standardized Max Logits (Jung et al. 2021): (max logit - mu_c) / sigma_c with c the predicted
-     class and mu_c, sigma_c the mean and standard deviation of the max logit over training pixels
-     predicted as c (`SmlStatistics`);
+   - `sml`: Standardized Max Logits (Jung et al. 2021) as its authors evaluate it: (max logit - mu_c) /
+     sigma_c with c the predicted class and mu_c, sigma_c the mean and standard deviation of the max
+     logit over training pixels predicted as c (`SmlStatistics`), then their post-processing at the
+     label's size (`sml_post_processing`: iterative boundary suppression, dilated smoothing);
    - `mahalanobis`: -min_c (f - mu_c)^T Sigma^-1 (f - mu_c) on the decoder features.
 """
 
@@ -40,7 +46,7 @@ from PIL import Image
 
 from lgmm_jax.data.augment import normalize
 from lgmm_jax.forward import gather
-from lgmm_jax.models.resize import resize_bilinear
+from lgmm_jax.models.resize import corner_aligned_resize, resize_bilinear
 from lgmm_jax.ood import scores
 from lgmm_jax.sharding import batch_sharding, replicated
 
@@ -55,21 +61,30 @@ class DenseSettings:
     """How a segmenter is run on evaluation images (the `segmentation` keys of a config).
 
     inference: "whole" or "slide"; crop, stride: slide's window and step (height, width);
-    eval_scale: () or mmseg's test Resize scale (long, short), keep_ratio; size_divisor: batches are
-    padded to a multiple of it; normalization: (mean, std) of pixels in [0, 1].
+    eval_scale: () or mmseg's test Resize scale (long, short), keep_ratio; size_divisor: 0 (mmseg's test)
+    batches images of one size, unpadded; > 0 pads batches of any sizes to a multiple of it; normalization: (mean, std) of pixels in [0, 1]; align_corners: the
+    decode head's resize convention, which every resize of class scores follows (mmseg's `resize`).
     """
 
     inference: str = "whole"
     crop: tuple[int, int] = (512, 512)
     stride: tuple[int, int] = (341, 341)
     eval_scale: tuple[int, ...] = ()
-    size_divisor: int = 32
+    size_divisor: int = 0
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    align_corners: bool = False
 
 
-def dense_settings(segmentation_config, mean, std) -> DenseSettings:
-    """`DenseSettings` from a config's `segmentation` section and the normalisation statistics."""
+def decoder_align_corners(config) -> bool:
+    """The decode head's resize convention, `model.decoder.align_corners` (mmseg's default False; True in
+    its 769x769 Cityscapes recipes), which the losses and inference follow as mmseg's do."""
+    return bool(config.model.get("decoder", {}).get("align_corners", False))
+
+
+def dense_settings(segmentation_config, mean, std, align_corners: bool = False) -> DenseSettings:
+    """`DenseSettings` from a config's `segmentation` section, the normalisation statistics and the decode
+    head's `align_corners`."""
     return DenseSettings(
         inference=str(segmentation_config.inference),
         crop=tuple(int(v) for v in segmentation_config.slide_crop),
@@ -78,6 +93,7 @@ def dense_settings(segmentation_config, mean, std) -> DenseSettings:
         size_divisor=int(segmentation_config.size_divisor),
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
+        align_corners=bool(align_corners),
     )
 
 
@@ -118,10 +134,12 @@ def eval_image(image: np.ndarray, settings: DenseSettings) -> np.ndarray:
 
 def padded_images(images: list[np.ndarray], batch_size: int, size_divisor: int) -> np.ndarray:
     """float32 [batch_size, H, W, 3]: the images padded with zeros at the bottom and right to one shape
-    (the largest, rounded up to a multiple of `size_divisor`), zero images after the last one."""
+    (the largest, rounded up to a multiple of `size_divisor` when it is > 0), zero images after the last
+    one."""
     height = max(image.shape[0] for image in images)
     width = max(image.shape[1] for image in images)
-    height, width = (size_divisor * math.ceil(side / size_divisor) for side in (height, width))
+    if size_divisor > 0:
+        height, width = (size_divisor * math.ceil(side / size_divisor) for side in (height, width))
     batch = np.zeros((batch_size, height, width, images[0].shape[-1]), np.float32)
     for row, image in enumerate(images):
         batch[row, : image.shape[0], : image.shape[1]] = image
@@ -160,11 +178,12 @@ def dense_maps(maps_fn, images: jax.Array, settings: DenseSettings) -> jax.Array
     """`maps_fn`'s maps brought to the images' size: [B, H, W, K], by whole or slide inference."""
     size = images.shape[1:3]
     if settings.inference == "whole":
-        return resize_bilinear(maps_fn(images), size)
+        return resize_bilinear(maps_fn(images), size, settings.align_corners)
     total, count = None, np.zeros(size, np.float32)
     for top, bottom in window_spans(size[0], settings.crop[0], settings.stride[0]):
         for left, right in window_spans(size[1], settings.crop[1], settings.stride[1]):
-            window = resize_bilinear(maps_fn(images[:, top:bottom, left:right]), (bottom - top, right - left))
+            window = resize_bilinear(maps_fn(images[:, top:bottom, left:right]), (bottom - top, right - left),
+                                     settings.align_corners)
             if total is None:
                 total = jnp.zeros((*images.shape[:3], window.shape[-1]), jnp.float32)
             total = total.at[:, top:bottom, left:right].add(window)
@@ -219,15 +238,83 @@ def score_maps(maps: jax.Array, num_classes: int, chosen: tuple[str, ...], fitte
     return table
 
 
-@functools.partial(jax.jit, static_argnames=("label_size", "num_classes", "chosen"))
+# SML's post-processing, as its authors' `BoundarySuppressionWithSmoothing` runs it (Jung et al. 2021,
+# github.com/shjung13/Standardized-max-logits, network/deepv3.py, their defaults): boundaries of the
+# prediction widened to 4 pixels, replaced from the outside in over 4 iterations, then a 7x7 Gaussian
+# (sigma 1) with dilation 6.
+SML_BOUNDARY_WIDTH = 4
+SML_BOUNDARY_ITERATIONS = 4
+SML_SMOOTHING_SIZE = 7
+SML_SMOOTHING_SIGMA = 1.0
+SML_SMOOTHING_DILATION = 6
+
+
+def _neighbourhood(x: jax.Array, reduce, fill: float, cross: bool) -> jax.Array:
+    """reduce (jnp.maximum / jnp.minimum) of x [H, W] over each pixel's 3x3 (or cross-shaped)
+    neighbourhood inside the map (morphology with geodesic borders: outside pixels are never taken)."""
+    padded = jnp.pad(x, 1, constant_values=fill)
+    height, width = x.shape
+    offsets = [(0, 1), (1, 0), (1, 2), (2, 1)] if cross else [(i, j) for i in range(3) for j in range(3)]
+    out = x
+    for i, j in offsets:
+        out = reduce(out, padded[i:i + height, j:j + width])
+    return out
+
+
+def prediction_boundaries(prediction: jax.Array) -> jax.Array:
+    """bool [H, W]: where the dilation of the predicted class map (cross-shaped 3x3) differs from its
+    erosion (full 3x3), i.e. a 2-pixel band along every change of class."""
+    labels = prediction.astype(jnp.float32)
+    dilated = _neighbourhood(labels, jnp.maximum, -jnp.inf, cross=True)
+    eroded = _neighbourhood(labels, jnp.minimum, jnp.inf, cross=False)
+    return dilated != eroded
+
+
+def sml_post_processing(score: jax.Array, prediction: jax.Array) -> jax.Array:
+    """SML's boundary suppression and dilated smoothing of one image's score map [H, W] (see above).
+
+    Iteration i widens the boundaries by r = 3, 2, 1, 0 pixels (L1 distance) and sets each pixel inside
+    them to the mean of the pixels outside them in its 3x3 neighbourhood (edge-replicated; unchanged when
+    there is none), so boundary scores are filled in from their surroundings. Then every score is the
+    dilated Gaussian average of the edge-replicated map."""
+    boundaries = prediction_boundaries(prediction).astype(jnp.float32)
+    step = SML_BOUNDARY_WIDTH // SML_BOUNDARY_ITERATIONS
+    out = score.astype(jnp.float32)
+    box = lambda x: jax.lax.reduce_window(jnp.pad(x, 1, mode="edge"), 0.0, jax.lax.add, (3, 3), (1, 1), "VALID")  # noqa: E731
+    for iteration in range(SML_BOUNDARY_ITERATIONS):
+        last = iteration == SML_BOUNDARY_ITERATIONS - 1
+        radius = 0 if last else SML_BOUNDARY_WIDTH - step * iteration - 1
+        expanded = boundaries
+        for _ in range(radius):  # dilation by the L1 ball of this radius
+            expanded = _neighbourhood(expanded, jnp.maximum, -jnp.inf, cross=True)
+        outside = (expanded == 0).astype(jnp.float32)
+        count = box(outside)
+        average = jnp.where(count == 0, out, box(out * outside) / jnp.maximum(count, 1.0))
+        out = jnp.where(outside == 0, average, out)
+    half = SML_SMOOTHING_SIZE // 2
+    grid = np.arange(SML_SMOOTHING_SIZE) - half
+    gaussian = np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / (2 * SML_SMOOTHING_SIGMA**2))
+    kernel = jnp.asarray(gaussian / gaussian.sum(), jnp.float32)[:, :, None, None]
+    padded = jnp.pad(out, SML_SMOOTHING_DILATION * half, mode="edge")[None, :, :, None]
+    smoothed = jax.lax.conv_general_dilated(
+        padded, kernel, (1, 1), "VALID", rhs_dilation=(SML_SMOOTHING_DILATION,) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+    return smoothed[0, :, :, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("label_size", "num_classes", "chosen", "align_corners"))
 def finish(maps: jax.Array, fitted: Fitted, *, label_size: tuple[int, int], num_classes: int,
-           chosen: tuple[str, ...]) -> dict:
+           chosen: tuple[str, ...], align_corners: bool = False) -> dict:
     """One image's maps [h, w, K] (cropped to its input size) -> `prediction` int32 [H, W] and each score
     [H, W] at the label's size (maps resized bilinearly first, mmseg's `resize` to `ori_shape`)."""
-    if maps.shape[:2] != tuple(label_size):
+    if maps.shape[:2] != tuple(label_size) and align_corners:
+        maps = corner_aligned_resize(maps[None], label_size)[0]
+    elif maps.shape[:2] != tuple(label_size):
         maps = jax.image.resize(maps, (*label_size, maps.shape[-1]), method="linear", antialias=False)
     outputs = score_maps(maps, num_classes, chosen, fitted)
     outputs["prediction"] = jnp.argmax(maps[..., :num_classes], axis=-1).astype(jnp.int32)
+    if "sml" in outputs:
+        outputs["sml"] = sml_post_processing(outputs["sml"], outputs["prediction"])
     return outputs
 
 
@@ -240,16 +327,28 @@ def sharded_batch(inputs: list[np.ndarray], batch_size: int, settings: DenseSett
     return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
 
 
+def same_size_groups(inputs: list[np.ndarray]) -> list[list[int]]:
+    """The positions of `inputs`, grouped by image shape (groups in order of first appearance)."""
+    groups: dict[tuple, list[int]] = {}
+    for position, image in enumerate(inputs):
+        groups.setdefault(image.shape, []).append(position)
+    return list(groups.values())
+
+
 def predict_dense(forward, variables, mesh, fitted: Fitted, images: list[np.ndarray], label_sizes,
                   batch_size: int, settings: DenseSettings, num_classes: int, chosen: tuple[str, ...]):
     """Per image of one global batch (every process holds all `images`, uint8 [H, W, 3]): a dict of
-    numpy `prediction` and scores at its `label_sizes` entry. Process p runs its block of the batch."""
+    numpy `prediction` and scores at its `label_sizes` entry. Process p runs its block of each forward
+    pass: one per image size (`same_size_groups`), or one padded pass when `settings.size_divisor` > 0."""
     inputs = [eval_image(image, settings) for image in images]
-    maps = gather(forward(variables, fitted.mahalanobis, sharded_batch(inputs, batch_size, settings, mesh)))
-    results = []
-    for row, (image, label_size) in enumerate(zip(inputs, label_sizes)):
-        cropped = maps[row, : image.shape[0], : image.shape[1]]
-        out = finish(cropped, fitted, label_size=tuple(int(v) for v in label_size), num_classes=num_classes,
-                     chosen=tuple(chosen))
-        results.append({name: np.asarray(value) for name, value in out.items()})
+    groups = [list(range(len(inputs)))] if settings.size_divisor > 0 else same_size_groups(inputs)
+    results: list[dict | None] = [None] * len(inputs)
+    for group in groups:
+        batch = sharded_batch([inputs[position] for position in group], batch_size, settings, mesh)
+        maps = gather(forward(variables, fitted.mahalanobis, batch))
+        for row, position in enumerate(group):
+            cropped = maps[row, : inputs[position].shape[0], : inputs[position].shape[1]]
+            out = finish(cropped, fitted, label_size=tuple(int(v) for v in label_sizes[position]),
+                         num_classes=num_classes, chosen=tuple(chosen), align_corners=settings.align_corners)
+            results[position] = {name: np.asarray(value) for name, value in out.items()}
     return results

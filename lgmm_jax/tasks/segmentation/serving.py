@@ -21,7 +21,8 @@ def serving_function(module, variables, description: dict, settings: forward.Den
 
     def serve(images):
         height, width = images.shape[1:3]
-        padded = [settings.size_divisor * math.ceil(side / settings.size_divisor) for side in (height, width)]
+        divisor = max(settings.size_divisor, 1)  # 0: unpadded
+        padded = [divisor * math.ceil(side / divisor) for side in (height, width)]
         inputs = normalized(images, settings.mean, settings.std)
         inputs = jnp.pad(inputs, ((0, 0), (0, padded[0] - height), (0, padded[1] - width), (0, 0)))
         maps_fn = lambda x: forward.network_maps(module, head, variables, x, None)  # noqa: E731

@@ -27,6 +27,7 @@ from lgmm_jax.models.segmenter import auxiliary_logits
 from lgmm_jax.objective import PixelConfig, pixel_lgmm_objective
 from lgmm_jax.tasks.base import StepLosses, Task
 from lgmm_jax.tasks.segmentation import evaluation, export, figures, report
+from lgmm_jax.tasks.segmentation.forward import decoder_align_corners
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -38,6 +39,8 @@ def pixel_config(config: ml_collections.ConfigDict) -> PixelConfig:
         void_label=int(seg.void_label),
         pixels_per_class=int(seg.pixels_per_class),
         remember_misclassified=bool(seg.remember_misclassified),
+        avg_non_ignore=bool(seg.get("avg_non_ignore", False)),
+        align_corners=decoder_align_corners(config),
     )
 
 
@@ -54,6 +57,9 @@ def check_segmentation_keys(config: ml_collections.ConfigDict) -> None:
         check_pair(f"segmentation.{name}", seg[name])
     if len(seg.eval_scale):
         check_pair("segmentation.eval_scale", seg.eval_scale)
+    if int(seg.get("size_divisor", 0)) < 0:
+        raise ValueError(f"segmentation.size_divisor={seg.size_divisor} must be 0 (unpadded, as mmseg tests) or "
+                         "a positive multiple to pad evaluation batches to")
     if seg.inference not in INFERENCE_MODES:
         raise ValueError(f"segmentation.inference={seg.inference!r} is not one of {INFERENCE_MODES}")
     if not 0 <= seg.void_label <= 255:
@@ -72,12 +78,14 @@ def auxiliary_loss(pixels: PixelConfig, weight: float, updates, batch) -> jax.Ar
     logits = auxiliary_logits(updates)
     if logits is None or weight == 0:
         return jnp.zeros((), jnp.float32)
-    return weight * losses.pixel_cross_entropy(logits, batch["label"], pixels.void_label)
+    return weight * losses.pixel_cross_entropy(logits, batch["label"], pixels.void_label, pixels.avg_non_ignore,
+                                               pixels.align_corners)
 
 
 def cross_entropy(pixels: PixelConfig, weight: float, logits, batch, targets, updates) -> jax.Array:
     """mmseg's per-pixel cross-entropy of the decode head, plus the auxiliary head's."""
-    loss = losses.pixel_cross_entropy(logits, batch["label"], pixels.void_label)
+    loss = losses.pixel_cross_entropy(logits, batch["label"], pixels.void_label, pixels.avg_non_ignore,
+                                      pixels.align_corners)
     return loss + auxiliary_loss(pixels, weight, updates, batch)
 
 
