@@ -352,7 +352,36 @@ def test_flag_forces_or_prevents_it(one_machine, monkeypatch):
 # --------------------------------------------------------------------------------------------------
 
 PIXEL_ATOL = 1e-3  # rates over ~80k pixels: a few dozen pixels near a tie may flip
+# The same few dozen flipped pixels (1e-3 of the 20 test images' 81,920) move a per-class rate by
+# flips / the class's pixels (accuracy), and an IoU = I / U by at most 2 flips / U <= 2 flips / the class's
+# pixels: the scenes test split's smallest class has 535 labelled pixels there, so 1e-3 is one pixel of it.
+PIXEL_FLIPS = 82
+# L_one averages over the pixels L_G samples (at most pixels_per_class 64 x 8 classes = 512 a step); as
+# for ONE_HOT_ATOL, a pixel near a tie between components may move by up to 0.1. The parameters drift
+# apart by rounding over the 10 steps, so more pixels sit near a tie by the last logs: up to
+# TIED_PIXELS (seen, two processes against one: 2.9e-4 at one step, 1.7e-3 at a later one).
+TIED_PIXELS = 12
+PIXEL_ONE_HOT_ATOL = TIED_PIXELS * 0.1 / (64 * 8)
+# L_avg: the total variation of each class's hard component usage from uniform, averaged over the classes;
+# one of those pixels changing component moves it by at most 1 / (its class's samples x classes).
+PIXEL_USAGE_ATOL = TIED_PIXELS / (64 * 8)
 SEGMENTATION_LOSS_RTOL = 1e-3
+
+
+def class_pixel_counts(num_images: int) -> np.ndarray:
+    """Labelled pixels of each class in the first `num_images` images of the testbed's test split."""
+    from lgmm_jax.data import scenes
+
+    labels = scenes.load("test")["label"][:num_images]
+    return np.bincount(labels[labels != 255].ravel(), minlength=scenes.NUM_CLASSES)
+
+
+def pixel_rate_tolerance(name: str, counts: np.ndarray) -> float:
+    """How far a rate of results.json may move when PIXEL_FLIPS pixels flip (see above)."""
+    parts = name.split(".")
+    if parts[0] == "closed_set" and parts[1] in ("acc", "iou") and parts[-1].isdigit():
+        return (1 if parts[1] == "acc" else 2) * PIXEL_FLIPS / max(int(counts[int(parts[-1])]), 1)
+    return PIXEL_ATOL
 
 
 def assert_close_numbers(workdir, reference) -> None:
@@ -360,6 +389,7 @@ def assert_close_numbers(workdir, reference) -> None:
     got = flat_numbers(json.loads((workdir / "results.json").read_text()))
     want = flat_numbers(json.loads((reference / "results.json").read_text()))
     assert got.keys() == want.keys()
+    counts = class_pixel_counts(int(want["closed_set.num_images"]))
     for name, value in want.items():
         leaf = name.rsplit(".", 1)[-1]
         if leaf.startswith("num_"):
@@ -367,11 +397,13 @@ def assert_close_numbers(workdir, reference) -> None:
         elif name.startswith(("thresholds.", "sml.")):
             np.testing.assert_allclose(got[name], value, rtol=THRESHOLD_RTOL, atol=1e-4, err_msg=name)
         else:
-            assert abs(got[name] - value) <= PIXEL_ATOL, (name, got[name], value)
+            assert abs(got[name] - value) <= pixel_rate_tolerance(name, counts), (name, got[name], value)
     for run, expected in zip(metrics(workdir), metrics(reference), strict=True):
         for name, value in expected.items():
-            atol = PIXEL_ATOL if name == "accuracy" else LOSS_ATOL
-            np.testing.assert_allclose(run[name], value, rtol=SEGMENTATION_LOSS_RTOL, atol=atol, err_msg=name)
+            atol = {"accuracy": PIXEL_ATOL, "one_hot": PIXEL_ONE_HOT_ATOL, "average_usage": PIXEL_USAGE_ATOL}.get(name, LOSS_ATOL)
+            # From hard (argmax) assignments, as in classification's assert_same_training.
+            rtol = 1e-2 if name == "effective_components" else SEGMENTATION_LOSS_RTOL
+            np.testing.assert_allclose(run[name], value, rtol=rtol, atol=atol, err_msg=name)
 
 
 def test_a_segmentation_run_on_two_processes_of_two_devices_gives_the_numbers_of_one_device(
