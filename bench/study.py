@@ -57,6 +57,7 @@ VARIANTS = {
     "lgmm": {},
     "softmax": {"model.head": "softmax"},
     "paper": {"method": "paper"},  # Section 2 exactly as written (lgmm_jax.experiment.paper_method_settings)
+    "gmmseg": {"method": "gmmseg"},  # segmentation: GMMSeg's head and updates (lgmm_jax/gmmseg.py)
     "lgmm_k1": {"model.num_components": 1},
     "lgmm_k2": {"model.num_components": 2},
     "lgmm_k4": {"model.num_components": 4},

@@ -15,6 +15,10 @@ Found and Road Anomaly unchanged.
   (images/ and labels/ in the Fishyscapes format) and DIR/road_anomaly (as the release ships:
   frames/*.jpg with frames/*.labels/labels_semantic.png). See lgmm_jax/data/segmentation.py.
 - L-GMM: 64-d latents, 5 components per class (GMMSeg), 2000 remembered pixels per class.
+- Method: the paper's numbers for this model (Table 5 and 6) are Section 2's L-GMM, `--config.method=paper`;
+  the default `library` adds the library's departures (README "What the paper leaves open"), and
+  `--config.method=gmmseg` trains GMMSeg's head and updates on the same model (GMMSeg's 5
+  components, as here).
 - Starting point: the ImageNet ResNetV1c-101 of mmseg's recipe, `--config.init.weights=
   resnet101_v1c-e67eebb6.pth` (see configs/ade20k_deeplabv3plus_r101.py). To evaluate mmseg's trained
   softmax model instead, load its model-zoo checkpoint whole: `--config.model.head=softmax

@@ -10,6 +10,10 @@ configs/cityscapes_deeplabv3plus_r101.py. Starting point: the ImageNet-1k MiT-B5
 mit_b5.pth` as configs/ade20k_segformer_b5.py says; a published Cityscapes SegFormer (e.g. Hugging Face's
 `nvidia/segformer-b5-finetuned-cityscapes-1024-1024`) loads whole with --config.model.head=softmax
 --config.init.what=all.
+
+Method: the paper's numbers (Tables 5 and 6) are Section 2's L-GMM, `--config.method=paper`; the default
+`library` adds the library's departures (README "What the paper leaves open"), and `--config.method=gmmseg`
+trains GMMSeg's head and updates on the same model.
 """
 
 from configs import ade20k_segformer_b5, cityscapes_deeplabv3plus_r101

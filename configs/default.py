@@ -15,7 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
     # the Gaussians, a tempered L_D; README "What the paper leaves open"). 'paper': Section 2 exactly as
     # written (gradient steps on L_G, Eq. 7 untempered, per-component scales, argmax assignments, no
     # re-seed, the whole memory bank, unnormalised latents); `lgmm_jax.experiment.paper_method_settings`
-    # lists the keys it pins.
+    # lists the keys it pins. 'gmmseg' (segmentation only): the per-pixel head and its updates as GMMSeg's
+    # code runs them (lgmm_jax/gmmseg.py; `experiment.gmmseg_method_settings`, `segmentation.gmmseg` below).
     config.method = "library"
 
     # What an example is: 'classification' (an image and its class) or 'segmentation' (the labelled
@@ -67,16 +68,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_components = 3  # K, Section 2.2 / Table 7(d)
     config.model.latent_dim = 128  # D, Section 5.1
     config.model.latent_normalization = "l2"  # l2, none, layernorm_l2 or l2_log_norm (README, "What the paper leaves open")
+    config.model.latent_norm_epsilon = 1e-6  # layernorm_l2's epsilon (segmenters; GMMSeg's PyTorch 1e-5)
+    # Segmenters: the per-pixel projection to the latent, 'dense' (a 1x1 conv with bias) or 'conv_bn_relu'
+    # (GMMSeg's ConvModule); and `class_norm`, a LayerNorm over the classes' log-likelihoods as the scores
+    # the prediction and the decode loss take (GMMSeg's; the likelihood scores stay log p(z|y)).
+    config.model.latent_projection = "dense"
+    config.model.class_norm = False
     config.model.init_scale = 0.1  # about 1/sqrt(D): the scale of the unit sphere
     config.model.scale_floor = 0.05  # sigma = floor + softplus(rho) can never collapse
     config.model.share_scale = True  # one diagonal scale per class, shared by its K components
     config.model.variant = "equations"  # or 'appendix_g' (Algorithm 1: max over components)
     # How mu and sigma learn: 'moment_matching' moves them part of the way (moment_rate) to the maximum-
     # likelihood fit of the memory bank under its balanced assignments each step (an EM M-step, as
-    # GMMSeg does and Appendix G does for the means); 'gradient' takes optimiser steps on L_G (Section 2.2
-    # as written). The M-steps keep up with a fast-moving encoder: on Fashion-MNIST (1 epoch, 3 seeds)
+    # Appendix G does for the means; GMMSeg also fits its queues, but moves 0.001 of the way every 5
+    # steps: method=gmmseg); 'gradient' takes optimiser steps on L_G (Section 2.2 as written). The M-steps keep up with a fast-moving encoder: on Fashion-MNIST (1 epoch, 3 seeds)
     # top-1 81.5 vs 79.9, AUROC 85 vs 82, 2.8 vs 1.7 components in use; after 10 epochs the two are level
     # (88.2 vs 88.2, AUROC 85 vs 88 with a seed spread of 5; README "Results").
+    # ('gmmseg': GMMSeg's momentum updates from its queues, set by method=gmmseg.)
     config.model.gmm_update = "moment_matching"
     config.model.moment_rate = 0.5  # moment_matching: share of the way to the bank's fit per step
     config.model.dtype = "float32"  # compute dtype of the encoder; bfloat16 for mixed precision
@@ -169,6 +177,20 @@ def get_config() -> ml_collections.ConfigDict:
     # size); > 0: batches of any sizes zero-padded to a multiple of this (fewer compilations, but the
     # padding enters image pooling, attention and border context).
     config.segmentation.size_divisor = 0
+    # method=gmmseg's numbers, GMMSeg's own (configs/_gmmseg/models/base_model_config.py of its code):
+    # latents remembered per component, pixels a component admits per step (evenly spaced), steps between
+    # updates of the Gaussians, the momenta of means and scales (the share of the old value kept), the
+    # variance offset, the component cross-entropy's weight, and the balanced assignment's settings.
+    config.segmentation.gmmseg = ml_collections.ConfigDict()
+    config.segmentation.gmmseg.queue_size = 32000
+    config.segmentation.gmmseg.max_per_component = 20
+    config.segmentation.gmmseg.update_interval = 5
+    config.segmentation.gmmseg.mean_momentum = 0.999
+    config.segmentation.gmmseg.scale_momentum = 0.0
+    config.segmentation.gmmseg.variance_offset = 1e-2
+    config.segmentation.gmmseg.contrast_weight = 0.01
+    config.segmentation.gmmseg.sinkhorn_iterations = 3
+    config.segmentation.gmmseg.sinkhorn_epsilon = 0.05
     # Training images (eval transform) that the softmax scores' statistics are fitted on: Standardized
     # Max Logits' per-class mean and std, Mahalanobis' class means and tied covariance. 0 = all.
     config.segmentation.fit_images = 500

@@ -2,6 +2,7 @@
 
     python -m lgmm_jax.main --config=configs/scenes.py --workdir=/tmp/scenes
     python -m lgmm_jax.main --config=configs/scenes.py --workdir=/tmp/scenes_softmax --config.model.head=softmax
+    python -m lgmm_jax.main --config=configs/scenes.py --workdir=/tmp/scenes_gmmseg --config.method=gmmseg
 
 64x64 scenes of real photographs with Fashion-MNIST garments pasted in (8 classes: background and 7
 garments); the unknown sets `near` (held-out garment classes) and `far` (MNIST digits) are the testbed's
@@ -36,6 +37,9 @@ def get_config():
     config.model.latent_dim = 64  # GMMSeg's embedding size
     config.model.num_components = 3
     config.memory_size = 1000  # remembered pixels per class
+    # method=gmmseg: GMMSeg's 32,000 latents per component would outlast the whole run (at most 20 enter
+    # per step), its updates would read the random initial queue; 2,000 turn over in 100 steps.
+    config.segmentation.gmmseg.queue_size = 2000
     config.loss.bank_sample_size = 256
     config.loss.reseed_epochs = (1,)
     # Slow gradient steps on L_G. A from-scratch decoder starts with nearly the same latent at every

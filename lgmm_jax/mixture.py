@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lgmm_jax.memory import MemoryBank
-from lgmm_jax.models.gmm import component_log_prob
+from lgmm_jax.models.gmm import component_log_prob, raw_from_scales, scales_from_raw
 
 ASSIGNMENTS = ("posterior", "sinkhorn")
 
@@ -197,8 +197,6 @@ def moment_matched_head(
     Components with no remembered latents keep their parameters; classes with fewer than two
     remembered latents keep their scales.
     """
-    from lgmm_jax.models.gmm import scales_from_raw
-
     share_scale = head_params["raw_scales"].shape[1] == 1
     target_means, target_stds, has_members = bank_moments(latents, valid, weights, share_scale)
     old_means = head_params["means"]
@@ -207,6 +205,4 @@ def moment_matched_head(
     target_scales = jnp.maximum(target_stds, scale_floor * 1.0001)
     enough = (jnp.sum(valid, axis=1) >= 2)[:, None, None]
     scales = jnp.where(enough, old_scales + rate * (target_scales - old_scales), old_scales)
-    excess = jnp.maximum(scales - scale_floor, 1e-6)
-    raw = excess + jnp.log(-jnp.expm1(-excess))  # softplus^-1, stable for small and large excess
-    return {**head_params, "means": means, "raw_scales": raw}
+    return {**head_params, "means": means, "raw_scales": raw_from_scales(scales, scale_floor)}

@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lgmm_jax.gmmseg import GMMSegConfig, create_queue
 from lgmm_jax.memory import MemoryBank, create_memory
 from lgmm_jax.models.configured import initial_variables
 from lgmm_jax.objective import ObjectiveConfig
 from lgmm_jax.sharding import class_sharding, replicated
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-GMM_UPDATES = ("gradient", "moment_matching")
+GMM_UPDATES = ("gradient", "moment_matching", "gmmseg")
 SCHEDULES = ("constant", "cosine", "step", "poly")
 
 
@@ -64,12 +65,23 @@ def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
     )
 
 
-def gmm_moment_rate(model_config) -> float | None:
-    """How the Gaussians learn: None for gradient steps on L_G, else the moment-matching rate."""
+def gmm_update(model_config) -> str:
+    """How the Gaussians learn: 'gradient' (optimiser steps on L_G), 'moment_matching' (M-steps toward the
+    memory bank's fit) or 'gmmseg' (GMMSeg's momentum updates from its queues, `lgmm_jax.gmmseg`)."""
     update = model_config.get("gmm_update", "gradient")
     if update not in GMM_UPDATES:
         raise ValueError(f"model.gmm_update={update!r} is not one of {GMM_UPDATES}")
-    return None if update == "gradient" else float(model_config.moment_rate)
+    return update
+
+
+def gmm_moment_rate(model_config) -> float | None:
+    """The moment-matching rate, or None when the Gaussians learn otherwise (`gmm_update`)."""
+    return float(model_config.moment_rate) if gmm_update(model_config) == "moment_matching" else None
+
+
+def gmmseg_config(config: ml_collections.ConfigDict) -> GMMSegConfig:
+    """GMMSeg's numbers from `config.segmentation.gmmseg` (`lgmm_jax.gmmseg.GMMSegConfig`)."""
+    return GMMSegConfig(**config.segmentation.gmmseg.to_dict())
 
 
 def learning_rate_schedule(
@@ -151,7 +163,7 @@ def encoder_optimizer(optimizer_config, learning_rate):
 # A segmenter's decode head, mmseg's 'head' key (SegFormer's lr_mult=10): the decoder's heads, wherever
 # they sit, and the per-pixel classifier or L-GMM projection (top-level modules) that close them.
 DECODER_HEAD_MODULES = ("decode_head", "auxiliary_head")
-CLOSING_MODULES = ("classifier", "projection", "latent_norm")
+CLOSING_MODULES = ("classifier", "projection", "latent_norm", "class_layer_norm")
 
 
 def is_decode_head(path) -> bool:
@@ -186,7 +198,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
     opt = config.optimizer
     encoder_lr = learning_rate_schedule(opt, opt.learning_rate, steps_per_epoch, total_steps)
     gmm_lr = learning_rate_schedule(opt, opt.gmm_learning_rate, steps_per_epoch, total_steps)
-    gmm = base_optimizer(opt, gmm_lr, 0.0) if gmm_moment_rate(config.model) is None else optax.set_to_zero()
+    gmm = base_optimizer(opt, gmm_lr, 0.0) if gmm_update(config.model) == "gradient" else optax.set_to_zero()
     transforms = {"encoder": encoder_optimizer(opt, encoder_lr), "gmm": gmm}
     multiplier = float(opt.get("decode_head_lr_mult", 1.0))
     if multiplier <= 0:
@@ -206,15 +218,18 @@ def create_train_state(
     image_shape: tuple[int, ...],
     num_classes: int,
 ) -> TrainState:
-    """A fresh state: initial parameters, empty memory bank, uniform mixture weights."""
+    """A fresh state: initial parameters, uniform mixture weights, and for L-GMM an empty memory bank
+    (GMMSeg's queues of random unit vectors with `gmm_update='gmmseg'`)."""
     key = jax.random.PRNGKey(config.seed)
     init_key, run_key = jax.random.split(key)
     variables = initial_variables(model, init_key, image_shape)
     params = variables["params"]
-    is_lgmm = config.model.head == "lgmm"
-    memory = (
-        create_memory(num_classes, config.memory_size, config.model.latent_dim) if is_lgmm else None
-    )
+    memory = None
+    if config.model.head == "lgmm" and gmm_update(config.model) == "gmmseg":
+        memory = create_queue(jax.random.fold_in(init_key, 1), num_classes, config.model.num_components,
+                              gmmseg_config(config).queue_size, config.model.latent_dim)
+    elif config.model.head == "lgmm":
+        memory = create_memory(num_classes, config.memory_size, config.model.latent_dim)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -227,10 +242,11 @@ def create_train_state(
 
 
 def state_shardings(abstract_state: TrainState, mesh, num_classes: int) -> TrainState:
-    """Everything replicated but the memory bank, which is split along its class axis."""
+    """Everything replicated but the memory bank, which is split along its class axis (GMMSeg's queues
+    along their class-and-component axis)."""
     shardings = jax.tree.map(lambda _: replicated(mesh), abstract_state)
     if abstract_state.memory is not None:
-        by_class = class_sharding(mesh, num_classes)
+        by_class = class_sharding(mesh, abstract_state.memory.num_classes)
         shardings = shardings.replace(memory=jax.tree.map(lambda _: by_class, abstract_state.memory))
     return shardings
 

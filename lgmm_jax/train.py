@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from lgmm_jax import checkpointing, evaluate, experiment, forward, initial_weights, losses, tasks
+from lgmm_jax import checkpointing, evaluate, experiment, forward, gmmseg, initial_weights, losses, tasks
 from lgmm_jax.data import pipeline
 from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
@@ -44,6 +44,8 @@ from lgmm_jax.state import (
     create_optimizer,
     create_sharded_train_state,
     gmm_moment_rate,
+    gmm_update,
+    gmmseg_config,
     objective_config,
 )
 
@@ -134,6 +136,58 @@ def lgmm_train_step(
         mixture={"head": {"log_weights": new_log_weights}},
         opt_state=opt_state,
         memory=outputs.memory,
+    )
+    return new_state, metrics
+
+
+def gmmseg_train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    optimizer: optax.GradientTransformation,
+    settings: gmmseg.GMMSegConfig,
+    scale_floor: float,
+    task_losses: StepLosses,
+) -> tuple[TrainState, dict]:
+    """One step of GMMSeg (`lgmm_jax.gmmseg`): the encoder by the decode and component cross-entropies,
+    then the step's admitted pixels into the queues, and every `settings.update_interval` steps (the
+    first included, as GMMSeg's iteration counter starts at 0) the Gaussians of the batch's classes
+    moved toward their queues. The Gaussians take no gradient step."""
+
+    def loss_fn(params):
+        z, updates = model.apply(
+            encoder_variables(state, params),
+            batch["image"],
+            train=True,
+            method="encode",
+            mutable=TRAIN_COLLECTIONS,
+            rngs={"dropout": step_key(state)},
+        )
+        class_logits = lambda scores: model.apply({"params": params}, scores, method="class_logits")  # noqa: E731
+        total, outputs = task_losses.gmmseg_objective(z, batch, params["head"], class_logits, settings, scale_floor)
+        auxiliary = task_losses.auxiliary_loss(updates, batch)
+        return total + auxiliary, (outputs, updates, auxiliary)
+
+    (_, (outputs, updates, auxiliary)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
+    queue = gmmseg.enqueue(state.memory, outputs.latents, outputs.groups, outputs.selected)
+    head = jax.lax.cond(
+        state.step % settings.update_interval == 0,
+        lambda: gmmseg.updated_head(params["head"], queue, outputs.classes, settings, scale_floor),
+        lambda: params["head"],
+    )
+    metrics = dict(outputs.terms)
+    if auxiliary_logits(updates) is not None:
+        metrics["auxiliary_loss"] = auxiliary
+    metrics["accuracy"] = task_losses.accuracy(outputs.class_logits, batch)
+    new_state = state.replace(
+        step=state.step + 1,
+        params={**params, "head": head},
+        batch_stats=updates.get("batch_stats", state.batch_stats),
+        opt_state=opt_state,
+        memory=queue,
     )
     return new_state, metrics
 
@@ -261,7 +315,16 @@ def make_train_step(config, model, optimizer, shardings, mesh, num_classes: int)
     """The jitted step for the configured head on the config's task's batches, state donated, batch
     sharded over `data`."""
     task_losses = tasks.get(config).step_losses(config, num_classes)
-    if config.model.head == "lgmm":
+    if config.model.head == "lgmm" and gmm_update(config.model) == "gmmseg":
+        step = functools.partial(
+            gmmseg_train_step,
+            model=model,
+            optimizer=optimizer,
+            settings=gmmseg_config(config),
+            scale_floor=config.model.scale_floor,
+            task_losses=task_losses,
+        )
+    elif config.model.head == "lgmm":
         step = functools.partial(
             lgmm_train_step,
             model=model,
@@ -323,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if jax.process_index() == 0:
                     initial_weights.write_report(workdir, initial_weights.weights_of(config), init_report)
             start_step = int(state.step)
-            memory = f", {memory_placement(mesh, num_classes)}" if config.model.head == "lgmm" else ""
+            memory = f", {memory_placement(mesh, state.memory.num_classes)}" if state.memory is not None else ""
             console(
                 f"training {config.model.encoder}/{config.model.head} on {protocol.name} ({num_classes} known "
                 f"classes, {num_train} examples, {steps_per_epoch} steps/epoch) for {total_steps} steps from "

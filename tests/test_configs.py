@@ -23,6 +23,11 @@ CONFIGS = sorted(
     if not path.endswith("__init__.py")
 )
 
+# The segmentation configs with `method=gmmseg` (`name@gmmseg`): GMMSeg's head on the same models.
+GMMSEG_RUNS = [f"{name}@gmmseg" for name in ("scenes", "ade20k_deeplabv3plus_r101", "ade20k_segformer_b5",
+                                             "cityscapes_deeplabv3plus_r101", "cityscapes_segformer_b5")]
+
+
 # What each dataset is, from its publication (not from our code): classes and stored image shape.
 DATASETS = {
     "digits": (10, (8, 8, 1)),
@@ -50,7 +55,9 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
     datasets = json.loads(sys.argv[1])
     report = {}
     for name in sys.argv[2:]:
-        config = importlib.import_module(f"configs.{name}").get_config()
+        module, _, method = name.partition("@")
+        config = importlib.import_module(f"configs.{module}").get_config()
+        config.method = method or config.method
         protocol = experiment.resolve_protocol(config)
         num_classes, stored_shape = datasets[protocol.dataset]
         if protocol.known_classes is not None:
@@ -83,7 +90,7 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
             })
         report[name] = {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
                         "num_classes": num_classes, "rows": rows, "head": config.model.head,
-                        "latent_dim": config.model.latent_dim, "num_components": config.model.num_components}
+                        "latent_dim": checked.model.latent_dim, "num_components": config.model.num_components}
     print(json.dumps(report))
 """)
 
@@ -92,7 +99,7 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
 def report():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     completed = subprocess.run(
-        [sys.executable, "-c", CHECK_EVERY_CONFIG, json.dumps(DATASETS), *CONFIGS],
+        [sys.executable, "-c", CHECK_EVERY_CONFIG, json.dumps(DATASETS), *CONFIGS, *GMMSEG_RUNS],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -100,12 +107,16 @@ def report():
 
 
 def test_every_config_is_checked(report):
-    assert set(report) == set(CONFIGS) and len(CONFIGS) >= 13
+    assert set(report) == set(CONFIGS) | set(GMMSEG_RUNS) and len(CONFIGS) >= 13
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", CONFIGS + GMMSEG_RUNS)
 def test_config_passes_the_up_front_checks_on_1_to_8_devices(report, name):
     entry = report[name]
+    # GMMSeg's queues are one per class and component, 32,000 latents each (the testbed's 2,000); the bank
+    # one per class.
+    module, _, method = name.partition("@")
+    rows_per_class, slots = (entry["num_components"], 2_000 if module == "scenes" else 32_000) if method else (1, None)
     for row in entry["rows"]:
         devices = row["devices"]
         assert entry["batch_size"] % devices == 0
@@ -114,8 +125,9 @@ def test_config_passes_the_up_front_checks_on_1_to_8_devices(report, name):
         assert entry["eval_batch_size"] <= row["eval_batch_size"] < entry["eval_batch_size"] + devices
         assert row["parameters"] == entry["rows"][0]["parameters"]
         if row["memory"] is not None:
-            assert row["memory"][0] == entry["num_classes"]
-            splits = entry["num_classes"] % devices == 0
+            assert row["memory"][0] == entry["num_classes"] * rows_per_class
+            assert slots is None or row["memory"][1:] == [slots, 64]
+            splits = row["memory"][0] % devices == 0
             assert ("data" in row["memory_split"]) == splits, row
 
 
@@ -152,6 +164,20 @@ def test_the_paper_segmentation_configs_hold_the_published_models(report, name):
     published += MMSEG_SEGFORMER_HEAD.get(name, 0)
     expected = published - (width * classes + classes) + (width * dim + dim) + classes * components * dim + classes * dim
     assert entry["rows"][0]["parameters"] == expected
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTERS))
+def test_the_paper_segmentation_configs_with_method_gmmseg_hold_gmmsegs_head(report, name):
+    """GMMSeg's head (gmmseg_head.py in its repository) swaps the 1x1 classifier (E*C + C) for a bias-free
+    1x1 conv to 64 dims with a BatchNorm (E*64 + 2*64), the latent LayerNorm (2*64), per-component means
+    and diagonal scales (2*C*K*64) and the LayerNorm over the classes' scores (2*C)."""
+    entry = report[f"{name}@gmmseg"]
+    published, width = SEGMENTERS[name]
+    classes, components = entry["num_classes"], entry["num_components"]
+    published += MMSEG_SEGFORMER_HEAD.get(name, 0)
+    head = width * 64 + 2 * 64 + 2 * 64 + 2 * classes * components * 64 + 2 * classes
+    assert entry["latent_dim"] == 64
+    assert entry["rows"][0]["parameters"] == published - (width * classes + classes) + head
 
 
 # Appendix D.2: "on ADE20K train with crop size 512 x 512 and batch size 16; on Cityscapes train with crop

@@ -73,6 +73,9 @@ def create_segmentation_model(model_config: ml_collections.ConfigDict, num_class
     decoder = model_config.get("decoder") or {}
     decoder = {name: tuple(v) if isinstance(v, list) else v for name, v in dict(decoder).items()}
     lgmm = dict(num_components=model_config.num_components, latent_dim=model_config.latent_dim,
+                latent_projection=model_config.get("latent_projection", "dense"),
+                latent_norm_epsilon=model_config.get("latent_norm_epsilon", 1e-6),
+                class_norm=model_config.get("class_norm", False),
                 **lgmm_head_options(model_config)) if model_config.head == "lgmm" else {}
     return create_segmenter(model_config.encoder, num_classes, model_config.head,
                             dtype=compute_dtype(model_config.dtype), decoder_kwargs=decoder, **lgmm)

@@ -231,6 +231,13 @@ def raw_from_scale(scale: float, scale_floor: float) -> float:
     return math.log(math.expm1(excess))
 
 
+def raw_from_scales(scales: jax.Array, scale_floor: float) -> jax.Array:
+    """The rho with floor + softplus(rho) = scales, elementwise (scales at the floor come back 1e-6 above
+    it); softplus^-1(x) = x + log(1 - exp(-x)), stable for small and large x."""
+    excess = jnp.maximum(scales - scale_floor, 1e-6)
+    return excess + jnp.log(-jnp.expm1(-excess))
+
+
 def uniform_log_weights(num_classes: int, num_components: int) -> jax.Array:
     """log pi_yk = -log K for every class: where counting starts before anything is remembered."""
     return jnp.full((num_classes, num_components), -math.log(num_components), jnp.float32)

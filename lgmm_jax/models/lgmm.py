@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lgmm_jax.models.backbones import create_backbone
+from lgmm_jax.models.deeplab import ConvModule
 from lgmm_jax.models.gmm import GMMHead
 
 LATENT_NORMALIZATIONS = ("l2", "none", "layernorm_l2", "l2_log_norm")
@@ -49,16 +50,24 @@ def normalize_latents(z: jax.Array, normalization: str, layer_norm=None) -> jax.
 def latent_modules(model: nn.Module) -> tuple[nn.Dense, nn.LayerNorm | None, GMMHead]:
     """(projection to D, LayerNorm or None, GMM head) from an L-GMM model's attributes.
 
+    The projection is a Dense, or for a segmenter with `latent_projection="conv_bn_relu"` mmcv's 1x1
+    ConvModule (conv, BatchNorm, ReLU: GMMSeg's); the LayerNorm takes the model's `latent_norm_epsilon`
+    where it has one (GMMSeg's PyTorch 1e-5), else 1e-6.
+
     Shared by `LGMMModel` and the per-pixel `LGMMSegmenter`, which assign them in `setup` as
     `projection`, `latent_norm` and `head` (the parameter names the train step and checkpoints use).
     """
     require_latent_normalization(model.latent_normalization)
     # "l2_log_norm" appends log |x| to the direction: the projection gives one dimension fewer.
     projected_dim = model.latent_dim - (model.latent_normalization == "l2_log_norm")
-    projection = nn.Dense(projected_dim, dtype=model.dtype, param_dtype=jnp.float32)
+    if getattr(model, "latent_projection", "dense") == "conv_bn_relu":  # GMMSeg's (segmenters)
+        projection = ConvModule(projected_dim, dtype=model.dtype)
+    else:
+        projection = nn.Dense(projected_dim, dtype=model.dtype, param_dtype=jnp.float32)
     latent_norm = None
     if model.latent_normalization == "layernorm_l2":
-        latent_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
+        epsilon = getattr(model, "latent_norm_epsilon", 1e-6)
+        latent_norm = nn.LayerNorm(epsilon=epsilon, dtype=jnp.float32, param_dtype=jnp.float32)
     head = GMMHead(
         num_classes=model.num_classes,
         num_components=model.num_components,

@@ -40,6 +40,7 @@ from lgmm_jax.models.segformer import segformer
 Dtype = Any
 
 SEGMENTER_HEADS = ("softmax", "lgmm")
+LATENT_PROJECTIONS = ("dense", "conv_bn_relu")  # a Dense (a 1x1 conv with bias), or GMMSeg's ConvModule
 OUTPUT_STRIDE = 4  # the per-pixel scores are at 1/4 of the input resolution
 
 _DECODERS: dict[str, Callable[..., nn.Module]] = {
@@ -78,7 +79,11 @@ class LGMMSegmenter(nn.Module):
     """Decoder + Dropout2d + per-pixel projection + normalisation + GMM head (Fig. 2, one pixel = one z).
 
     `encode(images, train)` -> latents [B, h, w, D] (float32); `__call__` -> log p(z|y) [B, h, w, C].
-    The head's attributes are those of `LGMMModel` (see there and `GMMHead`).
+    The head's attributes are those of `LGMMModel` (see there and `GMMHead`). GMMSeg's head
+    (`lgmm_jax.gmmseg`) is this module with `latent_projection="conv_bn_relu"` (mmcv's 1x1 ConvModule,
+    omitted when the decoder is already `latent_dim` wide), `latent_normalization="layernorm_l2"` with
+    PyTorch's epsilon 1e-5, and `class_norm`: the decode scores are a LayerNorm over the classes of the
+    log-likelihoods (`class_logits`), which the prediction takes while the likelihood scores stay log p(z|y).
     """
 
     decoder: nn.Module
@@ -91,21 +96,40 @@ class LGMMSegmenter(nn.Module):
     share_scale: bool = True
     reduction: str = "logsumexp"
     dropout_rate: float = 0.1
+    latent_projection: str = "dense"
+    latent_norm_epsilon: float = 1e-6
+    class_norm: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
+        if self.latent_projection not in LATENT_PROJECTIONS:
+            raise ValueError(f"latent_projection={self.latent_projection!r} is not one of {LATENT_PROJECTIONS}")
         self.dropout = _per_pixel_dropout(self.dropout_rate)
         self.projection, self.latent_norm, self.head = latent_modules(self)
+        if self.class_norm:
+            self.class_layer_norm = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32)
 
     def encode(self, images: jax.Array, train: bool = False) -> jax.Array:
         """Per-pixel latents z = f_phi(x) [B, h, w, D] in float32, normalised as configured."""
         features = self.dropout(self.decoder(images, train), deterministic=not train)
-        z = self.projection(features).astype(jnp.float32)
-        return normalize_latents(z, self.latent_normalization, self.latent_norm)
+        if self.latent_projection == "dense":
+            z = self.projection(features)
+        elif features.shape[-1] != self.latent_dim:
+            z = self.projection(features, train)
+        else:
+            z = features
+        return normalize_latents(z.astype(jnp.float32), self.latent_normalization, self.latent_norm)
+
+    def class_logits(self, log_likelihood: jax.Array) -> jax.Array:
+        """The scores a pixel's class is predicted from: the LayerNorm over the classes of log p(z|y)
+        [..., C] with `class_norm` (GMMSeg's `mask_norm`), else log p(z|y) itself."""
+        return self.class_layer_norm(log_likelihood) if self.class_norm else log_likelihood
 
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         z = self.encode(images, train)
         log_likelihood = self.head(z.reshape(-1, self.latent_dim), compact_scales=True)
+        if self.class_norm and self.is_initializing():  # `class_logits` is applied on its own: create its scale
+            self.class_logits(log_likelihood)
         return log_likelihood.reshape(*z.shape[:3], self.num_classes)
 
 
@@ -142,7 +166,7 @@ def create_segmenter(
         `**lgmm_jax.pretrained.model_options(path)` passes those a checkpoint needs.
       **head_kwargs: attributes of the head module: `dropout_rate` for both; for "lgmm" also
         `latent_dim` (64), `num_components` (3), `latent_normalization`, `init_scale`, `scale_floor`,
-        `share_scale`, `reduction`.
+        `share_scale`, `reduction`, `latent_projection`, `latent_norm_epsilon`, `class_norm`.
     """
     if name not in _DECODERS:
         raise ValueError(f"unknown segmenter {name!r}; choose one of: {', '.join(SEGMENTER_NAMES)}")

@@ -31,6 +31,8 @@ class StepLosses(NamedTuple):
     accuracy(class_scores, batch) -> scalar: the share of the batch's examples whose argmax is their label.
     mix(key, images, batch) -> (images, targets), or None: the softmax counterpart's batch recipe (Mixup /
       CutMix / label smoothing) where the task has one.
+    gmmseg_objective(z, batch, head_params, class_logits, settings, scale_floor) -> (total,
+      `gmmseg.PixelOutputs`), or None: GMMSeg's loss where the task has `method=gmmseg`.
     """
 
     lgmm_objective: Callable
@@ -38,12 +40,15 @@ class StepLosses(NamedTuple):
     softmax_loss: Callable
     accuracy: Callable
     mix: Callable | None = None
+    gmmseg_objective: Callable | None = None
 
 
 class Task(abc.ABC):
     """What a task decides (see `lgmm_jax.tasks`)."""
 
     name: str
+    # The training methods (`config.method`, `experiment.METHODS`) the task has.
+    methods: tuple[str, ...] = ("library", "paper")
 
     @abc.abstractmethod
     def check_config(self, config: ml_collections.ConfigDict) -> None:

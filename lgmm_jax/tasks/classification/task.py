@@ -69,6 +69,10 @@ class ClassificationTask(Task):
         if is_segmenter(config.model.encoder):
             raise ValueError(f"task='classification' needs an image classifier's encoder as model.encoder, "
                              f"got {config.model.encoder!r}")
+        model = config.model
+        if model.get("latent_projection", "dense") != "dense" or model.get("class_norm", False):
+            raise ValueError("model.latent_projection and model.class_norm are segmenters' options (GMMSeg's head): "
+                             "leave them at 'dense' and False for task='classification'")
 
     def data_source(self, name: str, split: str, data_dir: str | None):
         return get_source(name, split, data_dir)

@@ -164,8 +164,13 @@ def window_spans(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
 
 def network_maps(model, head: str, variables, images, mahalanobis) -> jax.Array:
     """[B, h, w, C (+1)] at 1/4 resolution: the class scores, and the Mahalanobis score of the decoder
-    features as a last channel when `mahalanobis` (class means, precision) is given (softmax only)."""
+    features as a last channel when `mahalanobis` (class means, precision) is given (softmax only). An
+    L-GMM segmenter with `class_norm` (GMMSeg's head) gives the class logits the prediction takes and
+    max_y log p(z|y), the likelihood score, as the last channel."""
     class_scores = model.apply(variables, images, train=False).astype(jnp.float32)
+    if getattr(model, "class_norm", False):
+        logits = model.apply(variables, class_scores, method="class_logits")
+        return jnp.concatenate([logits, jnp.max(class_scores, axis=-1, keepdims=True)], axis=-1)
     if mahalanobis is None:
         return class_scores
     features = model.apply(variables, images, False, method=lambda module, x, train: module.decoder(x, train))
@@ -223,7 +228,9 @@ def score_maps(maps: jax.Array, num_classes: int, chosen: tuple[str, ...], fitte
     class_scores = maps[..., :num_classes]
     table = {}
     for name in chosen:
-        if name in ("likelihood", "maxlogit"):
+        if name == "likelihood" and maps.shape[-1] > num_classes:  # computed by the network (`network_maps`)
+            table[name] = maps[..., num_classes]
+        elif name in ("likelihood", "maxlogit"):
             table[name] = jnp.max(class_scores, axis=-1)
         elif name == "msp":
             table[name] = jnp.max(jax.nn.softmax(class_scores, axis=-1), axis=-1)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lgmm_jax import losses
+from lgmm_jax import gmmseg, losses
 from lgmm_jax import report as lgmm_report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.seg_augment import NORMALIZATION, SegmentationTrainExample
@@ -73,6 +73,12 @@ def batch_objective(pixels: PixelConfig, z, batch, head_params, log_weights, mem
     return pixel_lgmm_objective(z, batch["label"], head_params, log_weights, memory, objective, key, pixels)
 
 
+def gmmseg_objective(pixels: PixelConfig, z, batch, head_params, class_logits, settings, scale_floor):
+    return gmmseg.pixel_objective(z, batch["label"], head_params, class_logits, settings, scale_floor=scale_floor,
+                                  void_label=pixels.void_label, avg_non_ignore=pixels.avg_non_ignore,
+                                  align_corners=pixels.align_corners)
+
+
 def auxiliary_loss(pixels: PixelConfig, weight: float, updates, batch) -> jax.Array:
     """`weight` x mmseg's cross-entropy of the auxiliary head's logits (0 without an auxiliary head)."""
     logits = auxiliary_logits(updates)
@@ -99,6 +105,7 @@ def pixel_accuracy(pixels: PixelConfig, class_scores, batch) -> jax.Array:
 
 class SegmentationTask(Task):
     name = "segmentation"
+    methods = ("library", "paper", "gmmseg")
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         if not is_segmenter(config.model.encoder):
@@ -144,6 +151,7 @@ class SegmentationTask(Task):
             auxiliary_loss=functools.partial(auxiliary_loss, pixels, weight),
             softmax_loss=functools.partial(cross_entropy, pixels, weight),
             accuracy=functools.partial(pixel_accuracy, pixels),
+            gmmseg_objective=functools.partial(gmmseg_objective, pixels),
         )
 
     def own_split_name(self, ref) -> str:
