@@ -17,7 +17,11 @@ yet. After 3 epochs the training batches are at 28-38% accuracy and the known te
 (chance 14%), and no score separates the held-out garments (AUROC 49-52). The test images sit on other
 photographs than the training ones, and the encoder starts from scratch. A budget and rate at which the
 garments are told apart are still to be found; until then the encoder it hands to `configs/scenes.py`
-is barely trained.
+is barely trained. Also tried (seed 0): AdamW 5e-4 with a one-epoch warm-up, and 2e-3 over 10 epochs,
+both still at log 7 (chance) in training loss after 1.4-2.3 epochs, when they were stopped; the
+93k-parameter small CNN on the same images reaches 24.8% top-1 in 300 steps. Trained on the scenes
+themselves, the segmenter learns the garments slowly but steadily instead (the softmax segmenter's mIoU
+after 4 / 8 / 16 / 24 epochs of a 24-epoch schedule: 13.3 / 23.1 / 28.9 / 32.0).
 """
 
 from configs import default, scenes

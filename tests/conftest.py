@@ -50,6 +50,7 @@ SLOWEST_FIRST = (
     "tests/test_cli.py",  # ~50
     "tests/test_initial_weights.py",  # ~50
     "tests/test_objective.py",  # ~40
+    "tests/test_gmmseg.py",  # ~40
     "tests/test_evaluate.py",  # ~35
     "tests/models/test_segmenters.py",  # ~35
     "tests/test_export.py",  # ~30
