@@ -269,6 +269,8 @@ def test_gmmseg_steps_train_the_encoder_feed_the_queues_and_move_the_gaussians_e
     np.testing.assert_allclose(np.linalg.norm(queue, axis=-1), 1.0, rtol=1e-5)  # random unit vectors
     step = train.make_train_step(config, model, optimizer, shardings, mesh, 8)
     stream = experiment.train_stream(config, protocol, source)
+    encode = jax.jit(lambda variables, images, key: model.apply(
+        variables, images, True, method="encode", mutable=train.TRAIN_COLLECTIONS, rngs={"dropout": key})[0])
     for index in range(6):
         local = next(stream)
         local["mask"] = np.ones(len(local["label"]), bool)
@@ -278,8 +280,7 @@ def test_gmmseg_steps_train_the_encoder_feed_the_queues_and_move_the_gaussians_e
         after = jax.device_get(state)
         assert np.isfinite(metrics["loss"])
         # The step's pixels, as the reference sees them: latents and scores of the training pass.
-        z, _ = model.apply(variables, local["image"], True, method="encode", mutable=train.TRAIN_COLLECTIONS,
-                           rngs={"dropout": train.step_key(before)})
+        z = encode(variables, local["image"], train.step_key(before))
         rows = np.arange(z.shape[1]) * local["label"].shape[1] // z.shape[1]
         labels = local["label"][:, rows][:, :, rows].reshape(-1)
         flat_z = np.asarray(z, np.float64).reshape(-1, 64)
