@@ -40,20 +40,24 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ["LGMM_TEST_COMPILATION_CACHE"], ignore_errors=True)
 
 
-# Modules by their time on 2 cores (seconds, measured with --durations), slowest first.
+# Modules by their time on 2 cores (seconds of test time, measured with --durations on a full run),
+# slowest first.
 SLOWEST_FIRST = (
-    "tests/test_distributed.py",  # ~200: multi-device and multi-process runs
-    "tests/test_faults.py",  # ~180: preempted, killed, damaged, full-disk reruns
-    "tests/test_segmentation.py",  # ~110
-    "tests/test_train.py",  # ~75
-    "tests/test_pretrained.py",  # ~60
+    "tests/test_distributed.py",  # ~280: multi-device and multi-process runs
+    "tests/test_faults.py",  # ~270: preempted, killed, damaged, full-disk reruns
+    "tests/test_segmentation.py",  # ~210
+    "tests/test_train.py",  # ~180
+    "tests/models/test_segmenters.py",  # ~170
+    "tests/test_initial_weights.py",  # ~150
+    "tests/test_pretrained.py",  # ~145
+    "tests/test_objective.py",  # ~130
+    "tests/test_tasks.py",  # ~100
+    "tests/test_gmmseg.py",  # ~70
     "tests/test_cli.py",  # ~50
-    "tests/test_initial_weights.py",  # ~50
-    "tests/test_objective.py",  # ~40
-    "tests/test_gmmseg.py",  # ~40
-    "tests/test_evaluate.py",  # ~35
-    "tests/models/test_segmenters.py",  # ~35
-    "tests/test_export.py",  # ~30
+    "tests/test_export.py",  # ~40
+    "tests/models/test_backbones.py",  # ~35
+    "tests/test_configs.py",  # ~30
+    "tests/test_evaluate.py",  # ~30
 )
 
 
