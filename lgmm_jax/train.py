@@ -73,6 +73,12 @@ def encoder_variables(state: TrainState, params) -> dict:
 TRAIN_COLLECTIONS = ["batch_stats", "auxiliary"]
 
 
+def training_latents(model, state: TrainState, params, images: jax.Array):
+    """(latents z, mutable updates) of a training-mode encoder pass: what L-GMM's and GMMSeg's losses take."""
+    return model.apply(encoder_variables(state, params), images, train=True, method="encode",
+                       mutable=TRAIN_COLLECTIONS, rngs={"dropout": step_key(state)})
+
+
 def lgmm_train_step(
     state: TrainState,
     batch: dict,
@@ -93,14 +99,7 @@ def lgmm_train_step(
     log_weights = state.mixture["head"]["log_weights"]
 
     def loss_fn(params):
-        z, updates = model.apply(
-            encoder_variables(state, params),
-            batch["image"],
-            train=True,
-            method="encode",
-            mutable=TRAIN_COLLECTIONS,
-            rngs={"dropout": step_key(state)},
-        )
+        z, updates = training_latents(model, state, params, batch["image"])
         key = jax.random.fold_in(step_key(state), 1)
         total, outputs = task_losses.lgmm_objective(
             z, batch, params["head"], log_weights, state.memory, objective, key)
@@ -156,14 +155,7 @@ def gmmseg_train_step(
     moved toward their queues. The Gaussians take no gradient step."""
 
     def loss_fn(params):
-        z, updates = model.apply(
-            encoder_variables(state, params),
-            batch["image"],
-            train=True,
-            method="encode",
-            mutable=TRAIN_COLLECTIONS,
-            rngs={"dropout": step_key(state)},
-        )
+        z, updates = training_latents(model, state, params, batch["image"])
         class_logits = lambda scores: model.apply({"params": params}, scores, method="class_logits")  # noqa: E731
         total, outputs = task_losses.gmmseg_objective(z, batch, params["head"], class_logits, settings, scale_floor)
         auxiliary = task_losses.auxiliary_loss(updates, batch)
