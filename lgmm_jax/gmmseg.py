@@ -7,7 +7,7 @@ half builds on (Section 5.3). `method=gmmseg` trains a segmenter the way GMMSeg'
 
 * The latent: the decoder's features, a 1x1 conv + BatchNorm + ReLU to 64 dimensions (none when the
   decoder is already that wide), LayerNorm, then L2 normalisation (`LGMMSegmenter` with
-  `projection="conv_bn_relu"`, `latent_normalization="layernorm_l2"`).
+  `latent_projection="conv_bn_relu"`, `latent_normalization="layernorm_l2"`).
 * The scores: log N(z; mu_yk, diag sigma_yk^2) for every class and component (unit-norm means), the best
   component per class, then a LayerNorm over the classes (`LGMMSegmenter.class_logits`); the encoder
   learns from mmseg's cross-entropy of those scores plus `contrast_weight` x a cross-entropy over the C*K
@@ -43,7 +43,7 @@ from lgmm_jax.models.resize import resize_labels_nearest
 
 @dataclasses.dataclass(frozen=True)
 class GMMSegConfig:
-    """GMMSeg's numbers (`configs/_gmmseg/models/base_model_config.py`): `config.gmmseg` in a run's config.
+    """GMMSeg's numbers (`configs/_gmmseg/models/base_model_config.py`): `config.segmentation.gmmseg` in a run's config.
 
     queue_size: latents remembered per component (GMMSeg's mem_size, 32,000).
     max_per_component: pixels a component's queue admits per step (max_sample_size, 20).

@@ -3,6 +3,7 @@
 The L-GMM step runs one encoder pass and one `jax.value_and_grad` of the collaborative objective
 (`lgmm_jax.objective`): dL_D/dphi reaches the encoder, dL_G/dtheta the Gaussians. The memory bank is
 updated inside the step and the mixture weights are re-counted from it after the gradient step.
+`method=gmmseg` has its own step (`gmmseg_train_step`): GMMSeg's losses, queues and momentum updates.
 
 Both steps serve every task (`lgmm_jax.tasks`): the config's task gives them its losses
 (`tasks.base.StepLosses`: an image or a labelled pixel as the example, an auxiliary head's loss, the
