@@ -27,7 +27,7 @@ from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
 from lgmm_jax.models.configured import HEADS, compute_dtype
 from lgmm_jax.sharding import check_batch_size, padded_batch_size
-from lgmm_jax.state import create_optimizer
+from lgmm_jax.state import create_optimizer, gmm_update, gmmseg_config
 
 
 METHODS = ("library", "paper", "gmmseg")
@@ -106,6 +106,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
     check_batch_size(config.batch_size, num_devices, num_processes)
     eval_batch_size(config, num_devices)
     create_optimizer(config, steps_per_epoch=1, total_steps=1)  # names of optimiser, schedule, GMM update
+    if gmm_update(config.model) == "gmmseg":
+        gmmseg_config(config)  # GMMSeg's numbers (config.segmentation.gmmseg), each refused by name
     compute_dtype(config.model.dtype)
     if config.model.head not in HEADS:
         raise ValueError(f"model.head={config.model.head!r} is not one of {HEADS}")

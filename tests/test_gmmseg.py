@@ -248,11 +248,23 @@ def test_method_gmmseg_builds_gmmsegs_head():
     assert (model.latent_projection, model.latent_normalization, model.latent_norm_epsilon, model.class_norm,
             model.share_scale, model.reduction, model.latent_dim) == (
         "conv_bn_relu", "layernorm_l2", 1e-5, True, False, "max", 64)
-    config.method = "gmmseg"
     classification = tiny_config("classification", "lgmm")
     classification.method = "gmmseg"
     with pytest.raises(ValueError, match="method='gmmseg' does not apply to task='classification'"):
         experiment.check_config(classification, num_devices=1)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("queue_size", 0, "gmmseg.queue_size=0 must be at least 1"),
+    ("mean_momentum", 1.5, r"gmmseg.mean_momentum=1.5 must lie in \[0, 1\]"),
+    ("variance_offset", 0.0, "gmmseg.variance_offset and gmmseg.sinkhorn_epsilon must be positive"),
+])
+def test_a_bad_gmmseg_number_is_refused_by_name_before_any_work(key, value, message):
+    config = tiny_config("segmentation", "lgmm")
+    config.method = "gmmseg"
+    config.segmentation.gmmseg[key] = value
+    with pytest.raises(ValueError, match=message):
+        experiment.check_config(config, num_devices=1)
 
 
 def test_gmmseg_steps_train_the_encoder_feed_the_queues_and_move_the_gaussians_every_fifth_step():
