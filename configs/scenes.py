@@ -9,8 +9,9 @@ garments); the unknown sets `near` (held-out garment classes) and `far` (MNIST d
 anomaly-map splits. The segmenter is SegFormer-B0's architecture at a quarter of its width and one block
 per stage (`model.decoder`): 0.5M parameters instead of 3.7M, 0.09 s per step of 16 crops on 2 CPU cores.
 mmseg's augmentation (random resize, here 0.75-1.5, crop 64x64 with the class cap, flip, photometric
-distortion), AdamW with a poly schedule as SegFormer's recipe (at a rate a from-scratch model learns in
-a few epochs).
+distortion), AdamW with a poly schedule and the decode head at 10x the rate, as SegFormer's recipe (at a
+rate a from-scratch model learns in a few epochs). The encoder may start from the testbed's own garment
+classifier (`configs/scenes_garments.py`, trained once): add `--config.init.weights=GARMENTS_WORKDIR`.
 """
 
 from configs import default
@@ -56,6 +57,9 @@ def get_config():
     config.optimizer.power = 1.0
     config.optimizer.warmup_epochs = 0.5
     config.optimizer.decay_norms_and_biases = False
+    # SegFormer's recipe (mmseg's lr_mult 10 on 'head'): the decode head learns at 10x the encoder's rate.
+    # Measured (softmax, 8 epochs, seed 0): mIoU 23.0 from scratch against 16.3 at 1x.
+    config.optimizer.decode_head_lr_mult = 10.0
 
     config.segmentation.scale = (64, 64)
     # mmseg's 0.5-2.0 shrinks a 64x64 scene to 32x32 (a quarter of the crop, the rest void): 0.75-1.5
