@@ -3,7 +3,8 @@
     python bench/study.py                       # Fashion-MNIST, 10 epochs: the committed study (README)
     python bench/study.py --suite=digits        # the same on scikit-learn digits, in minutes
     python bench/study.py --only=lgmm,softmax --seeds=0 --no-ablations
-    python bench/study.py --suite=scenes --only=lgmm,softmax --no-ablations   # segmentation testbed
+    python bench/study.py --suite=scenes --only=lgmm,softmax,paper,gmmseg --no-ablations \
+        --init_weights=GARMENTS_WORKDIR   # segmentation testbed, from configs/scenes_garments.py's run
 
 Each run is one `lgmm_jax.train.train_and_evaluate` with the suite's base config plus a variant's
 overrides, in its own workdir under --root (default: `studies/` in the checkout, ignored by git). A
@@ -186,8 +187,10 @@ def finished_run(root: str, suite: str, protocol: str, variant: str, seed: int) 
     return os.path.exists(os.path.join(run_workdir(root, suite, protocol, variant, seed), "results.json"))
 
 
-def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, root: str, curve=()) -> dict:
-    """results.json of one run: read if it finished before, else trained (resuming where it stopped)."""
+def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, root: str, curve=(),
+            init_weights: str = "") -> dict:
+    """results.json of one run: read if it finished before, else trained (resuming where it stopped);
+    `init_weights` starts the encoder from that file or workdir (`init.weights`)."""
     from lgmm_jax import train
 
     workdir = run_workdir(root, suite, protocol, variant, seed)
@@ -203,6 +206,8 @@ def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, r
         run = {"seed": seed, "num_epochs": epochs, "eval.epochs": tuple(curve)}
     config.update_from_flattened_dict(run)
     config.update_from_flattened_dict(VARIANTS[variant])
+    if init_weights:
+        config.init.weights = init_weights
     started = time.time()
     results = train.train_and_evaluate(config, workdir)
     print(f"[{time.time() - started:.0f}s] {protocol} {variant} seed {seed}", flush=True)
@@ -315,6 +320,9 @@ def main(argv=None) -> None:
     parser.add_argument("--ablation_seeds", default="0,1,2", help="seeds of the candidates and ablations")
     parser.add_argument("--protocols", default=None, help="comma-separated; default: the suite's")
     parser.add_argument("--epochs", type=float, default=None, help="default: the suite's")
+    parser.add_argument("--init_weights", default="",
+                        help="start every run's encoder from this checkpoint or workdir (init.weights), e.g. the "
+                             "scenes suite from configs/scenes_garments.py's run")
     parser.add_argument("--root", default=os.path.join(REPOSITORY, "studies"))
     parser.add_argument("--output", default=None, help="default: bench/results/<suite>.json")
     parser.add_argument("--curve_plot", default=None, help="default: bench/results/<suite>_curve.png")
@@ -338,14 +346,14 @@ def main(argv=None) -> None:
     curve_plot = args.curve_plot or os.path.join(results_dir, f"{args.suite}_curve.png")
     curve_epochs = tuple(e for e in curve_epochs if e < epochs)
     study = {"suite": args.suite, "epochs": epochs, "curve_epochs": list(curve_epochs), "seeds": seeds,
-             "ablation_seeds": ablation_seeds, "commit": current_commit()}
+             "ablation_seeds": ablation_seeds, "init_weights": args.init_weights, "commit": current_commit()}
     finished: dict = {}
     started = time.time()
     for protocol, variant, seed, with_curve in study_plan(protocols, variants, seeds, args.ablations, ablation_seeds):
         curve = curve_epochs if with_curve else ()
         if args.collect and not finished_run(args.root, args.suite, protocol, variant, seed):
             continue
-        results = run_one(args.suite, protocol, variant, seed, epochs, args.root, curve)
+        results = run_one(args.suite, protocol, variant, seed, epochs, args.root, curve, args.init_weights)
         workdir = run_workdir(args.root, args.suite, protocol, variant, seed)
         points = read_curve(workdir, curve, epochs, results) if with_curve else None
         finished.setdefault((protocol, variant), []).append((seed, results, points))
