@@ -7,8 +7,8 @@
 64x64 scenes of real photographs with Fashion-MNIST garments pasted in (8 classes: background and 7
 garments); the unknown sets `near` (held-out garment classes) and `far` (MNIST digits) are the testbed's
 anomaly-map splits. The segmenter is SegFormer-B0's architecture at a quarter of its width and one block
-per stage (`model.decoder`): 0.5M parameters instead of 3.7M, 0.09-0.18 s per step of 16 crops on 2 CPU cores (90-180 images/s, as
-loaded as the machine is).
+per stage (`model.decoder`): 0.5M parameters instead of 3.7M, 0.09-0.18 s per step of 16 crops on 2 CPU
+cores (90-180 images/s, as loaded as the machine is).
 mmseg's augmentation (random resize, here 0.75-1.5, crop 64x64 with the class cap, flip, photometric
 distortion), AdamW with a poly schedule and the decode head at 10x the rate, as SegFormer's recipe (at a
 rate a from-scratch model learns in a few epochs). The encoder may start from the testbed's own garment
