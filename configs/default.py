@@ -206,4 +206,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.alpha = 0.05
     # A learning curve: also evaluate after these epochs (workdir/curve/epoch_E/results.json, same shape).
     config.eval.epochs = ()
+    # PNG figures beside report.md (ROC curves, histograms, segmentation pictures); False: none, no matplotlib.
+    config.eval.figures = True
     return config

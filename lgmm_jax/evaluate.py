@@ -4,13 +4,17 @@
     python -m lgmm_jax.evaluate --model=EXPORTED --output=DIR      # an exported model (lgmm_jax.export)
     python -m lgmm_jax.evaluate --workdir=DIR --ood_datasets=folder=/data/LSUN_resize --output=DIR2
     python -m lgmm_jax.evaluate --workdir=DIR --config.eval_batch_size=64   # any key of the run's config
+    python -m lgmm_jax.evaluate --workdir=DIR --config.eval.figures=true    # PNGs for a run trained without
 
 The run's task evaluates (`lgmm_jax.tasks.<task>.evaluation`): a classifier gets top-1/top-5 on the known
 test split and, per unknown set, AUROC / FPR95 / AUPR of every score of its head, with every fitted
 statistic fitted on known training or validation data only; a segmenter gets mIoU / aAcc / per-class IoU
 and pixel AUROC / AP / FPR95 per anomaly set. Both write results.json, report.md and their figures into
 the output folder (a classifier also scores.npz: every example's score on the validation split, the known
-test split and each unknown set, `"<set>/<score>"`).
+test split and each unknown set, `"<set>/<score>"`). The figures are PNGs drawn with matplotlib, left out
+where the config says `eval.figures=False`. The evaluation of a workdir or an export follows the run's own
+config there as everywhere, so a run trained without figures is evaluated without them until
+`--config.eval.figures=true` asks for them.
 """
 
 from __future__ import annotations
@@ -36,13 +40,19 @@ def evaluate(config, model, variables, protocol, mesh) -> tuple[dict[str, Any], 
     return tasks.get(config).evaluate(config, model, variables, protocol, mesh)
 
 
+def draws_figures(config) -> bool:
+    """`eval.figures`: whether evaluation draws its PNG figures (True where a config.json saved before the
+    key existed lacks it)."""
+    return bool(config.eval.get("figures", True))
+
+
 def write_results(config, folder: str, results: dict, plots) -> None:
-    """results.json, and the task's report.md, figures and arrays (chief process only)."""
+    """results.json, and the task's report.md, figures (`eval.figures`) and arrays (chief process only)."""
     if jax.process_index() != 0:
         return
     epath.Path(folder).mkdir(parents=True, exist_ok=True)  # local or gs://
     (epath.Path(folder) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    tasks.get(config).write_outputs(folder, results, plots)
+    tasks.get(config).write_outputs(folder, results, plots, with_figures=draws_figures(config))
 
 
 def evaluate_variables_and_write(config, folder, model, variables, protocol, mesh) -> dict[str, Any]:

@@ -61,6 +61,22 @@ SLOWEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (multi-process, fault-injection and full-size runs): "
+                          "the whole suite, as CI and README's test command run it")
+
+
+def pytest_report_header(config):
+    if not config.getoption("--slow"):
+        return "tests marked slow are left out (the quick tier); --slow runs the whole suite, as CI does"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--slow"):
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
     rank = {module: position for position, module in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(SLOWEST_FIRST)))

@@ -38,20 +38,54 @@ def copy_of_shared_run(tmp_path_factory, name: str, make, into: str) -> Path:
     return copy
 
 
-def train_default_in_process(workdir: Path, num_train_steps: int = 20) -> None:
-    """configs/default.py (digits 6/4, L-GMM) for `num_train_steps`, trained in this process."""
+def shared_export(tmp_path_factory, run: Path) -> Path:
+    """`lgmm_jax.export` of the shared run folder `run` (read only), made once per session in-process;
+    read only too."""
+
+    def make(folder):
+        from lgmm_jax import export
+
+        export.export_model(str(run), str(folder))
+
+    return shared_folder(tmp_path_factory, f"{run.name}_export", make)
+
+
+def default_config(**overrides):
+    """configs/default.py (digits 6/4, L-GMM) at the tests' size: 30 steps (the k-means re-seed after the
+    first epoch, about step 9, included), metrics logged every 10 steps, checkpoints at 15 and 30.
+    `overrides` are flattened keys, e.g. `default_config(**{"model.head": "softmax"})`."""
     import configs.default
-    from lgmm_jax import train
 
     config = configs.default.get_config()
-    config.num_train_steps = num_train_steps
-    train.train_and_evaluate(config, str(workdir))
+    config.num_train_steps = 30
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 15
+    config.eval.figures = False  # no test reads these runs' PNGs
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def train_default_in_process(workdir: Path, **overrides) -> None:
+    """`default_config(**overrides)` trained and evaluated in this process into `workdir`."""
+    from lgmm_jax import train
+
+    train.train_and_evaluate(default_config(**overrides), str(workdir))
+
+
+def train_default_softmax_in_process(workdir: Path) -> None:
+    """The softmax counterpart of the default run: the same config with `model.head=softmax`."""
+    train_default_in_process(workdir, **{"model.head": "softmax"})
 
 
 def tiny_default_run(tmp_path_factory, into: str) -> Path:
-    """A private copy of the default config trained for 20 steps (made once per session); its workdir
-    holds the training run's results.json."""
+    """A private copy of the default L-GMM run (`default_config()`, made once per session); its workdir
+    holds the training run's results.json, scores.npz, report and checkpoints 15 and 30."""
     return copy_of_shared_run(tmp_path_factory, "tiny_default_run", train_default_in_process, into)
+
+
+def tiny_softmax_run(tmp_path_factory, into: str) -> Path:
+    """A private copy of the default run's softmax counterpart (every softmax score; made once per session)."""
+    return copy_of_shared_run(tmp_path_factory, "tiny_softmax_run", train_default_softmax_in_process, into)
 
 
 def initial_parameters(config) -> dict:

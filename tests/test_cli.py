@@ -114,7 +114,8 @@ def timed_run(*args, **kwargs):
 
 # The run that test_faults.py and test_distributed.py compare with (and whose checkpoints this file
 # feeds wrong configs): the default config (digits 6/4, small CNN, cosine schedule, k-means re-seed
-# after epoch 1 = step 9) for 40 steps of SGD with momentum (see test_distributed.py for why SGD).
+# after epoch 1 = step 9) for 40 steps of SGD with momentum (see test_distributed.py for why SGD). No
+# figures: no test looks at its PNGs, and drawing them (matplotlib) takes seconds per evaluation.
 REFERENCE_STEPS = 40
 REFERENCE_BATCH_SIZE = 64
 REFERENCE_ARGS = (
@@ -125,6 +126,7 @@ REFERENCE_ARGS = (
     "--config.optimizer.name=sgd",
     "--config.optimizer.learning_rate=0.005",
     "--config.optimizer.gmm_learning_rate=0.005",
+    "--config.eval.figures=false",
 )
 
 

@@ -1,6 +1,6 @@
 """`python -m lgmm_jax.evaluate`: a workdir's or an exported model's evaluation equals the training run's.
 
-One tiny training run (20 steps on digits, shared with test_export.py); the CLI runs in subprocesses, as a user runs it.
+The session's tiny training run (30 steps on digits, shared with other modules); the CLI runs in subprocesses, as a user runs it.
 """
 
 import json
@@ -34,7 +34,7 @@ def start(module, *args):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Train 20 steps and keep the training results; export the run; write the unknown test digits as PNG
+    """The shared 30-step run and its training results; export the run; write the unknown test digits as PNG
     files. Then, side by side: `evaluate --workdir` (into the workdir, with the PNG folder as an extra
     unknown set), `evaluate --model` of the export, `evaluate --workdir` of a folder without checkpoints."""
     workdir = tiny_default_run(tmp_path_factory, "evaluate")
@@ -55,7 +55,8 @@ def run(tmp_path_factory):
     shutil.copy(os.path.join(workdir, "config.json"), no_checkpoint)
 
     processes = {
-        "workdir": start("lgmm_jax.evaluate", f"--workdir={workdir}", f"--ood_datasets=folder={folder}"),
+        "workdir": start("lgmm_jax.evaluate", f"--workdir={workdir}", f"--ood_datasets=folder={folder}",
+                         "--config.eval.figures=true"),  # the run drew none; its evaluation draws them
         "model": start("lgmm_jax.evaluate", f"--model={exported}", f"--output={root / 'model_evaluation'}"),
         "no_checkpoint": start("lgmm_jax.evaluate", f"--workdir={no_checkpoint}"),
         "override": start("lgmm_jax.evaluate", f"--workdir={workdir}", f"--output={root / 'batch_7'}",

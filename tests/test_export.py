@@ -1,10 +1,9 @@
 """Export and inference: an exported model loaded in a fresh process predicts what the checkpoint evaluates.
 
-One tiny training run (20 steps on digits, shared with test_evaluate.py) per head. References: the training run's own
+The session's two tiny training runs (30 steps on digits, shared with other modules), one per head. References: the training run's own
 results.json (top-1, thresholds), the checkpoint evaluated in this process, numpy / scipy recomputations.
 """
 
-import copy
 import json
 import math
 import os
@@ -21,11 +20,11 @@ import pytest
 from scipy import special
 
 import configs.default
-from lgmm_jax import experiment, export, forward, inference, restore, train
+from lgmm_jax import experiment, export, forward, inference, restore
 from lgmm_jax.data import pipeline, sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from lgmm_jax.sharding import make_mesh
-from tests.shared_runs import tiny_default_run
+from tests.shared_runs import tiny_default_run, tiny_softmax_run
 from tests.subprocesses import finish, one_line_error, run_stablehlo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,14 +53,6 @@ def known_images(split):
     source = sources.get_source("digits", split)
     keep = np.flatnonzero(np.isin(source.labels, KNOWN))
     return np.stack([source[i]["image"] for i in keep]), source.labels[keep]
-
-
-def train_tiny(workdir, **overrides):
-    config = configs.default.get_config()
-    config.num_train_steps = 20
-    for key, value in overrides.items():
-        config[key.split(".")[0]][key.split(".")[1]] = value
-    return copy.deepcopy(train.train_and_evaluate(config, workdir))
 
 
 @pytest.fixture(scope="module")
@@ -332,10 +323,13 @@ def test_lgmm_model_exports_with_its_tempered_class_posterior(run, tmp_path):
     np.testing.assert_array_equal(predicted["known"], predicted["score"] >= description["threshold"])
 
 
-def test_softmax_model_exports_with_msp(tmp_path):
-    workdir, exported = str(tmp_path / "run"), str(tmp_path / "exported")
-    results = train_tiny(workdir, **{"model.head": "softmax", "eval.scores": ("msp",)})
-    description = export.export_model(workdir, exported)
+def test_softmax_model_exports_with_msp(tmp_path_factory):
+    """The session's softmax run exports with MSP, the default score of a softmax model, and its threshold."""
+    workdir = tiny_softmax_run(tmp_path_factory, "export_softmax")
+    exported = str(workdir.parent / "exported")
+    with open(workdir / "results.json") as f:
+        results = json.load(f)
+    description = export.export_model(str(workdir), exported)
     assert description["score"] == "msp"
     assert description["threshold"] == results["conformal"]["scores"]["msp"]["threshold"]
     model = inference.load(exported)

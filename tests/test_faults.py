@@ -1,13 +1,18 @@
 """Faults: a run killed (SIGKILL) or preempted (SIGTERM) and started again with the same command ends with
-exactly the numbers of a run that never stopped; a half-written checkpoint is never loaded; a damaged
-one is set aside (training) or skipped (evaluation, export) for the one before it; a second run on a
-busy workdir is refused; a full disk stops the run with one line, and the rerun resumes.
+exactly the numbers of a run that never stopped; a second run on a busy workdir is refused; a half-written
+checkpoint is never loaded; a damaged one is set aside (training) or skipped (evaluation, export) for the
+one before it; a full disk stops the run with one line, and the rerun resumes.
 
-The end-to-end test runs `python -m lgmm_jax.main` in subprocesses on the CPU (where a run is
-deterministic, so "the same numbers" means equal floats) and compares with an uninterrupted run of the
-same command (`tests.test_cli.reference_run`). Its schedule exercises what must come back: a cosine
-learning rate over the run, SGD's momentum, the k-means re-seed of the means after epoch 1 (step 9), the
-memory bank, the RNG key and the data iterator (40 steps: several epochs of 9 steps).
+The end-to-end tests run `python -m lgmm_jax.main` in subprocesses on the CPU (where a run is deterministic,
+so "the same numbers" means equal floats; one damaged-checkpoint case trains in this process, as that
+command does) and compare with an uninterrupted run of the same command (`tests.test_cli.reference_run`).
+Its schedule exercises what must come back: a cosine learning rate over the run, SGD's momentum, the k-means
+re-seed of the means after epoch 1 (step 9), the memory bank, the RNG key and the data iterator (40 steps:
+several epochs of 9 steps).
+
+The segmentation test comes first on purpose: under pytest-xdist this module and test_distributed.py
+start side by side on the two workers, and test_distributed.py starts with `reference_run`; this module
+makes `segmentation_reference_run` meanwhile instead of waiting for that run.
 """
 from __future__ import annotations
 
@@ -27,19 +32,24 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from configs import default
-from lgmm_jax import checkpointing, cli, experiment, train, workdir_claim
-from tests.subprocesses import one_line_error
+from lgmm_jax import checkpointing, cli, evaluate, experiment, train, workdir_claim
+from tests.subprocesses import finish, one_line_error
 from tests.test_cli import (
     BAD_INPUT_SECONDS,
     REFERENCE_ARGS,
     REFERENCE_BATCH_SIZE,
     REFERENCE_STEPS,
+    REPO,
     SEGMENTATION_ARGS,
     SEGMENTATION_STEPS,
+    cli_env,
     committed_steps,
     compilation_cache,
+    main_command,
     reference_run,
     run_main,
     segmentation_reference_run,
@@ -62,10 +72,72 @@ def uninterrupted(tmp_path_factory):
     return reference_run(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_segmentation(tmp_path_factory):
+    return segmentation_reference_run(tmp_path_factory)
+
+
 def metrics_without_timing(workdir) -> list[dict]:
     """metrics.jsonl without images_per_second (wall-clock, the one number allowed to differ)."""
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in record.items() if k != "images_per_second"} for record in records]
+
+
+def resumed_from(stdout: str) -> int:
+    return int(re.search(r" from step (\d+) ", stdout).group(1))
+
+
+def claim_owner(workdir) -> workdir_claim.Owner:
+    return workdir_claim.parse_owner((workdir / workdir_claim.OWNER_FILE).read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# Segmentation (configs/scenes.py): the same loop, checkpoints and signals, a pixel as the example.
+# First in the module (see the module's docstring).
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_segmentation_run_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(
+    uninterrupted_segmentation, tmp_path, cache
+):
+    """SIGTERM after the first checkpoint; the same command again, SIGKILL after its next checkpoint; the
+    same command again to the end: results.json and every logged metric equal the uninterrupted run's.
+    (Figures off: only numbers are compared.)"""
+    workdir = tmp_path / "workdir"
+    args = (*SEGMENTATION_ARGS, "--config.eval.figures=false")
+    process = start_main(workdir, *args, log=tmp_path / "preempted", cache=cache)
+    try:
+        wait_for(lambda: committed_steps(workdir), what="the first checkpoint")
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=60)
+    finally:
+        process.kill()
+    stderr = (tmp_path / "preempted.err").read_text()
+    assert status == 0 and "Traceback" not in stderr, stderr
+    preempted_step = int(re.search(r"preempted at step (\d+): checkpoint saved", stderr).group(1))
+    assert preempted_step < SEGMENTATION_STEPS and not (workdir / "results.json").exists()
+
+    process = start_main(workdir, *args, log=tmp_path / "killed", cache=cache)
+    try:
+        wait_for(lambda: max(committed_steps(workdir)) > preempted_step, what="a checkpoint after the restart")
+    finally:
+        process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    killed_step = max(committed_steps(workdir))
+    assert killed_step < SEGMENTATION_STEPS and not (workdir / "results.json").exists()
+
+    rerun = run_main(workdir, *args, cache=cache)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert resumed_from(rerun.stdout) == killed_step
+    reference = uninterrupted_segmentation
+    assert json.loads((workdir / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
+    assert metrics_without_timing(workdir) == metrics_without_timing(reference)
+    assert [r["step"] for r in metrics_without_timing(reference)] == list(range(2, SEGMENTATION_STEPS + 1, 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification (the reference run): a busy workdir, preempted, killed, rerun.
+# --------------------------------------------------------------------------------------------------
 
 
 def assert_same_numbers(workdir, reference) -> None:
@@ -105,20 +177,38 @@ def assert_resumes_after(workdir, step: int, reference_stream) -> None:
     np.testing.assert_array_equal(resumed["image"], expected["image"])  # augmentation included
 
 
-def resumed_from(stdout: str) -> int:
-    return int(re.search(r" from step (\d+) ", stdout).group(1))
+def assert_a_second_run_is_refused_at_once(first, workdir, cache) -> None:
+    """Once `first` has claimed `workdir`, the same command again is refused at once: one line naming
+    the owner, exit status WORKDIR_BUSY. `first` is held still (SIGSTOP) meanwhile, so that the second
+    run surely meets it mid-run, and goes on afterwards (SIGCONT)."""
+    owner = wait_for(
+        lambda: (workdir / workdir_claim.OWNER_FILE).exists() and claim_owner(workdir), what="the first run's claim"
+    )
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second, seconds = timed_run(workdir, *REFERENCE_ARGS, cache=cache)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    error = one_line_error(second)
+    assert second.returncode == cli.WORKDIR_BUSY
+    assert f"workdir {workdir} is in use by pid {first.pid} on {socket.gethostname()} since {owner.since}" in error
+    assert seconds < BAD_INPUT_SECONDS, f"refused after {seconds:.1f}s"
 
 
-def test_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(
+def test_second_run_on_a_busy_workdir_is_refused_and_preempted_killed_rerun_gives_the_uninterrupted_numbers(
     uninterrupted, reference_stream, tmp_path, cache
 ):
-    """SIGTERM after the first checkpoint; the same command again, SIGKILL after its next checkpoint;
-    the same command again to the end: results.json and every logged metric equal the uninterrupted run's."""
+    """A second run on the first one's workdir is refused at once; the first, SIGTERM after its first
+    checkpoint; the same command again, SIGKILL after its next checkpoint; the same command again to the
+    end: results.json and every logged metric equal the uninterrupted run's (so the refused run did not
+    disturb the first either)."""
     workdir = tmp_path / "workdir"
 
-    # 1. SIGTERM (a preemption notice): a checkpoint at the step reached, exit status 0, in seconds.
+    # 1. While it runs, a second run on its workdir is refused. Then SIGTERM (a preemption notice): a
+    #    checkpoint at the step reached, exit status 0, in seconds.
     process = start_main(workdir, *REFERENCE_ARGS, log=tmp_path / "preempted", cache=cache)
     try:
+        assert_a_second_run_is_refused_at_once(process, workdir, cache)
         wait_for(lambda: committed_steps(workdir), what="the first checkpoint")
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -283,60 +373,100 @@ def damaged_copy(uninterrupted, tmp_path, how: str):
     return workdir
 
 
-def stderr_lines(completed) -> list[str]:
+def stderr_lines(stderr: str) -> list[str]:
     """stderr's lines, less absl's own warnings (`W1130 12:00:00 ...`), which are not ours."""
-    return [line for line in completed.stderr.splitlines() if line.strip() and not re.match(r"[IWE]\d{4} ", line)]
+    return [line for line in stderr.splitlines() if line.strip() and not re.match(r"[IWE]\d{4} ", line)]
 
 
-def the_one_warning(completed) -> str:
-    lines = stderr_lines(completed)
-    assert len(lines) == 1 and lines[0].startswith("warning: "), completed.stderr
+def the_one_warning(stderr: str) -> str:
+    lines = stderr_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("warning: "), stderr
     return lines[0]
 
 
-@pytest.mark.parametrize("how", ["truncated", "missing"])
-def test_damaged_latest_checkpoint_is_set_aside_and_the_rerun_resumes_from_the_one_before(
-    uninterrupted, tmp_path, cache, how
-):
-    workdir = damaged_copy(uninterrupted, tmp_path, how)
-    damaged = workdir / "checkpoints" / str(REFERENCE_STEPS)
-    damaged_files = tree_digest(damaged)
+def reference_config() -> ml_collections.ConfigDict:
+    """The config `python -m lgmm_jax.main` makes of REFERENCE_ARGS, parsed as its flags are."""
+    argv = ["lgmm_jax.main", *REFERENCE_ARGS]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", cli.DEFAULT_CONFIG, flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+def assert_set_aside_and_resumed_from_the_one_before(workdir, damaged_files, warning, stdout, uninterrupted):
+    """The rerun's warning names the damaged step, where it was set aside (every file as it was) and
+    the step resumed from, the one before; the run saved the step again and ended with the uninterrupted
+    numbers."""
     previous = REFERENCE_STEPS - 5
-
-    rerun = run_main(workdir, *REFERENCE_ARGS, cache=cache)
-
-    assert rerun.returncode == 0, rerun.stderr
-    warning = the_one_warning(rerun)
     assert f"checkpoint {REFERENCE_STEPS} in {workdir / 'checkpoints'} is damaged" in warning
     assert f"set aside as {REFERENCE_STEPS}{checkpointing.DAMAGED_SUFFIX}" in warning
     assert f"resuming from checkpoint {previous}" in warning
-    assert resumed_from(rerun.stdout) == previous
+    assert resumed_from(stdout) == previous
     set_aside = workdir / "checkpoints" / f"{REFERENCE_STEPS}{checkpointing.DAMAGED_SUFFIX}"
     assert tree_digest(set_aside) == damaged_files  # renamed, every file as it was
     assert REFERENCE_STEPS in committed_steps(workdir)  # saved again, whole this time
     assert_same_numbers(workdir, uninterrupted)
 
 
+def test_a_truncated_latest_checkpoint_is_set_aside_and_the_rerun_resumes_from_the_one_before(
+    uninterrupted, tmp_path, cache
+):
+    """The same command again: exit status 0, one `warning:` line on stderr."""
+    workdir = damaged_copy(uninterrupted, tmp_path, "truncated")
+    damaged_files = tree_digest(workdir / "checkpoints" / str(REFERENCE_STEPS))
+
+    rerun = run_main(workdir, *REFERENCE_ARGS, cache=cache)
+
+    assert rerun.returncode == 0, rerun.stderr
+    warning = the_one_warning(rerun.stderr)
+    assert_set_aside_and_resumed_from_the_one_before(workdir, damaged_files, warning, rerun.stdout, uninterrupted)
+
+
+def test_a_latest_checkpoint_missing_its_largest_file_is_set_aside_and_the_rerun_resumes_from_the_one_before(
+    uninterrupted, tmp_path, capfd
+):
+    """The same, trained in this process as the command line trains (`cli.run_guarded`; the command line
+    itself is the truncated case's)."""
+    workdir = damaged_copy(uninterrupted, tmp_path, "missing")
+    damaged_files = tree_digest(workdir / "checkpoints" / str(REFERENCE_STEPS))
+
+    status = cli.run_guarded(lambda: train.train_and_evaluate(reference_config(), str(workdir)))
+
+    stdout, stderr = capfd.readouterr()
+    assert status == 0, stderr
+    warning = the_one_warning(stderr)
+    assert_set_aside_and_resumed_from_the_one_before(workdir, damaged_files, warning, stdout, uninterrupted)
+
+
+def start_read_only_command(module: str, workdir, output, cache) -> subprocess.Popen:
+    """`python -m module --workdir=workdir --output=output` (evaluate, export) started in the background."""
+    return subprocess.Popen(
+        main_command(workdir, f"--output={output}", module=module), cwd=REPO, env=cli_env(cache=cache),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
 def test_evaluate_and_export_skip_a_damaged_checkpoint_say_so_and_change_nothing(uninterrupted, tmp_path, cache):
-    """Read-only: the damaged step stays where it is; the checkpoint before it is evaluated and exported,
-    with the numbers an evaluation of that checkpoint gives."""
+    """Read-only: the damaged step stays where it is; the checkpoint before it is evaluated and exported
+    (the two commands side by side), with the numbers an evaluation of that checkpoint gives (made here,
+    in this process)."""
     workdir = damaged_copy(uninterrupted, tmp_path, "truncated")
     before = tree_digest(workdir)
     previous = REFERENCE_STEPS - 5
+    evaluating = start_read_only_command("lgmm_jax.evaluate", workdir, tmp_path / "evaluated", cache)
+    exporting = start_read_only_command("lgmm_jax.export", workdir, tmp_path / "exported", cache)
+
     expected = tmp_path / "up_to_previous"  # the same run without its last checkpoint
     shutil.copytree(uninterrupted, expected)
     shutil.rmtree(expected / "checkpoints" / str(REFERENCE_STEPS))
-
-    evaluated = run_main(workdir, f"--output={tmp_path / 'evaluated'}", module="lgmm_jax.evaluate", cache=cache)
-    exported = run_main(workdir, f"--output={tmp_path / 'exported'}", module="lgmm_jax.export", cache=cache)
-    reference = run_main(expected, f"--output={tmp_path / 'reference'}", module="lgmm_jax.evaluate", cache=cache)
+    evaluate.evaluate_workdir(str(expected), str(tmp_path / "reference"))
+    evaluated, exported = finish(evaluating, timeout=600), finish(exporting, timeout=600)
 
     for completed in (evaluated, exported):
         assert completed.returncode == 0, completed.stderr
-        warning = the_one_warning(completed)
+        warning = the_one_warning(completed.stderr)
         assert f"checkpoint {REFERENCE_STEPS} in {workdir / 'checkpoints'} is damaged" in warning
         assert f"left as it is (read-only); using checkpoint {previous} instead" in warning
-    assert reference.returncode == 0, reference.stderr
     assert json.loads((tmp_path / "evaluated" / "results.json").read_text()) == json.loads(
         (tmp_path / "reference" / "results.json").read_text()
     )
@@ -368,38 +498,9 @@ def test_full_disk_is_told_from_memory_and_rate_limits():
 
 
 # --------------------------------------------------------------------------------------------------
-# Two runs on one workdir.
+# Claims on a workdir. (The command line's refusal of a second run on a busy workdir is tested with
+# the preempted run above.)
 # --------------------------------------------------------------------------------------------------
-
-
-def claim_owner(workdir) -> workdir_claim.Owner:
-    return workdir_claim.parse_owner((workdir / workdir_claim.OWNER_FILE).read_text())
-
-
-def test_second_run_on_a_busy_workdir_is_refused_at_once_and_the_first_is_unaffected(
-    uninterrupted, tmp_path, cache
-):
-    workdir = tmp_path / "workdir"
-    first = start_main(workdir, *REFERENCE_ARGS, log=tmp_path / "first", cache=cache)
-    try:
-        owner = wait_for(
-            lambda: (workdir / workdir_claim.OWNER_FILE).exists() and claim_owner(workdir), what="the first run's claim"
-        )
-        first.send_signal(signal.SIGSTOP)  # held still: the second run surely meets it mid-run
-        try:
-            second, seconds = timed_run(workdir, *REFERENCE_ARGS, cache=cache)
-        finally:
-            first.send_signal(signal.SIGCONT)
-        status = first.wait(timeout=300)
-    finally:
-        first.kill()
-
-    error = one_line_error(second)
-    assert second.returncode == cli.WORKDIR_BUSY
-    assert f"workdir {workdir} is in use by pid {first.pid} on {socket.gethostname()} since {owner.since}" in error
-    assert seconds < BAD_INPUT_SECONDS, f"refused after {seconds:.1f}s"
-    assert status == 0, (tmp_path / "first.err").read_text()
-    assert_same_numbers(workdir, uninterrupted)
 
 
 def test_claim_is_exclusive_and_dies_with_its_process(tmp_path):
@@ -499,46 +600,3 @@ def test_full_disk_stops_with_one_line_and_the_rerun_after_freeing_space_resumes
     assert rerun.returncode == 0, rerun.stderr
     assert resumed_from(rerun.stdout) == max(intact)
     assert_same_numbers(workdir, uninterrupted)
-
-
-# --------------------------------------------------------------------------------------------------
-# Segmentation (configs/scenes.py): the same loop, checkpoints and signals, a pixel as the example.
-# --------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def uninterrupted_segmentation(tmp_path_factory):
-    return segmentation_reference_run(tmp_path_factory)
-
-
-def test_a_segmentation_run_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(
-    uninterrupted_segmentation, tmp_path, cache
-):
-    workdir = tmp_path / "workdir"
-    process = start_main(workdir, *SEGMENTATION_ARGS, log=tmp_path / "preempted", cache=cache)
-    try:
-        wait_for(lambda: committed_steps(workdir), what="the first checkpoint")
-        process.send_signal(signal.SIGTERM)
-        status = process.wait(timeout=60)
-    finally:
-        process.kill()
-    stderr = (tmp_path / "preempted.err").read_text()
-    assert status == 0 and "Traceback" not in stderr, stderr
-    preempted_step = int(re.search(r"preempted at step (\d+): checkpoint saved", stderr).group(1))
-    assert preempted_step < SEGMENTATION_STEPS and not (workdir / "results.json").exists()
-
-    process = start_main(workdir, *SEGMENTATION_ARGS, log=tmp_path / "killed", cache=cache)
-    try:
-        wait_for(lambda: max(committed_steps(workdir)) > preempted_step, what="a checkpoint after the restart")
-    finally:
-        process.kill()
-    assert process.wait(timeout=60) == -signal.SIGKILL
-    killed_step = max(committed_steps(workdir))
-    assert killed_step < SEGMENTATION_STEPS and not (workdir / "results.json").exists()
-
-    rerun = run_main(workdir, *SEGMENTATION_ARGS, cache=cache)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert resumed_from(rerun.stdout) == killed_step
-    reference = uninterrupted_segmentation
-    assert json.loads((workdir / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
-    assert metrics_without_timing(workdir) == metrics_without_timing(reference)
-    assert [r["step"] for r in metrics_without_timing(reference)] == list(range(2, SEGMENTATION_STEPS + 1, 2))

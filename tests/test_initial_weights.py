@@ -1,13 +1,14 @@
 """`--config.init.weights`: a new run starts from exactly the arrays of its source, checkpointed as step 0;
 a resumed run never reads the source again; an unusable file is one line, a non-zero exit, nothing written.
 
-The source here is a run of this library (the shared 20-step default run, L-GMM on digits) whose encoder
-starts a softmax run; the published layouts go through the same `pretrained.plan` and are proved equal to
+The source here is a run of this library (the shared default run, L-GMM on digits) whose encoder starts a
+softmax run; the published layouts go through the same `pretrained.plan` and are proved equal to
 their reference implementations in test_pretrained.py.
 """
 import json
 import os
 import shutil
+import subprocess
 
 import jax
 import numpy as np
@@ -17,7 +18,7 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 import configs.default
-from lgmm_jax import checkpointing, experiment, initial_weights, restore, train
+from lgmm_jax import checkpointing, cli, experiment, initial_weights, restore, train
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.sharding import make_mesh
 from lgmm_jax.state import create_optimizer, create_train_state
@@ -26,11 +27,16 @@ from tests.test_cli import assert_one_line_error, run_main
 
 
 def softmax_config(source, steps: int):
+    """The default config's softmax run from `source`'s encoder, checkpointed and logged every step. Its
+    evaluation computes MSP only: what these tests read of it is its checkpoints, init_weights.json and the
+    closed-set top-1, which every score list gives."""
     config = configs.default.get_config()
     config.model.head = "softmax"
     config.num_train_steps = steps
     config.checkpoint_every_steps = 1
     config.log_every_steps = 1
+    config.eval.scores = ("msp",)
+    config.eval.figures = False
     config.init.weights = str(source)
     return config
 
@@ -109,24 +115,56 @@ def torchvision_like_file(path):
                "fc.bias": np.zeros(1000, np.float32)}, str(path))
 
 
+def unusable_file(kind: str, path):
+    """Write the unusable weights file `kind` at `path` ("missing": write nothing); return the path."""
+    if kind == "unreadable":
+        path.write_bytes(b"not a safetensors file")
+    elif kind == "another_architecture":
+        torchvision_like_file(path)
+    elif kind == "unknown_layout":
+        save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, str(path))
+    return path
+
+
+def assert_nothing_written(workdir):
+    assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+
+
+def test_an_unusable_file_ends_the_command_in_one_line_and_writes_nothing(tmp_path):
+    """`python -m lgmm_jax.main` with a file of another architecture: a non-zero exit, stderr ending in one
+    `error:` line that names the file and the cause, no traceback, and no checkpoint or config.json."""
+    bad = unusable_file("another_architecture", tmp_path / "bad.safetensors")
+    workdir = tmp_path / "workdir"
+    result = run_main(workdir, "--config.num_train_steps=2", f"--config.init.weights={bad}")
+    assert_one_line_error(result, "bad.safetensors", "torchvision", "no counterpart")
+    assert_nothing_written(workdir)
+
+
+def guarded_training(config, workdir, capfd) -> subprocess.CompletedProcess:
+    """A training run that fails, run in this process as lgmm_jax/main.py runs it: `train.train_and_evaluate`
+    inside `cli.run_guarded`, which turns a user's error into one line and an exit. Its exit status and
+    what it printed, as the command's would be."""
+    with pytest.raises(SystemExit) as exited:
+        cli.run_guarded(lambda: train.train_and_evaluate(config, str(workdir)))
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess("cli.run_guarded", exited.value.code, out, err)
+
+
 @pytest.mark.parametrize("kind, fragments", [
     ("unreadable", ("bad.safetensors",)),
-    ("another_architecture", ("bad.safetensors", "torchvision", "no counterpart")),
     ("unknown_layout", ("bad.safetensors", "unknown layout")),
     ("missing", ("bad.safetensors",)),
 ])
-def test_an_unusable_file_is_one_line_and_writes_nothing(kind, fragments, tmp_path):
-    bad = tmp_path / "bad.safetensors"
-    if kind == "unreadable":
-        bad.write_bytes(b"not a safetensors file")
-    elif kind == "another_architecture":
-        torchvision_like_file(bad)
-    elif kind == "unknown_layout":
-        save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, str(bad))
+def test_every_other_unusable_file_is_one_line_and_writes_nothing(kind, fragments, tmp_path, capfd):
+    """The other unusable files, through the same guard in this process (the command itself is the test
+    above): a non-zero exit status, one `error:` line naming the file (and the cause), no traceback (an
+    error the guard did not map would escape it), and no checkpoint or config.json."""
+    config = configs.default.get_config()
+    config.num_train_steps = 2
+    config.init.weights = str(unusable_file(kind, tmp_path / "bad.safetensors"))
     workdir = tmp_path / "workdir"
-    result = run_main(workdir, "--config.num_train_steps=2", f"--config.init.weights={bad}")
-    assert_one_line_error(result, *fragments)
-    assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+    assert_one_line_error(guarded_training(config, workdir, capfd), *fragments)
+    assert_nothing_written(workdir)
 
 
 def test_the_testbed_segmenter_starts_from_a_garment_classifier(tmp_path):
@@ -134,14 +172,16 @@ def test_the_testbed_segmenter_starts_from_a_garment_classifier(tmp_path):
     classifier of the known garments (the held-out ones are its unknown classes), and configs/scenes.py
     with init.weights=that run takes its encoder: what a new run loads (`initial_weights.loaded_arrays`,
     as train.py calls it) is the classifier's encoder array for array, the rest is left fresh. The garment
-    splits are composed here at a tenth of their size into the run's data_dir."""
+    splits are composed here, small, into the run's data_dir: the 128 training images hold 84 known
+    garments (7 of the 10 classes), enough for the 2 steps of 32, and the 64 test images 17 held-out
+    garments, the run's unknown set."""
     import configs.scenes
     import configs.scenes_garments
     from lgmm_jax.data import scenes
     from lgmm_jax.models.configured import initial_variables
 
     data_dir = tmp_path / "data"
-    for split, count in {"train": 1000, "validation": 100, "test": 200}.items():
+    for split, count in {"train": 128, "validation": 32, "test": 64}.items():
         path = scenes.cache_path(f"garments_{split}", str(data_dir))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez(path, **scenes.build_garment_split(split, num_images=count))
@@ -155,7 +195,10 @@ def test_the_testbed_segmenter_starts_from_a_garment_classifier(tmp_path):
     segmenter = configs.scenes.get_config()
     segmenter.init.weights = str(tmp_path / "garments")
     model = create_model(segmenter.model, scenes.NUM_CLASSES)
-    own = jax.jit(lambda key: initial_variables(model, key, (64, 64, 3)))(jax.random.key(0))
+    # The run's own initial variables, as zeros of their shapes: `loaded_arrays` returns only the arrays
+    # it puts in their place, so their values reach no assertion.
+    shapes = jax.eval_shape(lambda: initial_variables(model, jax.random.key(0), (64, 64, 3)))
+    own = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
     loaded, report = initial_weights.loaded_arrays(segmenter, model, own, (64, 64, 3))
     classifier = checkpoint_params(tmp_path / "garments", 2)
     encoder = {name.replace("/backbone/", "/decoder/backbone/", 1): name for name in classifier

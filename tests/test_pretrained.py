@@ -386,7 +386,8 @@ def test_a_published_segmenter_exports_and_evaluates_without_training(tmp_path):
     exported = inference.load(str(tmp_path / "exported")).variables
     assert jax.tree.all(jax.tree.map(np.array_equal, exported, expected))
 
-    results = evaluate.evaluate_export(str(tmp_path / "exported"), str(tmp_path / "evaluated"))
+    results = evaluate.evaluate_export(str(tmp_path / "exported"), str(tmp_path / "evaluated"),
+                                       config_overrides={"eval.figures": False})
     assert 0.0 <= results["closed_set"]["miou"] <= 1.0
     for unknown_set in ("near", "far"):
         assert {"msp", "maxlogit", "entropy", "sml", "mahalanobis"} <= set(results["open_set"][unknown_set])

@@ -21,7 +21,7 @@ from lgmm_jax.sharding import make_mesh
 from lgmm_jax.tasks.segmentation import evaluation as segmentation_evaluation
 from lgmm_jax.tasks.segmentation import forward as pixel_forward
 from lgmm_jax.tasks.segmentation.forward import DenseSettings, Fitted, SmlStatistics
-from tests.shared_runs import initial_parameters
+from tests.shared_runs import initial_parameters, shared_export
 from tests.subprocesses import run_stablehlo
 from tests.test_cli import REPO, SEGMENTATION_ARGS, compilation_cache, run_main, segmentation_reference_run
 
@@ -278,21 +278,42 @@ def test_decode_head_learning_rate_is_a_parameter_group():
     assert head == pytest.approx(10 * backbone, rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def softmax_quick_run(tmp_path_factory):
+    """The softmax testbed trained by the CLI for a few steps (`tests.test_cli.SEGMENTATION_ARGS`):
+    (workdir, the finished process)."""
+    workdir = tmp_path_factory.mktemp("scenes_softmax") / "run"
+    result = run_main(workdir, *SEGMENTATION_ARGS, "--config.model.head=softmax", cache=compilation_cache(tmp_path_factory))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
 @pytest.fixture(scope="module", params=["lgmm", "softmax"])
 def quick_run(request, tmp_path_factory):
-    """The testbed trained for a few steps (`tests.test_cli.SEGMENTATION_ARGS`) with each head; L-GMM's is
-    the session's segmentation reference run (test_faults.py and test_distributed.py compare with it)."""
+    """The testbed trained for a few steps (`tests.test_cli.SEGMENTATION_ARGS`) with each head: (head,
+    workdir, the finished process). L-GMM's is a copy of the session's segmentation reference run
+    (test_faults.py and test_distributed.py compare with it)."""
     if request.param == "lgmm":
         source = segmentation_reference_run(tmp_path_factory)
         workdir = tmp_path_factory.mktemp("scenes_lgmm") / "run"
         shutil.copytree(source, workdir)
         result = subprocess.CompletedProcess([], 0, (source.parent / f"{source.name}.stdout").read_text(), "")
         return request.param, workdir, result
-    workdir = tmp_path_factory.mktemp(f"scenes_{request.param}") / "run"
-    result = run_main(workdir, *SEGMENTATION_ARGS, f"--config.model.head={request.param}",
-                      cache=compilation_cache(tmp_path_factory))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return request.param, workdir, result
+    return request.param, *request.getfixturevalue("softmax_quick_run")
+
+
+@pytest.fixture(scope="module")
+def exported(quick_run, tmp_path_factory):
+    """(head, the quick run's export folder). L-GMM's is the session's export of the segmentation reference,
+    made in-process (test_tasks.py uses it too); softmax's is made by the CLI, `python -m lgmm_jax.export`."""
+    head, workdir, _ = quick_run
+    if head == "lgmm":
+        return head, shared_export(tmp_path_factory, segmentation_reference_run(tmp_path_factory))
+    folder = tmp_path_factory.mktemp("scenes_softmax_export") / "exported"
+    completed = subprocess.run([sys.executable, "-m", "lgmm_jax.export", f"--workdir={workdir}", f"--output={folder}"],
+                               cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return head, folder
 
 
 def test_the_testbed_trains_and_evaluates_end_to_end(quick_run):
@@ -314,12 +335,8 @@ def test_the_testbed_trains_and_evaluates_end_to_end(quick_run):
     assert "mIoU" in result.stdout
 
 
-def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(quick_run, tmp_path):
-    head, workdir, _ = quick_run
-    exported = tmp_path / "exported"
-    completed = subprocess.run([sys.executable, "-m", "lgmm_jax.export", f"--workdir={workdir}", f"--output={exported}"],
-                               cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(exported, tmp_path):
+    _, exported = exported
     from lgmm_jax import inference
     from lgmm_jax.tasks.segmentation.exported import SegmentationModel
 
@@ -348,8 +365,10 @@ def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(quick_run, 
         model.predict(images.astype(np.float32))
 
 
-def test_evaluating_the_workdir_again_reproduces_the_training_runs_results(quick_run, tmp_path):
-    _, workdir, _ = quick_run
+def test_evaluating_the_workdir_again_reproduces_the_training_runs_results(softmax_quick_run, tmp_path):
+    """`python -m lgmm_jax.evaluate --workdir` of the softmax testbed run: the same results.json. (The L-GMM
+    reference's evaluation again is test_tasks.py's, in-process, on the same whole-results equality.)"""
+    workdir, _ = softmax_quick_run
     completed = subprocess.run(
         [sys.executable, "-m", "lgmm_jax.evaluate", f"--workdir={workdir}", f"--output={tmp_path / 'again'}"],
         cwd=REPO, capture_output=True, text=True, timeout=600,

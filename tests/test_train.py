@@ -1,6 +1,7 @@
 """Training end to end: the default config on digits (both heads), resume, the TFDS path on mock data."""
 import json
 import os
+import shutil
 from unittest import mock
 
 import jax
@@ -9,19 +10,11 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn.metrics import roc_auc_score
 
-from configs import cifar10, cifar100, default
+from configs import cifar10, cifar100
 from lgmm_jax import train
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.ood import posthoc, scores
-
-
-def small_config(**overrides):
-    config = default.get_config()
-    config.num_train_steps = 30
-    config.log_every_steps = 10
-    config.checkpoint_every_steps = 15
-    config.update_from_flattened_dict(overrides)
-    return config
+from tests.shared_runs import default_config, tiny_default_run, tiny_softmax_run
 
 
 def read_jsonl(path):
@@ -29,10 +22,16 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
+def read_results(workdir):
+    with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
+
+
 @pytest.fixture(scope="module")
 def lgmm_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("lgmm"))
-    return workdir, train.train_and_evaluate(small_config(), workdir)
+    """The session's default L-GMM run (`default_config()`, shared with other modules): (workdir, results)."""
+    workdir = str(tiny_default_run(tmp_path_factory, "train"))
+    return workdir, read_results(workdir)
 
 
 def test_lgmm_default_config_end_to_end(lgmm_run):
@@ -45,8 +44,6 @@ def test_lgmm_default_config_end_to_end(lgmm_run):
     likelihood = results["open_set"]["unknown_classes"]["likelihood"]
     assert set(likelihood) == {"auroc", "fpr95", "fpr95_ood_positive", "aupr_in", "aupr_out", "detection_error"}
     assert 1.0 <= results["components"]["mean_effective_components"] <= 3.0
-    with open(os.path.join(workdir, "results.json")) as f:
-        assert json.load(f) == json.loads(json.dumps(results))
     records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert {10, 20, 30} <= {r["step"] for r in records}
     for name in ("loss", "discriminative", "nll", "one_hot", "average_usage", "generative",
@@ -66,8 +63,10 @@ def test_tensorboard_events_readable_without_tensorflow(lgmm_run):
     assert "train/loss" in events.Tags()["scalars"]
 
 
-def test_softmax_counterpart_end_to_end(tmp_path):
-    results = train.train_and_evaluate(small_config(**{"model.head": "softmax"}), str(tmp_path))
+def test_softmax_counterpart_end_to_end(tmp_path_factory):
+    """The session's softmax run (`default_config(model.head=softmax)`, every softmax score)."""
+    tmp_path = tiny_softmax_run(tmp_path_factory, "train")
+    results = read_results(tmp_path)
     assert results["closed_set"]["top1"] > 0.5
     open_set = results["open_set"]["unknown_classes"]
     assert set(open_set) >= set(scores.SOFTMAX_SCORES)
@@ -89,20 +88,21 @@ def test_softmax_counterpart_end_to_end(tmp_path):
     assert "odin_ood †" in (tmp_path / "report.md").read_text()
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
-    """10 steps, then the same workdir to 20 steps == 20 steps straight (constant rate: the schedule
-    does not depend on the total). The resumed run's workdir is relative, as README's command passes it
-    (--workdir=workdir; orbax's array writer only takes absolute paths)."""
-    overrides = {"optimizer.schedule": "constant", "checkpoint_every_steps": 5, "loss.reseed_epochs": (1,)}
-    straight = train.train_and_evaluate(small_config(num_train_steps=20, **overrides), str(tmp_path / "a"))
-    monkeypatch.chdir(tmp_path)
-    train.train_and_evaluate(small_config(num_train_steps=10, **overrides), "b")
-    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["10", "5"]
-    resumed = train.train_and_evaluate(small_config(num_train_steps=20, **overrides), "b")
-    assert "20" in os.listdir(tmp_path / "b" / "checkpoints")
-    assert resumed == straight
-    last = lambda d: read_jsonl(tmp_path / d / "metrics.jsonl")[-1]  # noqa: E731
-    a, b = last("a"), last("b")
+def test_resume_continues_exactly(tmp_path_factory, monkeypatch):
+    """The shared 30-step run with its last checkpoint deleted, run again to 30 steps, resumes at step 15
+    (after the k-means re-seed of step 9, on the cosine schedule) and ends where the run that went straight
+    through ended: the same results.json and the same last logged metrics. The workdir is relative, as
+    README's command passes it (--workdir=workdir; orbax's array writer only takes absolute paths)."""
+    straight = tiny_default_run(tmp_path_factory, "resume_straight")
+    workdir = tiny_default_run(tmp_path_factory, "resume")
+    shutil.rmtree(workdir / "checkpoints" / "30")
+    monkeypatch.chdir(workdir.parent)
+    resumed = train.train_and_evaluate(default_config(), workdir.name)
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["15", "30"]
+    assert json.loads(json.dumps(resumed)) == read_results(straight)
+    last = lambda d: read_jsonl(d / "metrics.jsonl")[-1]  # noqa: E731
+    a, b = last(straight), last(workdir)
+    assert (a["step"], b["step"]) == (30, 30)
     for key in ("loss", "nll", "discriminative", "accuracy"):
         assert a[key] == b[key]
 
@@ -151,7 +151,7 @@ def test_a_step_updates_only_the_mixtures_of_the_batch_classes(gmm_update):
     from lgmm_jax.sharding import make_mesh
 
     num_classes = 6
-    config = small_config(batch_size=4, **{"model.gmm_update": gmm_update})
+    config = default_config(batch_size=4, **{"model.gmm_update": gmm_update})
     mesh = make_mesh()
     model = create_model(config.model, num_classes)
     optimizer, _ = state_lib.create_optimizer(config, 10, 100)
@@ -215,7 +215,7 @@ def trained_parameters(config, num_steps=3):
 def test_every_trainable_parameter_moves(head, gmm_update):
     """Issue 12: the softmax counterpart's classifier sat in the GMM's optimiser group, which M-steps
     replace by optax.set_to_zero(), so it never left its initialisation. Every leaf must move."""
-    config = small_config(**{"model.head": head, "model.gmm_update": gmm_update})
+    config = default_config(**{"model.head": head, "model.gmm_update": gmm_update})
     initial, trained = trained_parameters(config)
     flat_initial = jax.tree_util.tree_leaves_with_path(initial)
     flat_trained = jax.tree_util.tree_leaves(trained)
@@ -227,21 +227,20 @@ def test_every_trainable_parameter_moves(head, gmm_update):
 def test_under_moment_matching_the_gaussians_move_by_the_m_step_only():
     """model.gmm_update=moment_matching: theta takes no optimiser step. With a moment rate of 0 the
     M-step moves nothing, so the means and scales must stay bit-equal while the encoder trains."""
-    config = small_config(**{"model.gmm_update": "moment_matching", "model.moment_rate": 0.0})
+    config = default_config(**{"model.gmm_update": "moment_matching", "model.moment_rate": 0.0})
     initial, trained = trained_parameters(config)
     for name in initial["head"]:
         np.testing.assert_array_equal(trained["head"][name], initial["head"][name], err_msg=name)
     assert not np.array_equal(trained["projection"]["kernel"], initial["projection"]["kernel"])
 
 
-def test_learning_curve_evaluations_leave_the_run_unchanged(tmp_path):
-    """eval.epochs=(0.5,) writes curve/epoch_0.5/results.json mid-run; the final numbers are those of a run
-    without it, and a rerun (resume) does not evaluate the same point again."""
-    base = {"num_train_steps": -1, "num_epochs": 1.0, "checkpoint_every_steps": 1000}
-    plain = train.train_and_evaluate(small_config(**base), str(tmp_path / "plain"))
-    with_curve = train.train_and_evaluate(small_config(**base, **{"eval.epochs": (0.5,)}), str(tmp_path / "curve"))
-    assert with_curve == plain
-    point = tmp_path / "curve" / "curve" / "epoch_0.5" / "results.json"
+def test_learning_curve_evaluations_leave_the_run_unchanged(tmp_path_factory, tmp_path):
+    """eval.epochs=(0.5,) writes curve/epoch_0.5/results.json mid-run; the final numbers (returned, and
+    as written to results.json) are those of the shared run without it (the same config otherwise)."""
+    plain = read_results(tiny_default_run(tmp_path_factory, "curve_plain"))
+    with_curve = train.train_and_evaluate(default_config(**{"eval.epochs": (0.5,)}), str(tmp_path))
+    assert json.loads(json.dumps(with_curve)) == read_results(tmp_path) == plain
+    point = tmp_path / "curve" / "epoch_0.5" / "results.json"
     midway = json.loads(point.read_text())
     assert 1 / 6 < midway["closed_set"]["top1"] and midway["closed_set"]["num_examples"] == plain["closed_set"]["num_examples"]
     assert set(midway["open_set"]["unknown_classes"]) == set(plain["open_set"]["unknown_classes"])
@@ -250,7 +249,7 @@ def test_learning_curve_evaluations_leave_the_run_unchanged(tmp_path):
 def test_paper_method_pins_section_2_as_written(tmp_path):
     """--config.method=paper: gradient steps on L_G, Eq. 7 untempered, a scale per component, argmax
     assignments, no re-seed, the whole bank; config.json records the settings the run used."""
-    config = small_config(num_train_steps=3, method="paper")
+    config = default_config(num_train_steps=3, method="paper", **{"eval.scores": ("likelihood",)})
     results = train.train_and_evaluate(config, str(tmp_path))
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["model"]["gmm_update"] == "gradient" and written["model"]["share_scale"] is False
@@ -263,7 +262,7 @@ def test_paper_method_pins_section_2_as_written(tmp_path):
 
 def test_an_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method='papper' is not one of"):
-        train.train_and_evaluate(small_config(method="papper"), "/nonexistent/never/written")
+        train.train_and_evaluate(default_config(method="papper"), "/nonexistent/never/written")
 
 
 def test_softmax_label_smoothing_is_the_cross_entropy_of_smoothed_targets():
@@ -275,7 +274,7 @@ def test_softmax_label_smoothing_is_the_cross_entropy_of_smoothed_targets():
     from lgmm_jax import state as state_lib
     from lgmm_jax.sharding import make_mesh
 
-    config = small_config(**{"model.head": "softmax", "softmax.label_smoothing": 0.1})
+    config = default_config(**{"model.head": "softmax", "softmax.label_smoothing": 0.1})
     protocol = experiment.resolve_protocol(config)
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
     mesh = make_mesh()
@@ -294,7 +293,7 @@ def test_softmax_label_smoothing_is_the_cross_entropy_of_smoothed_targets():
 
 
 def test_softmax_with_mixup_and_cutmix_trains_every_parameter():
-    config = small_config(**{"model.head": "softmax", "softmax.label_smoothing": 0.1,
+    config = default_config(**{"model.head": "softmax", "softmax.label_smoothing": 0.1,
                              "softmax.mixup_alpha": 0.8, "softmax.cutmix_alpha": 1.0})
     initial, trained = trained_parameters(config)
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(trained))]

@@ -63,7 +63,6 @@ import numpy as np
 from PIL import Image
 from skimage import color as sk_color
 from skimage import data as sk_data
-from sklearn import datasets as sk_datasets
 
 from lgmm_jax.data import sources
 
@@ -101,7 +100,9 @@ def load_photograph(name: str) -> np.ndarray:
     """A bundled photograph as uint8 ``[H, W, 3]`` (grayscale ones repeated over three channels)."""
     sklearn_photographs = {"china": "china.jpg", "flower": "flower.jpg"}
     if name in sklearn_photographs:
-        return np.asarray(sk_datasets.load_sample_image(sklearn_photographs[name]), dtype=np.uint8)
+        from sklearn import datasets  # here, not at the top: seconds to import, for two photographs
+
+        return np.asarray(datasets.load_sample_image(sklearn_photographs[name]), dtype=np.uint8)
     photograph = np.asarray(getattr(sk_data, name)(), dtype=np.uint8)
     return sk_color.gray2rgb(photograph) if photograph.ndim == 2 else photograph[..., :3]
 

@@ -52,8 +52,6 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
-from sklearn import datasets as sk_datasets
-from sklearn import model_selection
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_LABEL_NAMES = (
@@ -154,9 +152,19 @@ def _check_split(name: str, split: str, valid: Sequence[str]) -> None:
         raise ValueError(f"unknown split {split!r} for {name}: use one of {', '.join(valid)}")
 
 
+def _sklearn_digits():
+    """scikit-learn's ``load_digits()`` Bunch. sklearn is imported here, not with this module: its import
+    takes seconds (it brings scipy.stats and pandas) and only runs on digits need it."""
+    from sklearn import datasets
+
+    return datasets.load_digits()
+
+
 def digits_split_indices() -> dict[str, np.ndarray]:
     """Sorted indices into ``load_digits()`` of the train / validation / test splits (stratified, fixed)."""
-    labels = sk_datasets.load_digits().target
+    from sklearn import model_selection  # imported here for the reason `_sklearn_digits` gives
+
+    labels = _sklearn_digits().target
     everything = np.arange(len(labels))
     train_full, test = model_selection.train_test_split(
         everything, test_size=_DIGITS_TEST_FRACTION, stratify=labels, random_state=_DIGITS_SEED)
@@ -169,7 +177,7 @@ def digits_split_indices() -> dict[str, np.ndarray]:
 def load_digits_source(split: str) -> ArraySource:
     """scikit-learn's 8x8 digits as uint8 ``[N, 8, 8, 1]`` (values 0..16 rescaled to 0..255)."""
     _check_split("digits", split, ("train", "validation", "test"))
-    digits = sk_datasets.load_digits()
+    digits = _sklearn_digits()
     indices = digits_split_indices()[split]
     images = np.round(digits.images[indices] * (255.0 / 16.0)).astype(np.uint8)[..., None]
     return ArraySource("digits", images, digits.target[indices], DIGIT_LABEL_NAMES)

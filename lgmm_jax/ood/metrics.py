@@ -21,7 +21,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 DEFAULT_TPR = 0.95
 
@@ -60,9 +59,17 @@ def _labels_and_scores(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
     return is_id, np.concatenate([id_scores, ood_scores])
 
 
+def _sklearn_metrics():
+    """sklearn.metrics, imported on first use rather than with this module: its import takes seconds (it
+    brings scipy.stats and pandas), and processes that train without evaluating never need it."""
+    from sklearn import metrics as sk_metrics
+
+    return sk_metrics
+
+
 def _roc(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full ROC curve, one point per distinct score plus the (0, 0) point at threshold +inf."""
-    return sk_metrics.roc_curve(positive, scores, drop_intermediate=False)
+    return _sklearn_metrics().roc_curve(positive, scores, drop_intermediate=False)
 
 
 def _fpr_at_tpr(positive: np.ndarray, scores: np.ndarray, tpr: float) -> float:
@@ -103,6 +110,11 @@ def fpr_at_tpr(id_scores, ood_scores, tpr: float = DEFAULT_TPR) -> float:
     return _fpr_at_tpr(is_id, scores, _validated_tpr(tpr))
 
 
+def auroc(id_scores, ood_scores) -> float:
+    """AUROC with ID positive (``roc_auc_score``; ties count one half): `ood_metrics`' auroc alone."""
+    return float(_sklearn_metrics().roc_auc_score(*_labels_and_scores(id_scores, ood_scores)))
+
+
 def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
     """All open-set detection metrics for one ID set against one OOD set.
 
@@ -130,6 +142,7 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
     """
     is_id, scores = _labels_and_scores(id_scores, ood_scores)
     is_ood = 1 - is_id
+    sk_metrics = _sklearn_metrics()
     fpr_curve, tpr_curve, _ = _roc(is_id, scores)
     return {
         "auroc": float(sk_metrics.roc_auc_score(is_id, scores)),

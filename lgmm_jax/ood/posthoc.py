@@ -32,8 +32,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-from sklearn import metrics as sk_metrics
 
 from lgmm_jax.ood import metrics, scores
 from lgmm_jax.ood.scores import HIGHEST, _as_float, _require_rank
@@ -365,7 +363,7 @@ def rmds_from_statistics(statistics: scores.MahalanobisStatistics) -> RmdsFit:
     count = statistics.counts.sum()
     shifted_mean = statistics.sums.sum(axis=0) / count
     covariance = (statistics.scatter - count * np.outer(shifted_mean, shifted_mean)) / count
-    background_precision = scipy.linalg.pinvh(covariance, check_finite=False)
+    background_precision = scores.pinvh(covariance)
     return RmdsFit(class_means, precision, jnp.asarray(shifted_mean + statistics.shift, jnp.float32),
                    jnp.asarray(background_precision, jnp.float32))
 
@@ -472,7 +470,6 @@ def select_odin_on_ood(
                          f"{known_images.shape} and {unknown_images.shape}.")
     if not temperatures or not epsilons or min(temperatures) <= 0:
         raise ValueError("pass at least one temperature > 0 and one epsilon.")
-    is_known = np.r_[np.ones(len(known_images)), np.zeros(len(unknown_images))]
     grid = _odin_grid_function(logits_fn)
     known = _odin_grid(grid, known_images, temperatures, epsilons, batch_size, input_std)
     unknown = _odin_grid(grid, unknown_images, temperatures, epsilons, batch_size, input_std)
@@ -482,6 +479,6 @@ def select_odin_on_ood(
             setting = (float(temperature), float(epsilon))
             known_row, unknown_row = known[t_index, e_index], unknown[t_index, e_index]
             fprs[setting] = metrics.fpr_at_tpr(known_row, unknown_row, tpr)
-            aurocs[setting] = float(sk_metrics.roc_auc_score(is_known, np.r_[known_row, unknown_row]))
+            aurocs[setting] = metrics.auroc(known_row, unknown_row)
     best = min(fprs, key=lambda setting: (fprs[setting], -aurocs[setting]))  # min keeps the first of ties.
     return OdinOodHyperparameters(best[0], best[1], fprs, aurocs)

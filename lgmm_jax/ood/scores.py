@@ -38,7 +38,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -330,6 +329,14 @@ def accumulate_mahalanobis(statistics: MahalanobisStatistics | None, features, l
     )
 
 
+def pinvh(matrix: np.ndarray) -> np.ndarray:
+    """The pseudo-inverse of a symmetric matrix, `scipy.linalg.pinvh`. scipy is imported here, not with
+    this module: only fitting needs it, and training processes import this module too."""
+    import scipy.linalg
+
+    return scipy.linalg.pinvh(matrix, check_finite=False)
+
+
 def mahalanobis_from_statistics(statistics: MahalanobisStatistics) -> tuple[jax.Array, jax.Array]:
     """(class_means [C, F], precision [F, F]) float32 from accumulated statistics (see fit_mahalanobis).
 
@@ -345,7 +352,7 @@ def mahalanobis_from_statistics(statistics: MahalanobisStatistics) -> tuple[jax.
     shifted_means = statistics.sums / counts[:, None]
     within = statistics.scatter - (shifted_means * counts[:, None]).T @ shifted_means
     covariance = within / counts.sum()
-    precision = scipy.linalg.pinvh(covariance, check_finite=False)
+    precision = pinvh(covariance)
     class_means = shifted_means + statistics.shift
     return jnp.asarray(class_means, jnp.float32), jnp.asarray(precision, jnp.float32)
 

@@ -84,8 +84,9 @@ class Task(abc.ABC):
         """(results.json's dict, what `write_outputs` draws from) for a model's variables."""
 
     @abc.abstractmethod
-    def write_outputs(self, folder: str, results: dict, plots) -> None:
-        """report.md and the task's figures and arrays into `folder` (results.json is written by the caller)."""
+    def write_outputs(self, folder: str, results: dict, plots, with_figures: bool) -> None:
+        """report.md, the task's arrays and, `with_figures`, its PNG figures into `folder` (results.json is
+        written by the caller). Without figures matplotlib is not imported and report.md names no PNG."""
 
     @abc.abstractmethod
     def summary_line(self, results: dict) -> str:

@@ -1,7 +1,5 @@
 """Image operations against brute-force numpy references and the torchvision formulas."""
 
-import math
-
 import numpy as np
 import pytest
 from PIL import Image

@@ -1,7 +1,8 @@
 """Segmenters: reference parameter counts, output shapes on non-square inputs, the
 auxiliary head, the per-pixel L-GMM head, and PyTorch's resizing conventions.
 
-Counts and shapes come from `jax.eval_shape` (nothing is initialised); numerics use a reduced SegFormer.
+Counts and shapes come from `jax.eval_shape` (nothing is initialised); numerics use a reduced SegFormer,
+initialised once for the module (`tiny_segformer`).
 """
 
 import functools
@@ -32,7 +33,23 @@ REFERENCE_ENCODER_COUNTS = {
     "deeplabv3plus_r50": 23_527_264,
 }
 TINY_SEGFORMER = {"widths": (8, 16, 40, 32), "depths": (1, 1, 1, 1), "decoder_width": 16}
+TINY_CLASSES, TINY_LATENT_DIM = 4, 8
 IMAGE_SHAPE = (2, 96, 128, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_segformer():
+    """(model, variables): the reduced SegFormer with the L-GMM head, initialised by one jitted `init`. The
+    tests that share it apply it to their own inputs: SegFormer's variables do not depend on the input
+    size (no position embeddings), and the encoder and decoder are the same whatever the head."""
+    model = create_segmenter("segformer_b0", TINY_CLASSES, "lgmm", latent_dim=TINY_LATENT_DIM,
+                             decoder_kwargs=TINY_SEGFORMER)
+    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False))
+    return model, init(jax.random.key(1))
+
+
+def random_images(*shape: int) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
 
 
 def count(tree) -> int:
@@ -104,38 +121,41 @@ def test_odd_input_sizes_round_up_as_the_strided_convolutions_do():
     assert scores.shape == (1, 25, 16, 3)
 
 
-def test_lgmm_scores_are_the_gmm_log_likelihoods_of_unit_latents():
-    model = create_segmenter("segformer_b0", 5, "lgmm", latent_dim=8, decoder_kwargs=TINY_SEGFORMER)
-    images = np.random.default_rng(0).normal(size=(2, 32, 48, 3)).astype(np.float32)
-
-    @jax.jit
-    def initialise_and_run(images):
-        variables = model.init(jax.random.key(1), images, train=False)
-        return variables, model.apply(variables, images), model.apply(variables, images, method=model.encode)
-
-    variables, scores, z = initialise_and_run(images)
-    assert z.shape == (2, 8, 12, 8) and scores.shape == (2, 8, 12, 5)
+def test_lgmm_scores_are_the_gmm_log_likelihoods_of_unit_latents(tiny_segformer):
+    """On a non-square input, at a quarter of its size: every pixel's latent has unit norm, and its scores
+    are the GMM log-likelihoods (`gmm.log_likelihood`) of that latent under the head's Gaussians and
+    mixture weights."""
+    model, variables = tiny_segformer
+    images = random_images(2, 32, 48, 3)
+    scores_and_latents = jax.jit(lambda variables, images: (
+        model.apply(variables, images), model.apply(variables, images, method=model.encode)))
+    scores, z = scores_and_latents(variables, images)
+    assert z.shape == (2, 8, 12, TINY_LATENT_DIM) and scores.shape == (2, 8, 12, TINY_CLASSES)
     np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
-    means, scales = head_gaussians(variables["params"]["head"], 0.05, 3)
-    expected = log_likelihood(z.reshape(-1, 8), means, scales, variables["mixture"]["head"]["log_weights"])
-    np.testing.assert_allclose(scores.reshape(-1, 5), expected, rtol=1e-5, atol=1e-4)
+    means, scales = head_gaussians(variables["params"]["head"], model.scale_floor, model.num_components)
+    expected = log_likelihood(z.reshape(-1, TINY_LATENT_DIM), means, scales,
+                              variables["mixture"]["head"]["log_weights"])
+    np.testing.assert_allclose(scores.reshape(-1, TINY_CLASSES), expected, rtol=1e-5, atol=1e-4)
     assert np.all(np.isfinite(scores))
 
 
-def test_training_uses_batch_statistics_dropout_and_drop_path():
-    model = create_segmenter("segformer_b0", 4, decoder_kwargs=TINY_SEGFORMER)
-    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+def test_training_uses_batch_statistics_dropout_and_drop_path(tiny_segformer):
+    """A training pass normalises with the batch's statistics and returns updated statistics for the decode
+    head's BatchNorm, and draws its dropout and drop-path masks from the 'dropout' rng: two keys give two
+    different outputs, and neither is the evaluation pass's. The head adds no BatchNorm (the L-GMM
+    head's projection is a Dense) and the same Dropout2d as the softmax head."""
+    model, variables = tiny_segformer
+    images = random_images(2, 32, 32, 3)
 
     @jax.jit
-    def run(images):
-        variables = model.init(jax.random.key(1), images, train=False)
+    def run(variables, images):
         train = lambda key: model.apply(
             variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(key)}
         )
         return train(0), train(1), model.apply(variables, images, train=False)
 
-    (first, updates), (second, _), evaluation = run(images)
-    assert first.shape == evaluation.shape == (2, 8, 8, 4)
+    (first, updates), (second, _), evaluation = run(variables, images)
+    assert first.shape == evaluation.shape == (2, 8, 8, TINY_CLASSES)
     assert not np.allclose(first, second)
     assert not np.allclose(first, evaluation)
     assert set(updates["batch_stats"]["decoder"]["decode_head"]) == {"linear_fuse_bn"}
@@ -217,14 +237,14 @@ def test_bad_names_and_options_raise_one_line_errors():
         create_segmenter("segformer_b0", 0)
 
 
-def test_mits_convolutions_start_as_the_official_code_starts_them():
+def test_mits_convolutions_start_as_the_official_code_starts_them(tiny_segformer):
     """NVlabs' mix_transformer.py `_init_weights`: a Conv2d's weight ~ N(0, 2 / fan_out) with fan_out =
     k * k * out_channels / groups, so Mix-FFN's 3x3 depthwise conv starts at std sqrt(2/9) whatever its
     width (flax's own fan_out, which ignores the groups, gives sqrt(2 / (9 * width)): 5.7x smaller at the
     tiny model's narrowest 32), and the 7x7 patch embedding at sqrt(2 / (49 * width)). Sample stds of n
-    draws are compared within 6 standard errors, sqrt(1 / (2n)) relative."""
-    model = create_segmenter("segformer_b0", 3, decoder_kwargs=TINY_SEGFORMER)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+    draws are compared within 6 standard errors, sqrt(1 / (2n)) relative. The encoder's kernels are the
+    same whatever the head and the input size."""
+    _, variables = tiny_segformer
     flat = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
             jax.tree_util.tree_leaves_with_path(variables["params"])}
     depthwise = {name: kernel for name, kernel in flat.items() if "dwconv" in name and name.endswith("['kernel']")}
@@ -242,9 +262,14 @@ def test_deeplabs_resnet_starts_each_bottleneck_as_the_identity_as_mmseg_does():
     from lgmm_jax.models.deeplab import ResNetV1c
 
     model = ResNetV1c(depth=50)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
-    scales = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-              if jax.tree_util.keystr(path).endswith("['scale']")}
+
+    @jax.jit  # returning the scales only, XLA compiles none of the other initialisers
+    def batch_norm_scales():
+        params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+        return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                if jax.tree_util.keystr(path).endswith("['scale']")}
+
+    scales = jax.tree.map(np.asarray, batch_norm_scales())
     zero = sorted(name for name, scale in scales.items() if not scale.any())
     assert len(zero) == 3 + 4 + 6 + 3  # one per bottleneck of ResNet-50
     assert all("['BatchNorm_2']" in name for name in zero)  # the one after the last 1x1 conv

@@ -113,10 +113,12 @@ class ClassificationTask(Task):
     def evaluate(self, config, model, variables, protocol, mesh):
         return evaluation.evaluate(config, model, variables, protocol, mesh, self.unknown_set_names(protocol))
 
-    def write_outputs(self, folder: str, results: dict, plots: evaluation.ScoreSets) -> None:
-        """report.md, each unknown set's ROC and histogram plots, scores.npz."""
+    def write_outputs(self, folder: str, results: dict, plots: evaluation.ScoreSets, with_figures: bool) -> None:
+        """report.md, scores.npz and, `with_figures`, each unknown set's ROC and histogram plots."""
         lgmm_report.write_report(folder, report.render(results))
-        report.write_plots(folder, {name: (plots.known_against(name), unknown) for name, unknown in plots.unknown.items()})
+        if with_figures:
+            report.write_plots(folder, {name: (plots.known_against(name), unknown)
+                                        for name, unknown in plots.unknown.items()})
         evaluation.write_scores(folder, plots)
 
     def summary_line(self, results: dict) -> str:

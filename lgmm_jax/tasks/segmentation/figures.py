@@ -1,6 +1,7 @@
 """Figure 3 of the paper for a segmentation run: pictures a person would rather look at than read.
 
-For each unknown set, written by every segmentation evaluation into its output folder:
+For each unknown set, written by every segmentation evaluation into its output folder (the PNGs only where
+`eval.figures` is on):
 
 - `pictures_<set>.png`: one row per test image: the image, the ground-truth anomaly map (white anomaly,
   black known, grey void), the predicted segmentation (one colour per class) and the per-pixel anomaly
@@ -111,10 +112,13 @@ def draw_roc(roc: dict[str, tuple[np.ndarray, np.ndarray]], set_name: str):
     return figure
 
 
-def save_arrays(folder: str, name: str, arrays: dict[str, np.ndarray]) -> None:
+def save_arrays(folder: str, name: str, arrays: dict[str, np.ndarray]) -> str:
+    """`arrays` as folder/name (.npz, compressed) through etils.epath; returns the path."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    (epath.Path(folder) / name).write_bytes(buffer.getvalue())
+    path = epath.Path(folder) / name
+    path.write_bytes(buffer.getvalue())
+    return str(path)
 
 
 def load_arrays(folder: str, name: str) -> dict[str, np.ndarray]:
@@ -126,9 +130,18 @@ def stack_pictures(pictures: list[dict]) -> dict[str, np.ndarray]:
     return {key: np.stack([p[key] for p in pictures]) for key in pictures[0]} if pictures else {}
 
 
+def write_picture_arrays(folder: str, plots) -> list[str]:
+    """pictures_<set>.npz for every unknown set of `plots` (`evaluation.SegmentationPlots`) that has
+    pictures: what `compare` draws, written with or without the PNGs."""
+    written = []
+    for set_name, pictures in plots.pictures.items():
+        if pictures:
+            written.append(save_arrays(folder, f"pictures_{set_name}.npz", stack_pictures(pictures)))
+    return written
+
+
 def write_figures(folder: str, plots) -> list[str]:
-    """pictures_<set>.png / .npz and roc_<set>.png for every unknown set of `plots`
-    (`evaluation.SegmentationPlots`)."""
+    """pictures_<set>.png and roc_<set>.png for every unknown set of `plots` (`evaluation.SegmentationPlots`)."""
     import matplotlib.pyplot as plt
 
     written = []
@@ -142,7 +155,6 @@ def write_figures(folder: str, plots) -> list[str]:
                                f"{plots.head}: {set_name} (bright = flagged as unknown)")
             written.append(report.save_figure(figure, folder, f"pictures_{set_name}.png"))
             plt.close(figure)
-            save_arrays(folder, f"pictures_{set_name}.npz", stack_pictures(pictures))
         figure = draw_roc(plots.roc[set_name], set_name)
         written.append(report.save_figure(figure, folder, f"roc_{set_name}.png"))
         plt.close(figure)

@@ -8,9 +8,9 @@ from lgmm_jax.report import markdown_table, percent
 PIXEL_METRIC_COLUMNS = (("auroc", "AUROC ↑"), ("ap", "AP ↑"), ("fpr95", "FPR95 ↓"))
 
 
-def render(results: dict) -> str:
+def render(results: dict, with_figures: bool) -> str:
     """Markdown: mIoU / aAcc and per-class IoU (Table 5), pixel AUROC / AP / FPR95 per unknown set
-    (Table 6), the rejection thresholds."""
+    (Table 6), the rejection thresholds; `with_figures`, where the pictures and ROC curves are."""
     closed = results["closed_set"]
     names = results.get("label_names") or [str(i) for i in range(len(closed["iou"]))]
     show = lambda value: "–" if value is None else percent(value)  # noqa: E731
@@ -18,8 +18,8 @@ def render(results: dict) -> str:
         f"# {results['head']} / {results['encoder']} on {results['protocol']} (segmentation, "
         f"{results['inference']} inference)",
         "",
-        "Numbers in percent. ↑ higher is better, ↓ lower is better. Pictures: pictures_<set>.png; pixel "
-        "ROC curves: roc_<set>.png.",
+        "Numbers in percent. ↑ higher is better, ↓ lower is better."
+        + (" Pictures: pictures_<set>.png; pixel ROC curves: roc_<set>.png." if with_figures else ""),
         "",
         "## Closed-set segmentation (Table 5): mmseg's mIoU, void excluded",
         "",

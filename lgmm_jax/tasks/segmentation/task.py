@@ -161,10 +161,14 @@ class SegmentationTask(Task):
     def evaluate(self, config, model, variables, protocol, mesh):
         return evaluation.evaluate(config, model, variables, protocol, mesh, self.unknown_set_names(protocol))
 
-    def write_outputs(self, folder: str, results: dict, plots: evaluation.SegmentationPlots) -> None:
-        """report.md and Figure 3's pictures and pixel ROC curves of each anomaly set (`figures`)."""
-        lgmm_report.write_report(folder, report.render(results))
-        figures.write_figures(folder, plots)
+    def write_outputs(self, folder: str, results: dict, plots: evaluation.SegmentationPlots,
+                      with_figures: bool) -> None:
+        """report.md, the arrays of Figure 3's pictures and, `with_figures`, the pictures and pixel ROC
+        curves of each anomaly set (`figures`)."""
+        lgmm_report.write_report(folder, report.render(results, with_figures))
+        figures.write_picture_arrays(folder, plots)
+        if with_figures:
+            figures.write_figures(folder, plots)
 
     def summary_line(self, results: dict) -> str:
         return report.summary_line(results)
