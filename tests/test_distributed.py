@@ -6,7 +6,8 @@ Device and process counts need their own JAX processes (the fake CPU device coun
 starts): each configuration runs `python -m lgmm_jax.main` in a subprocess on the same config -- the
 digits 6/4 protocol (6 known classes: split over 2 devices, replicated over 4), 40 steps with the k-means
 re-seed after epoch 1 (`tests.test_cli.reference_run`) -- and the runs are compared with one device in
-one process.
+one process. These runs are marked slow (minutes of subprocess runs on 2 cores): `pytest --slow`,
+README's test command and CI run them; the quick tier leaves them out.
 
 The optimiser is SGD with momentum: a sharded batch sums its gradient in another order, so runs differ
 by float rounding, and SGD keeps such differences at rounding size. (Adam's first update is
@@ -190,6 +191,7 @@ def assert_same_results(workdir, reference) -> None:
             raise AssertionError(f"results.json has a number this test does not know how to compare: {name}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "devices, placement",
     [
@@ -229,6 +231,7 @@ def start_process(workdir, index: int, port: int, log, cache) -> subprocess.Pope
     )
 
 
+@pytest.mark.slow
 def test_two_processes_of_two_devices_give_the_numbers_of_one_process(one_device, tmp_path, cache):
     """Two processes joined by jax.distributed on localhost (explicit coordinator), one shared workdir."""
     workdir, port = tmp_path / "two_processes", portpicker.pick_unused_port()
@@ -414,6 +417,7 @@ def assert_close_numbers(workdir, reference) -> None:
             np.testing.assert_allclose(run[name], value, rtol=rtol, atol=atol, err_msg=name)
 
 
+@pytest.mark.slow
 def test_a_segmentation_run_on_two_processes_of_two_devices_gives_the_numbers_of_one_device(
     tmp_path, tmp_path_factory, cache
 ):

@@ -8,7 +8,8 @@ so "the same numbers" means equal floats; one damaged-checkpoint case trains in 
 command does) and compare with an uninterrupted run of the same command (`tests.test_cli.reference_run`).
 Its schedule exercises what must come back: a cosine learning rate over the run, SGD's momentum, the k-means
 re-seed of the means after epoch 1 (step 9), the memory bank, the RNG key and the data iterator (40 steps:
-several epochs of 9 steps).
+several epochs of 9 steps). Those end-to-end tests are marked slow (minutes of subprocess runs on 2 cores):
+`pytest --slow`, README's test command and CI run them; the quick tier leaves them out.
 
 The segmentation test comes first on purpose: under pytest-xdist this module and test_distributed.py
 start side by side on the two workers, and test_distributed.py starts with `reference_run`; this module
@@ -97,6 +98,7 @@ def claim_owner(workdir) -> workdir_claim.Owner:
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_segmentation_run_preempted_then_killed_then_rerun_gives_the_uninterrupted_numbers(
     uninterrupted_segmentation, tmp_path, cache
 ):
@@ -195,6 +197,7 @@ def assert_a_second_run_is_refused_at_once(first, workdir, cache) -> None:
     assert seconds < BAD_INPUT_SECONDS, f"refused after {seconds:.1f}s"
 
 
+@pytest.mark.slow
 def test_second_run_on_a_busy_workdir_is_refused_and_preempted_killed_rerun_gives_the_uninterrupted_numbers(
     uninterrupted, reference_stream, tmp_path, cache
 ):
@@ -408,6 +411,7 @@ def assert_set_aside_and_resumed_from_the_one_before(workdir, damaged_files, war
     assert_same_numbers(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_truncated_latest_checkpoint_is_set_aside_and_the_rerun_resumes_from_the_one_before(
     uninterrupted, tmp_path, cache
 ):
@@ -422,6 +426,7 @@ def test_a_truncated_latest_checkpoint_is_set_aside_and_the_rerun_resumes_from_t
     assert_set_aside_and_resumed_from_the_one_before(workdir, damaged_files, warning, rerun.stdout, uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_latest_checkpoint_missing_its_largest_file_is_set_aside_and_the_rerun_resumes_from_the_one_before(
     uninterrupted, tmp_path, capfd
 ):
@@ -446,6 +451,7 @@ def start_read_only_command(module: str, workdir, output, cache) -> subprocess.P
     )
 
 
+@pytest.mark.slow
 def test_evaluate_and_export_skip_a_damaged_checkpoint_say_so_and_change_nothing(uninterrupted, tmp_path, cache):
     """Read-only: the damaged step stays where it is; the checkpoint before it is evaluated and exported
     (the two commands side by side), with the numbers an evaluation of that checkpoint gives (made here,
@@ -582,6 +588,7 @@ def small_disk(tmp_path, uninterrupted):
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_stops_with_one_line_and_the_rerun_after_freeing_space_resumes(uninterrupted, small_disk, cache):
     workdir = small_disk / "workdir"
 
