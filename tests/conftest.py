@@ -45,7 +45,7 @@ def pytest_unconfigure(config):
 
 
 # Modules by their time on 2 cores (seconds of test time with --slow, measured with --durations on a full
-# run: 1,117 s over the two workers), slowest first.
+# run in a fast hour of this shared machine: 1,117 s over the two workers), slowest first.
 SLOWEST_FIRST = (
     "tests/test_faults.py",  # ~175: preempted, killed, damaged, full-disk reruns (slow: ~170)
     "tests/test_distributed.py",  # ~165: multi-device and multi-process runs (slow: ~165)
