@@ -5,9 +5,14 @@
   and every subprocess a test starts (they inherit the environment) compiles a given program once. Tests
   train the same small models many times, and on 2 cores compiling is most of a small run's time. A
   cached executable is the one XLA compiled, so no number changes.
-- XLA's CPU backend compiles at optimisation level 1 (`--xla_backend_optimization_level=1`, unless
-  XLA_FLAGS already sets a level): compiling is a third cheaper (a cold 10-step testbed run: 51 s of CPU
-  at the default level, 33 s at level 1) and the tests' programs are small, so they hardly run slower. It
+- XLA's CPU backend compiles at optimisation level 1 without LLVM's expensive passes
+  (`--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true`, each unless XLA_FLAGS
+  already sets it). Compiling is most of the suite's time (tests/test_objective.py and test_train.py
+  together: 262 s with an empty compilation cache, 80 s with a full one); level 1 makes it a third
+  cheaper than the default (a cold 10-step testbed run: 51 s of CPU at the default level, 33 s at level
+  1), the expensive passes off another fifth (test_objective.py: 126 s, then 103 s), and the tests'
+  programs are small, so they hardly run slower (level 0 compiles faster still but runs the digits
+  runs' convolutions at half speed: test_train, test_evaluate and test_export 225 s against 183 s). It
   is one more float path, like another CPU's: every comparison between runs is made under the same flags,
   with tolerances derived to hold across float paths (tests/test_distributed.py), and the comparisons
   with reference implementations (scikit-learn, the pretrained fixtures) have tolerances far above
@@ -18,20 +23,28 @@
   and left one worker idle while it ran);
   training runs that several modules derive checks from are made once per session
   (`tests/shared_runs.py`).
-- Two tiers. `pytest tests` is the quick one: it leaves out the tests marked `slow`, the multi-device,
-  multi-process and fault-injection runs of test_distributed.py and test_faults.py, which start their
-  own training processes (about 340 of the suite's 1,120 seconds of test time). `pytest tests --slow` runs
-  everything; README's test command and CI do.
+- Two tiers. `pytest tests` is the quick one: it leaves out the tests marked `slow`, each with its reason
+  where it is marked: the multi-device, multi-process and fault-injection runs of test_distributed.py and
+  test_faults.py, the testbed's training runs in subprocesses (test_segmentation.py, test_tasks.py's
+  segmentation run), the full-width pretrained references and the published segmenter's export
+  (test_pretrained.py), the paper-shape and six-step GMMSeg runs (test_gmmseg.py), the garment-classifier
+  chain (test_initial_weights.py), the softmax segmenter's train step (test_tasks.py), CIFAR-100's TFDS
+  step (test_train.py) and ResNet-50's initialisation (models/test_resnet.py). Every module keeps its unit tests in the quick tier.
+  `pytest tests --slow` runs everything; README's test command and CI do.
+- `LGMM_TEST_COMPILATION_CACHE=DIR` keeps the compilation cache in DIR after the session (otherwise a
+  temporary folder, removed at the end): a second run with the same DIR skips compiling.
 """
 import os
 import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
+for flag, value in (("xla_backend_optimization_level", "1"), ("xla_llvm_disable_expensive_passes", "true")):
+    if flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{flag}={value}".strip()
 if "LGMM_TEST_COMPILATION_CACHE" not in os.environ:  # the controller; xdist's workers inherit it
     os.environ["LGMM_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="lgmm_jax_tests_xla_cache_")
+    os.environ["LGMM_TEST_COMPILATION_CACHE_IS_TEMPORARY"] = "1"
 os.environ.update(
     JAX_COMPILATION_CACHE_DIR=os.environ["LGMM_TEST_COMPILATION_CACHE"],
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -40,7 +53,7 @@ os.environ.update(
 
 
 def pytest_unconfigure(config):
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("LGMM_TEST_COMPILATION_CACHE_IS_TEMPORARY"):
         shutil.rmtree(os.environ["LGMM_TEST_COMPILATION_CACHE"], ignore_errors=True)
 
 

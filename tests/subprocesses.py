@@ -1,6 +1,16 @@
 """Helpers for tests that run the command-line tools in subprocesses."""
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python args` (from the repository root) started in the background, stdout and stderr piped: a test's
+    CLI calls run side by side, each read back with `finish`."""
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def finish(process: subprocess.Popen, timeout: float = 240) -> subprocess.CompletedProcess:

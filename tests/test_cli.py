@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shared_runs import shared_folder
+from tests.shared_runs import shared_folder, tiny_default_run
 
 REPO = Path(__file__).resolve().parents[1]
 BAD_INPUT_SECONDS = 60  # generous for a loaded 2-core CI machine; each case takes a few seconds
@@ -173,9 +173,9 @@ def segmentation_reference_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
-    """A copy of a finished run's workdir (checkpoints, config.json, metrics, results)."""
-    workdir = tmp_path_factory.mktemp("trained") / "workdir"
-    shutil.copytree(reference_run(tmp_path_factory), workdir)
+    """A copy of a finished run's workdir (checkpoints, config.json, metrics, results): the session's
+    shared default run, made in-process."""
+    workdir = tiny_default_run(tmp_path_factory, "trained")
     assert committed_steps(workdir)
     return workdir
 

@@ -6,8 +6,6 @@ The session's tiny training run (30 steps on digits, shared with other modules);
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,17 +17,10 @@ from lgmm_jax.ood import metrics
 from lgmm_jax.data import sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from tests.shared_runs import tiny_default_run
-from tests.subprocesses import finish, one_line_error
+from tests.subprocesses import finish, one_line_error, start
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FOLDER_SET = "digits_unknown"
-
-
-def start(module, *args):
-    """`python -m module args` started in the background (the CLI calls of a module run side by side)."""
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +46,13 @@ def run(tmp_path_factory):
     shutil.copy(os.path.join(workdir, "config.json"), no_checkpoint)
 
     processes = {
-        "workdir": start("lgmm_jax.evaluate", f"--workdir={workdir}", f"--ood_datasets=folder={folder}",
+        "workdir": start("-m", "lgmm_jax.evaluate", f"--workdir={workdir}", f"--ood_datasets=folder={folder}",
                          "--config.eval.figures=true"),  # the run drew none; its evaluation draws them
-        "model": start("lgmm_jax.evaluate", f"--model={exported}", f"--output={root / 'model_evaluation'}"),
-        "no_checkpoint": start("lgmm_jax.evaluate", f"--workdir={no_checkpoint}"),
-        "override": start("lgmm_jax.evaluate", f"--workdir={workdir}", f"--output={root / 'batch_7'}",
+        "model": start("-m", "lgmm_jax.evaluate", f"--model={exported}", f"--output={root / 'model_evaluation'}"),
+        "no_checkpoint": start("-m", "lgmm_jax.evaluate", f"--workdir={no_checkpoint}"),
+        "override": start("-m", "lgmm_jax.evaluate", f"--workdir={workdir}", f"--output={root / 'batch_7'}",
                           "--config.eval_batch_size=7"),
-        "config_file": start("lgmm_jax.evaluate", f"--workdir={workdir}", "--config=configs/cifar10.py"),
+        "config_file": start("-m", "lgmm_jax.evaluate", f"--workdir={workdir}", "--config=configs/cifar10.py"),
     }
     completed = {name: finish(process) for name, process in processes.items()}
     for name in ("workdir", "model"):

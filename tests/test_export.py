@@ -25,9 +25,8 @@ from lgmm_jax.data import pipeline, sources
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from lgmm_jax.sharding import make_mesh
 from tests.shared_runs import tiny_default_run, tiny_softmax_run
-from tests.subprocesses import finish, one_line_error, run_stablehlo
+from tests.subprocesses import finish, one_line_error, run_stablehlo, start
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOWN = list(MNIST_SPLITS[0])  # digits_6_4, split 0
 
 FRESH_PROCESS_PREDICT = textwrap.dedent("""
@@ -41,11 +40,6 @@ FRESH_PROCESS_PREDICT = textwrap.dedent("""
         outputs.update({f"{name}/{key}": value for key, value in model.predict(inputs[name]).items()})
     np.savez(sys.argv[3], **outputs)
 """)
-
-
-def start(*args):
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
 
 
 def known_images(split):

@@ -38,19 +38,17 @@ from ml_collections import config_flags
 
 from configs import default
 from lgmm_jax import checkpointing, cli, evaluate, experiment, train, workdir_claim
-from tests.subprocesses import finish, one_line_error
+from tests.subprocesses import finish, one_line_error, start
 from tests.test_cli import (
     BAD_INPUT_SECONDS,
     REFERENCE_ARGS,
     REFERENCE_BATCH_SIZE,
     REFERENCE_STEPS,
-    REPO,
     SEGMENTATION_ARGS,
     SEGMENTATION_STEPS,
     cli_env,
     committed_steps,
     compilation_cache,
-    main_command,
     reference_run,
     run_main,
     segmentation_reference_run,
@@ -250,6 +248,7 @@ def test_second_run_on_a_busy_workdir_is_refused_and_preempted_killed_rerun_give
     assert not (workdir / workdir_claim.OWNER_FILE).exists()  # released at the end
 
 
+@pytest.mark.slow  # needs the reference run (a 40-step CLI run): ~40 s
 def test_every_checkpoint_resumes_the_data_where_its_step_left_off(uninterrupted, reference_stream):
     steps = committed_steps(uninterrupted)
     assert steps == [REFERENCE_STEPS - 10, REFERENCE_STEPS - 5, REFERENCE_STEPS]  # keep_checkpoints=3
@@ -443,14 +442,6 @@ def test_a_latest_checkpoint_missing_its_largest_file_is_set_aside_and_the_rerun
     assert_set_aside_and_resumed_from_the_one_before(workdir, damaged_files, warning, stdout, uninterrupted)
 
 
-def start_read_only_command(module: str, workdir, output, cache) -> subprocess.Popen:
-    """`python -m module --workdir=workdir --output=output` (evaluate, export) started in the background."""
-    return subprocess.Popen(
-        main_command(workdir, f"--output={output}", module=module), cwd=REPO, env=cli_env(cache=cache),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
 @pytest.mark.slow
 def test_evaluate_and_export_skip_a_damaged_checkpoint_say_so_and_change_nothing(uninterrupted, tmp_path, cache):
     """Read-only: the damaged step stays where it is; the checkpoint before it is evaluated and exported
@@ -459,8 +450,10 @@ def test_evaluate_and_export_skip_a_damaged_checkpoint_say_so_and_change_nothing
     workdir = damaged_copy(uninterrupted, tmp_path, "truncated")
     before = tree_digest(workdir)
     previous = REFERENCE_STEPS - 5
-    evaluating = start_read_only_command("lgmm_jax.evaluate", workdir, tmp_path / "evaluated", cache)
-    exporting = start_read_only_command("lgmm_jax.export", workdir, tmp_path / "exported", cache)
+    evaluating = start("-m", "lgmm_jax.evaluate", f"--workdir={workdir}", f"--output={tmp_path / 'evaluated'}",
+                       env=cli_env(cache=cache))
+    exporting = start("-m", "lgmm_jax.export", f"--workdir={workdir}", f"--output={tmp_path / 'exported'}",
+                      env=cli_env(cache=cache))
 
     expected = tmp_path / "up_to_previous"  # the same run without its last checkpoint
     shutil.copytree(uninterrupted, expected)

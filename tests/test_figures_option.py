@@ -1,8 +1,8 @@
 """`eval.figures`: an evaluation's PNG figures, on by default, off for runs whose figures nobody looks at.
 
-End to end: the reference CLI run (`tests.test_cli.REFERENCE_ARGS`, figures off, made once per session)
-wrote no PNG and its report.md names none. Then each task's outputs written with and without figures from
-the same numbers, with no model run: the reference's results.json and scores.npz for classification, a few
+End to end: the session's shared default run (`tests.shared_runs.default_config`, figures off, made once
+per session) wrote no PNG and its report.md names none. Then each task's outputs written with and without figures from
+the same numbers, with no model run: the shared run's results.json and scores.npz for classification, a few
 made-up pixels for segmentation. Without figures matplotlib is never imported (importing it fails there).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 from lgmm_jax import evaluate
 from lgmm_jax.tasks.classification.evaluation import ScoreSets
 from lgmm_jax.tasks.segmentation.evaluation import SegmentationPlots
-from tests.test_cli import reference_run
+from tests.shared_runs import shared_folder, train_default_in_process
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,13 +54,18 @@ def score_sets(path: Path) -> ScoreSets:
     return ScoreSets(validation, known, tables, known_for_set)
 
 
+def shared_run(tmp_path_factory) -> Path:
+    """The session's shared default run (read only here)."""
+    return shared_folder(tmp_path_factory, "tiny_default_run", train_default_in_process)
+
+
 def classification_case(request):
-    """(config, results, plots, the PNGs figures add) of the reference run."""
-    reference = reference_run(request.getfixturevalue("tmp_path_factory"))
-    config = ml_collections.ConfigDict(json.loads((reference / "config.json").read_text()))
-    results = json.loads((reference / "results.json").read_text())
+    """(config, results, plots, the PNGs figures add) of the shared default run."""
+    run = shared_run(request.getfixturevalue("tmp_path_factory"))
+    config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    results = json.loads((run / "results.json").read_text())
     expected = [f"{kind}_{name}.png" for name in results["open_set"] for kind in ("hist", "roc")]
-    return config, results, score_sets(reference / "scores.npz"), expected
+    return config, results, score_sets(run / "scores.npz"), expected
 
 
 def segmentation_case(request):
@@ -91,12 +96,12 @@ ARRAYS = {"classification": "scores.npz", "segmentation": "pictures_near.npz"}  
 
 
 def test_a_run_without_figures_writes_no_png_and_its_report_names_none(tmp_path_factory):
-    reference = reference_run(tmp_path_factory)
-    assert json.loads((reference / "config.json").read_text())["eval"]["figures"] is False
-    assert pngs(reference) == []
-    report = (reference / "report.md").read_text()
+    run = shared_run(tmp_path_factory)
+    assert json.loads((run / "config.json").read_text())["eval"]["figures"] is False
+    assert pngs(run) == []
+    report = (run / "report.md").read_text()
     assert "top-1" in report and ".png" not in report
-    assert (reference / "scores.npz").exists()
+    assert (run / "scores.npz").exists()
 
 
 def test_figures_are_on_by_default_and_for_a_config_saved_before_the_option():

@@ -267,6 +267,7 @@ def test_a_bad_gmmseg_number_is_refused_by_name_before_any_work(key, value, mess
         experiment.check_config(config, num_devices=1)
 
 
+@pytest.mark.slow  # six train steps of a segmenter, each against the transcription: ~60 s
 def test_gmmseg_steps_train_the_encoder_feed_the_queues_and_move_the_gaussians_every_fifth_step():
     config = gmmseg_config()
     mesh = make_mesh()
@@ -325,6 +326,7 @@ def test_gmmseg_steps_train_the_encoder_feed_the_queues_and_move_the_gaussians_e
         assert all(jax.tree.leaves(moved))  # every encoder array, the class LayerNorm's included
 
 
+@pytest.mark.slow  # compiles a step of the paper's SegFormer-B5 head shapes: ~30 s
 def test_a_gmmseg_step_runs_on_the_shapes_of_the_paper_ade20k_segformer():
     """The whole step traced (jax.eval_shape: shapes only, nothing computed) on ADE20K's SegFormer-B5 with
     two 512x512 crops: 150 classes x 8 components, GMMSeg's 32,000-latent queues."""

@@ -167,6 +167,7 @@ def test_every_other_unusable_file_is_one_line_and_writes_nothing(kind, fragment
     assert_nothing_written(workdir)
 
 
+@pytest.mark.slow  # trains a garment classifier, then builds and loads the testbed segmenter: ~45 s
 def test_the_testbed_segmenter_starts_from_a_garment_classifier(tmp_path):
     """README's two commands: configs/scenes_garments.py trains the testbed segmenter's encoder as a
     classifier of the known garments (the held-out ones are its unknown classes), and configs/scenes.py

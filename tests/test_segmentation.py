@@ -316,6 +316,7 @@ def exported(quick_run, tmp_path_factory):
     return head, folder
 
 
+@pytest.mark.slow  # trains the testbed with each head in subprocesses: ~140 s of the quick tier
 def test_the_testbed_trains_and_evaluates_end_to_end(quick_run):
     head, workdir, result = quick_run
     results = json.loads((workdir / "results.json").read_text())
@@ -335,6 +336,7 @@ def test_the_testbed_trains_and_evaluates_end_to_end(quick_run):
     assert "mIoU" in result.stdout
 
 
+@pytest.mark.slow  # trains the testbed with each head in subprocesses: ~140 s of the quick tier
 def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(exported, tmp_path):
     _, exported = exported
     from lgmm_jax import inference
@@ -365,6 +367,7 @@ def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(exported, t
         model.predict(images.astype(np.float32))
 
 
+@pytest.mark.slow  # trains the testbed with each head in subprocesses: ~140 s of the quick tier
 def test_evaluating_the_workdir_again_reproduces_the_training_runs_results(softmax_quick_run, tmp_path):
     """`python -m lgmm_jax.evaluate --workdir` of the softmax testbed run: the same results.json. (The L-GMM
     reference's evaluation again is test_tasks.py's, in-process, on the same whole-results equality.)"""
@@ -378,6 +381,7 @@ def test_evaluating_the_workdir_again_reproduces_the_training_runs_results(softm
     assert again == json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow  # trains the testbed with each head in subprocesses: ~140 s of the quick tier
 def test_every_trainable_parameter_of_both_segmenters_moves(quick_run):
     """The comparison's two sides both learn: after the run's steps no leaf is at its initial value
     (decoder, projection, GMM head for L-GMM; decoder and classifier for softmax)."""

@@ -80,8 +80,11 @@ def test_the_config_check_refuses_the_other_tasks_model(task):
         experiment.check_config(config, num_devices=1)
 
 
-@pytest.mark.parametrize("head", ["lgmm", "softmax"])
-@pytest.mark.parametrize("task", sorted(tasks.TASK_PACKAGES))
+@pytest.mark.parametrize("task, head", [
+    (task, head) if (task, head) != ("segmentation", "softmax")
+    # ~45 s of compiling: the slow tier's (the quick tier checks its per-pixel loss in test_losses.py)
+    else pytest.param(task, head, marks=pytest.mark.slow)
+    for task in sorted(tasks.TASK_PACKAGES) for head in ("lgmm", "softmax")])
 def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
     config = experiment.check_config(tiny_config(task, head), num_devices=1)
     mesh = make_mesh()
@@ -124,7 +127,10 @@ def shared_run(task: str, tmp_path_factory) -> pathlib.Path:
     return segmentation_reference_run(tmp_path_factory)
 
 
-@pytest.mark.parametrize("task", sorted(tasks.TASK_PACKAGES))
+@pytest.mark.parametrize("task", [
+    # segmentation's shared run is the testbed reference, a CLI run the slow tier makes anyway
+    pytest.param(task, marks=pytest.mark.slow) if task == "segmentation" else task
+    for task in sorted(tasks.TASK_PACKAGES)])
 def test_a_trained_run_of_every_task_evaluates_exports_loads_and_predicts(task, tmp_path_factory, tmp_path):
     """The task's shared run evaluated again in-process gives its training run's results.json, whole; its
     export (shared with test_segmentation.py for the segmentation reference) loads as the task's model

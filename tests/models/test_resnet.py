@@ -27,7 +27,8 @@ def batch_norm_scales(name, **kwargs) -> dict:
     return scales
 
 
-@pytest.mark.parametrize("name", sorted(LAST_BATCH_NORM))
+@pytest.mark.parametrize("name", [  # ResNet-50 initialises for ~15 s: the slow tier
+    pytest.param(name, marks=pytest.mark.slow) if name == "resnet50" else name for name in sorted(LAST_BATCH_NORM)])
 def test_zero_init_residual_zeroes_exactly_the_last_batch_norm_of_each_block(name):
     scales = batch_norm_scales(name, zero_init_residual=True)
     last = {key for key in scales if key[1] == LAST_BATCH_NORM[name]}
