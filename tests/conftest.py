@@ -29,7 +29,8 @@
   segmentation run), the full-width pretrained references and the published segmenter's export
   (test_pretrained.py), the paper-shape and six-step GMMSeg runs (test_gmmseg.py), the garment-classifier
   chain (test_initial_weights.py), the softmax segmenter's train step (test_tasks.py), CIFAR-100's TFDS
-  step (test_train.py) and ResNet-50's initialisation (models/test_resnet.py). Every module keeps its unit tests in the quick tier.
+  step (test_train.py) and ResNet-50's initialisation (models/test_resnet.py). Every module keeps its
+  unit tests in the quick tier.
   `pytest tests --slow` runs everything; README's test command and CI do.
 - `LGMM_TEST_COMPILATION_CACHE=DIR` keeps the compilation cache in DIR after the session (otherwise a
   temporary folder, removed at the end): a second run with the same DIR skips compiling.
@@ -42,9 +43,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 for flag, value in (("xla_backend_optimization_level", "1"), ("xla_llvm_disable_expensive_passes", "true")):
     if flag not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{flag}={value}".strip()
-if "LGMM_TEST_COMPILATION_CACHE" not in os.environ:  # the controller; xdist's workers inherit it
+# Made here by the controller when no DIR is given (xdist's workers inherit it, and leave it alone).
+CACHE_IS_TEMPORARY = "LGMM_TEST_COMPILATION_CACHE" not in os.environ
+if CACHE_IS_TEMPORARY:
     os.environ["LGMM_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="lgmm_jax_tests_xla_cache_")
-    os.environ["LGMM_TEST_COMPILATION_CACHE_IS_TEMPORARY"] = "1"
 os.environ.update(
     JAX_COMPILATION_CACHE_DIR=os.environ["LGMM_TEST_COMPILATION_CACHE"],
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -53,7 +55,7 @@ os.environ.update(
 
 
 def pytest_unconfigure(config):
-    if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("LGMM_TEST_COMPILATION_CACHE_IS_TEMPORARY"):
+    if CACHE_IS_TEMPORARY:
         shutil.rmtree(os.environ["LGMM_TEST_COMPILATION_CACHE"], ignore_errors=True)
 
 

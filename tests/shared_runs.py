@@ -77,6 +77,11 @@ def train_default_softmax_in_process(workdir: Path) -> None:
     train_default_in_process(workdir, **{"model.head": "softmax"})
 
 
+def shared_default_run(tmp_path_factory) -> Path:
+    """The shared default L-GMM run itself (`default_config()`, made once per session): read only."""
+    return shared_folder(tmp_path_factory, "tiny_default_run", train_default_in_process)
+
+
 def tiny_default_run(tmp_path_factory, into: str) -> Path:
     """A private copy of the default L-GMM run (`default_config()`, made once per session); its workdir
     holds the training run's results.json, scores.npz, report and checkpoints 15 and 30."""

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.shared_runs import shared_folder, tiny_default_run
+from tests.subprocesses import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BAD_INPUT_SECONDS = 60  # generous for a loaded 2-core CI machine; each case takes a few seconds
 
 

@@ -1,8 +1,8 @@
 """`eval.figures`: an evaluation's PNG figures, on by default, off for runs whose figures nobody looks at.
 
 End to end: the session's shared default run (`tests.shared_runs.default_config`, figures off, made once
-per session) wrote no PNG and its report.md names none. Then each task's outputs written with and without figures from
-the same numbers, with no model run: the shared run's results.json and scores.npz for classification, a few
+per session) wrote no PNG and its report.md names none. Then each task's outputs written with and without
+figures from the same numbers, with no model run: the shared run's results.json and scores.npz for classification, a few
 made-up pixels for segmentation. Without figures matplotlib is never imported (importing it fails there).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 from lgmm_jax import evaluate
 from lgmm_jax.tasks.classification.evaluation import ScoreSets
 from lgmm_jax.tasks.segmentation.evaluation import SegmentationPlots
-from tests.shared_runs import shared_folder, train_default_in_process
+from tests.shared_runs import shared_default_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,14 +54,9 @@ def score_sets(path: Path) -> ScoreSets:
     return ScoreSets(validation, known, tables, known_for_set)
 
 
-def shared_run(tmp_path_factory) -> Path:
-    """The session's shared default run (read only here)."""
-    return shared_folder(tmp_path_factory, "tiny_default_run", train_default_in_process)
-
-
 def classification_case(request):
     """(config, results, plots, the PNGs figures add) of the shared default run."""
-    run = shared_run(request.getfixturevalue("tmp_path_factory"))
+    run = shared_default_run(request.getfixturevalue("tmp_path_factory"))
     config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
     results = json.loads((run / "results.json").read_text())
     expected = [f"{kind}_{name}.png" for name in results["open_set"] for kind in ("hist", "roc")]
@@ -96,7 +91,7 @@ ARRAYS = {"classification": "scores.npz", "segmentation": "pictures_near.npz"}  
 
 
 def test_a_run_without_figures_writes_no_png_and_its_report_names_none(tmp_path_factory):
-    run = shared_run(tmp_path_factory)
+    run = shared_default_run(tmp_path_factory)
     assert json.loads((run / "config.json").read_text())["eval"]["figures"] is False
     assert pngs(run) == []
     report = (run / "report.md").read_text()

@@ -32,7 +32,7 @@ from lgmm_jax.models.configured import create_model
 from lgmm_jax.sharding import global_batch, make_mesh
 from lgmm_jax.state import create_optimizer, create_sharded_train_state
 from lgmm_jax.tasks.base import Task
-from tests.shared_runs import shared_export, shared_folder, train_default_in_process
+from tests.shared_runs import shared_default_run, shared_export
 from tests.test_cli import segmentation_reference_run
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "lgmm_jax"
@@ -123,7 +123,7 @@ def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
 def shared_run(task: str, tmp_path_factory) -> pathlib.Path:
     """The session's trained run of the task's default config (read only here)."""
     if task == "classification":
-        return shared_folder(tmp_path_factory, "tiny_default_run", train_default_in_process)
+        return shared_default_run(tmp_path_factory)
     return segmentation_reference_run(tmp_path_factory)
 
 
