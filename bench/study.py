@@ -11,7 +11,8 @@ overrides, in its own workdir under --root (default: `studies/` in the checkout,
 finished run is not repeated and an unfinished one resumes from its last checkpoint, so the study can be
 stopped at any moment and started again with the same command (delete a run's folder to redo it);
 `--collect` trains nothing and writes the JSON from the runs of the plan that have finished, e.g. after
-running subsets (`--only`, `--seeds`, `--protocols`) to their own --output.
+running subsets (`--only`, `--seeds`, `--protocols`) to their own --output. `--reuse=JSON` takes the runs
+an earlier --output recorded instead of training them, for a new checkout whose studies/ is gone.
 Every variant runs on each protocol of the suite (Fashion-MNIST: all ten classes known with MNIST-5k as
 unknown, and the 6/4 split) for each seed, seed by seed, so that the first seed of every variant is done
 before the second starts. The main variants also evaluate after the suite's curve epochs (a learning
@@ -254,10 +255,11 @@ def study_plan(protocols, variants, seeds, ablations: bool, ablation_seeds) -> l
 
 
 def write_study(study: dict, finished: dict, output: str) -> None:
-    """Rebuild rows and curve from the finished runs and write the JSON."""
+    """Rebuild rows and curve from the finished runs, (protocol, variant) -> [(seed, headline, curve points)],
+    and write the JSON."""
     study["rows"], study["curve"] = {}, {}
     for (protocol, variant), runs in finished.items():
-        per_seed = [headline(results) for _, results, _ in runs]
+        per_seed = [row for _, row, _ in runs]
         study["rows"].setdefault(variant, {})[protocol] = {
             "seeds": [nest(row) for row in per_seed],
             "seed_ids": [seed for seed, _, _ in runs],
@@ -328,6 +330,9 @@ def main(argv=None) -> None:
     parser.add_argument("--curve_plot", default=None, help="default: bench/results/<suite>_curve.png")
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: write --output from the runs of the plan that have finished")
+    parser.add_argument("--reuse", default=None,
+                        help="an earlier --output of this suite and epochs (e.g. a committed partial study): its "
+                             "runs are taken from it, not trained again, for when their workdirs are gone")
     args = parser.parse_args(argv)
     _, suite_protocols, default_epochs, curve_epochs = SUITES[args.suite]
     protocols = args.protocols.split(",") if args.protocols else list(suite_protocols)
@@ -347,16 +352,20 @@ def main(argv=None) -> None:
     curve_epochs = tuple(e for e in curve_epochs if e < epochs)
     study = {"suite": args.suite, "epochs": epochs, "curve_epochs": list(curve_epochs), "seeds": seeds,
              "ablation_seeds": ablation_seeds, "init_weights": args.init_weights, "commit": current_commit()}
+    reused = recorded_runs(args.reuse, study) if args.reuse else {}
     finished: dict = {}
     started = time.time()
     for protocol, variant, seed, with_curve in study_plan(protocols, variants, seeds, args.ablations, ablation_seeds):
         curve = curve_epochs if with_curve else ()
+        if (protocol, variant, seed) in reused:
+            finished.setdefault((protocol, variant), []).append((seed, *reused[protocol, variant, seed]))
+            continue
         if args.collect and not finished_run(args.root, args.suite, protocol, variant, seed):
             continue
         results = run_one(args.suite, protocol, variant, seed, epochs, args.root, curve, args.init_weights)
         workdir = run_workdir(args.root, args.suite, protocol, variant, seed)
         points = read_curve(workdir, curve, epochs, results) if with_curve else None
-        finished.setdefault((protocol, variant), []).append((seed, results, points))
+        finished.setdefault((protocol, variant), []).append((seed, headline(results), points))
         if not args.collect:  # after every run, so that a stopped study keeps what it finished
             study["minutes"] = round((time.time() - started) / 60, 1)
             write_study(study, finished, output)
@@ -365,6 +374,29 @@ def main(argv=None) -> None:
         write_study(study, finished, output)
         plot_curve(study, curve_plot)
     print(markdown(study))
+
+
+def recorded_runs(path: str, study: dict) -> dict:
+    """(protocol, variant, seed) -> (headline, curve points) of each run an earlier --output recorded, so
+    that a study whose workdirs are lost (a new checkout) does not train them again. The recording must
+    be of the same suite and epochs; a missing or different file is a one-line error."""
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--reuse={path}: cannot read a study JSON ({error}); give an earlier --output")
+    for key in ("suite", "epochs"):
+        if recorded.get(key) != study[key]:
+            raise SystemExit(f"--reuse={path}: its {key} is {recorded.get(key)!r}, this study's "
+                             f"{study[key]!r}; reuse only a study of the same suite and epochs")
+    runs = {}
+    for variant, by_protocol in recorded["rows"].items():
+        for protocol, entry in by_protocol.items():
+            curve = recorded.get("curve", {}).get(variant, {}).get(protocol, {})
+            for seed, row in zip(entry["seed_ids"], entry["seeds"]):
+                points = {epoch: by_seed[str(seed)] for epoch, by_seed in curve.items() if str(seed) in by_seed}
+                runs[protocol, variant, seed] = (flatten(row), points or None)
+    return runs
 
 
 def current_commit() -> str | None:

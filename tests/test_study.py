@@ -71,3 +71,36 @@ def test_an_unknown_protocol_is_refused_by_name(study, capsys):
         study.main(["--protocols=cifar10_6_4", "--collect"])
     assert raised.value.code == 2
     assert "unknown protocols ['cifar10_6_4']" in capsys.readouterr().err
+
+
+def test_reuse_takes_the_recorded_runs_and_trains_only_the_rest(study, tmp_path, monkeypatch):
+    """A new checkout has lost studies/: --reuse of the committed partial output gives the same rows for
+    the runs it recorded, and only the runs it lacks are trained."""
+    root, first = str(tmp_path / "lost"), str(tmp_path / "partial.json")
+    protocol = "fashion_mnist_vs_mnist"
+    write_run(study, root, protocol, "lgmm", 0, finished_results(0.88, 0.80))
+    common = ["--only=lgmm", "--seeds=0,1", "--protocols=" + protocol, "--no-ablations",
+              f"--curve_plot={tmp_path / 'curve.png'}"]
+    study.main(["--collect", f"--root={root}", f"--output={first}", *common])
+    trained = []
+    from lgmm_jax import train
+
+    def train_and_evaluate(config, workdir):
+        trained.append((config.seed, workdir))
+        return finished_results(0.90, 0.90)
+
+    monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
+    second = str(tmp_path / "study.json")
+    study.main([f"--reuse={first}", f"--root={tmp_path / 'new'}", f"--output={second}", *common])
+    assert [seed for seed, _ in trained] == [1]
+    with open(first) as f, open(second) as g:
+        before, after = json.load(f)["rows"]["lgmm"][protocol], json.load(g)["rows"]["lgmm"][protocol]
+    assert after["seed_ids"] == [0, 1] and after["seeds"][0] == before["seeds"][0]
+    assert after["summary"]["closed_set"]["top1"]["mean"] == pytest.approx(0.89)
+
+
+def test_reuse_of_another_suite_is_refused_in_one_line(study, tmp_path):
+    recorded = tmp_path / "digits.json"
+    recorded.write_text(json.dumps({"suite": "digits", "epochs": 10, "rows": {}}))
+    with pytest.raises(SystemExit, match="its suite is 'digits'.*same suite and epochs"):
+        study.main([f"--reuse={recorded}", "--collect", f"--output={tmp_path / 'out.json'}"])
