@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
     # lists the keys it pins. 'gmmseg' (segmentation only): the per-pixel head and its updates as GMMSeg's
     # code runs them (lgmm_jax/gmmseg.py; `experiment.gmmseg_method_settings`, `segmentation.gmmseg` below).
     config.method = "library"
+    # Keys that method 'paper' or 'gmmseg' would pin but that keep the values set here instead, e.g.
+    # ("loss.assignment",): Section 2 as written with Sinkhorn's balanced assignments (an ablation).
+    config.method_except = ()
 
     # What an example is: 'classification' (an image and its class) or 'segmentation' (the labelled
     # pixels of an image; `config.segmentation` below, configs/scenes.py). The task decides the data

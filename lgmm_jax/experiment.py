@@ -82,14 +82,24 @@ METHOD_SETTINGS = {"paper": paper_method_settings, "gmmseg": gmmseg_method_setti
 def resolve_method(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config` with `method` applied: 'library' (the defaults as configured) leaves it as it is, 'paper'
     and 'gmmseg' return a copy with `paper_method_settings` / `gmmseg_method_settings` written in (they
-    win over the same keys set elsewhere)."""
+    win over the same keys set elsewhere), except the keys named in `method_except`, which keep the
+    config's value (an ablation: the method with one of its departures undone)."""
     method = config.get("method", "library")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
+    exceptions = tuple(config.get("method_except", ()))
     if method == "library":
+        if exceptions:
+            raise ValueError(f"method_except={exceptions} needs method='paper' or 'gmmseg': it names keys "
+                             "those methods pin; leave it empty with method='library'")
         return config
+    settings = METHOD_SETTINGS[method](config)
+    unpinned = [key for key in exceptions if key not in settings]
+    if unpinned:
+        raise ValueError(f"method_except names {unpinned}, which method={method!r} does not pin: "
+                         f"use some of {sorted(settings)}")
     resolved = ml_collections.ConfigDict(config.to_dict())
-    resolved.update_from_flattened_dict(METHOD_SETTINGS[method](config))
+    resolved.update_from_flattened_dict({key: value for key, value in settings.items() if key not in exceptions})
     return resolved
 
 

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from sklearn.metrics import roc_auc_score
 
 from configs import cifar10, cifar100
-from lgmm_jax import train
+from lgmm_jax import experiment, train
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.ood import posthoc, scores
 from tests.shared_runs import default_config, tiny_default_run, tiny_softmax_run
@@ -180,8 +180,6 @@ def test_a_step_updates_only_the_mixtures_of_the_batch_classes(gmm_update):
 
 def real_batches(config, count):
     """The first `count` training batches of the config's real data, as the trainer reads them."""
-    from lgmm_jax import experiment
-
     protocol = experiment.resolve_protocol(config)
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
     stream = experiment.train_stream(config, protocol, source)
@@ -259,6 +257,20 @@ def test_paper_method_pins_section_2_as_written(tmp_path):
     assert written["model"]["latent_normalization"] == "none"
     assert results["closed_set"]["num_examples"] > 0
     assert config.model.gmm_update == "moment_matching"  # the caller's config is left as it was
+
+
+def test_method_except_undoes_only_the_departures_it_names():
+    """method=paper with method_except=(loss.assignment,): Sinkhorn's assignments (the default config's),
+    every other key of Section 2 still pinned; a key the method does not pin, or an exception without a
+    method, is refused by name."""
+    resolved = experiment.resolve_method(default_config(method="paper", method_except=("loss.assignment",)))
+    assert resolved.loss.assignment == "sinkhorn"
+    assert resolved.loss.discriminative_temperature == 1.0 and resolved.model.latent_normalization == "none"
+    assert resolved.model.share_scale is False and resolved.loss.reseed_epochs == ()
+    with pytest.raises(ValueError, match=r"method_except names \['optimizer.learning_rate'\], which method='paper'"):
+        experiment.resolve_method(default_config(method="paper", method_except=("optimizer.learning_rate",)))
+    with pytest.raises(ValueError, match="needs method='paper' or 'gmmseg'"):
+        experiment.resolve_method(default_config(method_except=("loss.assignment",)))
 
 
 def test_an_unknown_method_is_refused():
