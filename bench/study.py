@@ -12,7 +12,8 @@ finished run is not repeated and an unfinished one resumes from its last checkpo
 stopped at any moment and started again with the same command (delete a run's folder to redo it);
 `--collect` trains nothing and writes the JSON from the runs of the plan that have finished, e.g. after
 running subsets (`--only`, `--seeds`, `--protocols`) to their own --output. `--reuse=JSON` takes the runs
-an earlier --output recorded instead of training them, for a new checkout whose studies/ is gone.
+an earlier --output recorded instead of training them, for a new checkout whose studies/ is gone;
+`--no-curve` evaluates each run once, at the end.
 Every variant runs on each protocol of the suite (Fashion-MNIST: all ten classes known with MNIST-5k as
 unknown, and the 6/4 split) for each seed, seed by seed, so that the first seed of every variant is done
 before the second starts. The main variants also evaluate after the suite's curve epochs (a learning
@@ -332,6 +333,9 @@ def main(argv=None) -> None:
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                         help="also run ABLATIONS on the first protocol")
     parser.add_argument("--ablation_seeds", default="0,1,2", help="seeds of the candidates and ablations")
+    parser.add_argument("--curve", action=argparse.BooleanOptionalAction, default=True,
+                        help="evaluate the main variants after the suite's curve epochs too (--no-curve: at the "
+                             "end only; each evaluation computes every score, the post-hoc ones included)")
     parser.add_argument("--protocols", default=None, help="comma-separated; default: the suite's")
     parser.add_argument("--epochs", type=float, default=None, help="default: the suite's")
     parser.add_argument("--init_weights", default="",
@@ -361,7 +365,7 @@ def main(argv=None) -> None:
     results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     output = args.output or os.path.join(results_dir, f"{args.suite}.json")
     curve_plot = args.curve_plot or os.path.join(results_dir, f"{args.suite}_curve.png")
-    curve_epochs = tuple(e for e in curve_epochs if e < epochs)
+    curve_epochs = tuple(e for e in curve_epochs if e < epochs) if args.curve else ()
     study = {"suite": args.suite, "epochs": epochs, "curve_epochs": list(curve_epochs), "seeds": seeds,
              "ablation_seeds": ablation_seeds, "init_weights": args.init_weights, "commit": current_commit()}
     reused = recorded_runs(args.reuse, study) if args.reuse else {}

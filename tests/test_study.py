@@ -104,3 +104,16 @@ def test_reuse_of_another_suite_is_refused_in_one_line(study, tmp_path):
     recorded.write_text(json.dumps({"suite": "digits", "epochs": 10, "rows": {}}))
     with pytest.raises(SystemExit, match="its suite is 'digits'.*same suite and epochs"):
         study.main([f"--reuse={recorded}", "--collect", f"--output={tmp_path / 'out.json'}"])
+
+
+def test_no_curve_evaluates_each_run_once_at_the_end(study, tmp_path, monkeypatch):
+    from lgmm_jax import train
+
+    seen = []
+    monkeypatch.setattr(train, "train_and_evaluate",
+                        lambda config, workdir: seen.append(tuple(config.eval.epochs)) or finished_results(0.9, 0.9))
+    common = ["--only=lgmm", "--seeds=0", "--protocols=fashion_mnist_6_4", "--no-ablations",
+              f"--curve_plot={tmp_path / 'curve.png'}"]
+    study.main([*common, f"--root={tmp_path / 'a'}", f"--output={tmp_path / 'a.json'}"])
+    study.main([*common, "--no-curve", f"--root={tmp_path / 'b'}", f"--output={tmp_path / 'b.json'}"])
+    assert seen == [(1, 3), ()]
