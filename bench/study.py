@@ -116,6 +116,8 @@ PAPER_DEPARTURES = {
 }
 VARIANTS.update({f"paper_but_{name}": {"method": "paper", "method_except": (key,)}
                  for name, key in PAPER_DEPARTURES.items()})
+VARIANTS["paper_but_l2_latent_tempered"] = {
+    "method": "paper", "method_except": (PAPER_DEPARTURES["l2_latent"], PAPER_DEPARTURES["tempered"])}
 DEFAULT_VARIANTS = ("lgmm", "softmax", "paper")
 # Levers that may change the default, on every protocol (a lever that helps one protocol and hurts the
 # other is a finding, not a default): unnormalised latents keep the feature norm, which separates
