@@ -104,8 +104,8 @@ VARIANTS = {
     "softmax_warmup_peak_3e-3": {"model.head": "softmax", "optimizer.learning_rate": 3e-3,
                                  "optimizer.warmup_epochs": 1.0},
 }
-# method=paper with one of its departures from the library undone (`method_except`): which of them
-# makes Section 2 as written collapse on the testbed.
+# method=paper with one of its departures from the library undone (`method_except`), and with the two
+# that matter undone together: which of them makes Section 2 as written collapse on the testbed.
 PAPER_DEPARTURES = {
     "l2_latent": "model.latent_normalization",
     "shared_scale": "model.share_scale",
