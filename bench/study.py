@@ -23,8 +23,8 @@ like results.json: `closed_set` (top1), `open_set` (per unknown set, per score: 
 aupr_out) and `effective_components`; `curve[variant][protocol][epoch]` the top-1 and the best AUROC of
 each seed after that epoch. It prints a markdown table and draws the curve (--curve_plot).
 
-The `scenes` suite is segmentation (configs/scenes.py, the testbed): its headline is mIoU in place of
-top-1 and, per unknown set (`near`, `far`) and score, the pixel AUROC, AP and FPR95 (anomaly positive).
+The `scenes` suite is segmentation (configs/scenes.py, the testbed; `scenes_2x`: configs/scenes_2x.py, the
+testbed at 128x128 for 24 epochs): its headline is mIoU in place of top-1 and, per unknown set (`near`, `far`) and score, the pixel AUROC, AP and FPR95 (anomaly positive).
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default, fashion_mnist, scenes  # noqa: E402
+from configs import default, fashion_mnist, scenes, scenes_2x  # noqa: E402
 
 SUITES = {
     # suite -> (base config, protocols, epochs, learning-curve epochs)
     "fashion_mnist": (fashion_mnist.get_config, ("fashion_mnist_vs_mnist", "fashion_mnist_6_4"), 10, (1, 3)),
     "digits": (default.get_config, ("digits_6_4",), 40, (5, 15)),
     "scenes": (scenes.get_config, ("scenes",), 8, ()),
+    "scenes_2x": (scenes_2x.get_config, ("scenes",), 24, ()),  # the testbed at 128x128 (configs/scenes_2x.py)
 }
+SEGMENTATION_SUITES = ("scenes", "scenes_2x")
 SEGMENTATION_METRICS = ("auroc", "ap", "fpr95")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -302,7 +304,7 @@ def plot_curve(study: dict, path: str) -> None:
     protocols = sorted({p for by_protocol in study["curve"].values() for p in by_protocol})
     if not protocols:
         return
-    closed = "miou" if study.get("suite") == "scenes" else "top1"
+    closed = "miou" if study.get("suite") in SEGMENTATION_SUITES else "top1"
     figure, axes = plt.subplots(2, len(protocols), figsize=(5 * len(protocols), 7), squeeze=False)
     for column, protocol in enumerate(protocols):
         for variant, by_protocol in study["curve"].items():
@@ -433,7 +435,7 @@ def table_from_file(path: str) -> None:
 
 def markdown(study: dict) -> str:
     """One row per variant and protocol: top-1, then AUROC / FPR95 of each score (mean ± std over seeds)."""
-    if study.get("suite") == "scenes":
+    if study.get("suite") in SEGMENTATION_SUITES:
         return segmentation_markdown(study)
     lines = [
         "| variant | protocol | seeds | top-1 | AUROC by score | FPR95 by score | effective K |",

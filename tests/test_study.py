@@ -117,3 +117,26 @@ def test_no_curve_evaluates_each_run_once_at_the_end(study, tmp_path, monkeypatc
     study.main([*common, f"--root={tmp_path / 'a'}", f"--output={tmp_path / 'a.json'}"])
     study.main([*common, "--no-curve", f"--root={tmp_path / 'b'}", f"--output={tmp_path / 'b.json'}"])
     assert seen == [(1, 3), ()]
+
+
+def test_the_scenes_2x_suite_trains_the_testbed_at_128_pixels_and_reports_miou(study, tmp_path, monkeypatch, capsys):
+    """`--suite=scenes_2x` runs configs/scenes_2x.py: 128x128 crops and evaluation, 24 epochs, the
+    testbed's unknown sets; its table is the segmentation one (mIoU, pixel AUROC / AP / FPR95)."""
+    from lgmm_jax import train
+
+    seen = []
+    metrics = {"auroc": 0.8, "ap": 0.3, "fpr95": 0.4}
+
+    def train_and_evaluate(config, workdir):
+        seen.append(config)
+        return {"task": "segmentation", "closed_set": {"miou": 0.5},
+                "open_set": {"near": {"msp": metrics}, "far": {"msp": metrics}}}
+
+    monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
+    study.main(["--suite=scenes_2x", "--only=softmax", "--seeds=0", "--no-ablations", "--no-curve",
+                f"--root={tmp_path / 'runs'}", f"--output={tmp_path / 'scenes_2x.json'}"])
+    (config,) = seen
+    assert tuple(config.segmentation.crop_size) == tuple(config.segmentation.eval_scale) == (128, 128)
+    assert config.num_epochs == 24 and config.model.head == "softmax" and config.dataset == "scenes"
+    assert config.ood_datasets == ("scenes:test_near", "scenes:test_far")
+    assert "| softmax | 1 | 50.00 ± 0.00 | far | msp | 80.00 ± 0.00 | 30.00 ± 0.00 | 40.00 ± 0.00 |" in capsys.readouterr().out
