@@ -24,7 +24,8 @@ aupr_out) and `effective_components`; `curve[variant][protocol][epoch]` the top-
 each seed after that epoch. It prints a markdown table and draws the curve (--curve_plot).
 
 The `scenes` suite is segmentation (configs/scenes.py, the testbed; `scenes_2x`: configs/scenes_2x.py, the
-testbed at 128x128 for 24 epochs): its headline is mIoU in place of top-1 and, per unknown set (`near`, `far`) and score, the pixel AUROC, AP and FPR95 (anomaly positive).
+testbed at 128x128 for 24 epochs): its headline is mIoU in place of top-1 and, per unknown set (`near`,
+`far`) and score, the pixel AUROC, AP and FPR95 (anomaly positive).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ SUITES = {
     "scenes": (scenes.get_config, ("scenes",), 8, ()),
     "scenes_2x": (scenes_2x.get_config, ("scenes",), 24, ()),  # the testbed at 128x128 (configs/scenes_2x.py)
 }
-SEGMENTATION_SUITES = ("scenes", "scenes_2x")
 SEGMENTATION_METRICS = ("auroc", "ap", "fpr95")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -197,6 +197,11 @@ def flatten(nested: dict) -> dict:
     return flat
 
 
+def is_segmentation_suite(suite: str | None) -> bool:
+    """Whether the suite's base config segments (its headline is mIoU, not top-1)."""
+    return suite in SUITES and SUITES[suite][0]().get("task") == "segmentation"
+
+
 def run_workdir(root: str, suite: str, protocol: str, variant: str, seed: int) -> str:
     return os.path.join(root, suite, protocol, variant, f"seed{seed}")
 
@@ -304,7 +309,7 @@ def plot_curve(study: dict, path: str) -> None:
     protocols = sorted({p for by_protocol in study["curve"].values() for p in by_protocol})
     if not protocols:
         return
-    closed = "miou" if study.get("suite") in SEGMENTATION_SUITES else "top1"
+    closed = "miou" if is_segmentation_suite(study.get("suite")) else "top1"
     figure, axes = plt.subplots(2, len(protocols), figsize=(5 * len(protocols), 7), squeeze=False)
     for column, protocol in enumerate(protocols):
         for variant, by_protocol in study["curve"].items():
@@ -435,7 +440,7 @@ def table_from_file(path: str) -> None:
 
 def markdown(study: dict) -> str:
     """One row per variant and protocol: top-1, then AUROC / FPR95 of each score (mean ± std over seeds)."""
-    if study.get("suite") in SEGMENTATION_SUITES:
+    if is_segmentation_suite(study.get("suite")):
         return segmentation_markdown(study)
     lines = [
         "| variant | protocol | seeds | top-1 | AUROC by score | FPR95 by score | effective K |",

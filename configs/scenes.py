@@ -14,7 +14,7 @@ distortion), AdamW with a poly schedule and the decode head at 10x the rate, as 
 rate a from-scratch model learns in a few epochs). The encoder may start from the testbed's own garment
 classifier (`configs/scenes_garments.py`, trained once): add `--config.init.weights=GARMENTS_WORKDIR`.
 At 64x64 a garment spans only 6-11 tokens of the encoder's first stage; `configs/scenes_2x.py` runs this
-testbed at 128x128 for the study (3.4x the time per step, +8 mIoU at the same epochs).
+testbed at 128x128 for the study (3.4x the time per step, +8-9 mIoU at the same epochs).
 """
 
 from configs import default

@@ -29,6 +29,7 @@ def get_config():
     config.segmentation.scale = (128, 128)
     config.segmentation.crop_size = (128, 128)
     config.segmentation.eval_scale = (128, 128)
+    # Sliding-window inference (`segmentation.inference='slide'`), if chosen, at the same scale.
     config.segmentation.slide_crop = (128, 128)
     config.segmentation.slide_stride = (86, 86)
     return config
