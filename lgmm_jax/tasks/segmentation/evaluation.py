@@ -116,6 +116,23 @@ def fit_statistics(config, model, predictor: Predictor, train_source, chosen) ->
     return Fitted(sml=sml, mahalanobis=mahalanobis)
 
 
+def make_predictor(config, model, variables, mesh, train_source, chosen) -> Predictor:
+    """The Predictor of a segmenter's variables, with the statistics its `chosen` scores need (SML,
+    Mahalanobis) fitted on `train_source`."""
+    settings = settings_of(config)
+    predictor = Predictor(
+        forward=pixel_forward.make_dense_forward(model, config.model.head, mesh, settings),
+        variables=variables,
+        mesh=mesh,
+        fitted=Fitted(),
+        batch_size=experiment.eval_batch_size(config),
+        settings=settings,
+        num_classes=train_source.num_classes,
+    )
+    predictor.fitted = fit_statistics(config, model, predictor, train_source, chosen)
+    return predictor
+
+
 def nearest_labels(label: np.ndarray, size) -> np.ndarray:
     """PyTorch's nearest resizing of a label map (`models.resize.resize_labels_nearest`), in numpy."""
     rows = (np.arange(size[0]) * label.shape[0]) // size[0]
@@ -222,17 +239,7 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
     source = functools.partial(experiment.data_source, config=config)
     train_source = source(protocol.dataset, protocol.train_split)
     unknown_sources = [source(ref) for ref in protocol.unknown]  # every set found before any work
-    settings = settings_of(config)
-    predictor = Predictor(
-        forward=pixel_forward.make_dense_forward(model, head, mesh, settings),
-        variables=variables,
-        mesh=mesh,
-        fitted=Fitted(),
-        batch_size=experiment.eval_batch_size(config),
-        settings=settings,
-        num_classes=train_source.num_classes,
-    )
-    predictor.fitted = fit_statistics(config, model, predictor, train_source, chosen)
+    predictor = make_predictor(config, model, variables, mesh, train_source, chosen)
     void = int(config.segmentation.void_label)
     limit = int(config.segmentation.eval_images)
     results: dict[str, Any] = {
@@ -241,7 +248,7 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
         "dataset": protocol.dataset,
         "head": head,
         "encoder": config.model.encoder,
-        "inference": settings.inference,
+        "inference": predictor.settings.inference,
         "label_names": list(train_source.label_names),
         "closed_set": closed_set(predictor, source(protocol.dataset, protocol.test_split), void, limit),
         "thresholds": thresholds(config, predictor, source(protocol.dataset, protocol.validation_split), chosen),
