@@ -11,8 +11,9 @@ maps, which the testbed's unknown sets carry beside the anomaly maps):
 - ``auroc`` / ``ap``: the anomaly against every known pixel, as results.json reports them;
 - ``vs_<class>``: AUROC of the anomaly against the known pixels of that class alone, so a score that
   separates the anomaly from the background but not from the known objects shows it here;
-- ``top_<class>``: what the N highest-scoring pixels are (N = the number of anomaly pixels), shares of
-  ``anomaly`` and of each known class: where the first false positives, which drive AP, come from;
+- ``top_<class>``: what the N pixels the score flags first (its N lowest) are, N = the number of anomaly
+  pixels: shares of ``anomaly`` and of each known class, where the first false positives, which drive AP,
+  come from;
 - ``predicted_<class>``: what the segmenter predicts the anomaly pixels to be.
 
 The anomaly is the positive class and a LOW score flags it (the library's convention), so every AUROC is
@@ -48,8 +49,9 @@ def breakdown(anomaly: np.ndarray, label: np.ndarray, prediction: np.ndarray, sc
     result = {"auroc": float(roc_auc_score(is_anomaly[scored], flagged[scored])),
               "ap": float(average_precision_score(is_anomaly[scored], flagged[scored]))}
     for index, name in enumerate(label_names):
-        pair = is_anomaly | (is_known & (label == index))
-        if (is_known & (label == index)).any():
+        of_class = is_known & (label == index)
+        if of_class.any():
+            pair = is_anomaly | of_class
             result[f"vs_{name}"] = float(roc_auc_score(is_anomaly[pair], flagged[pair]))
     top = np.argsort(-flagged[scored], kind="stable")[: int(is_anomaly.sum())]
     top_anomaly, top_label = is_anomaly[scored][top], label[scored][top]
@@ -84,7 +86,8 @@ def pixel_outputs(workdir: str, set_name: str) -> tuple[dict[str, np.ndarray], t
         columns["label"].append(np.asarray(example["label"]).ravel())
         for key in ("prediction", *chosen):
             columns[key].append(np.asarray(out[key]).ravel())
-    return {key: np.concatenate(values) for key, values in columns.items()}, chosen, tuple(trained.train_source.label_names)
+    pixels = {key: np.concatenate(values) for key, values in columns.items()}
+    return pixels, chosen, tuple(trained.train_source.label_names)
 
 
 def diagnose(workdir: str, set_name: str) -> dict:
