@@ -50,6 +50,33 @@ def get_config() -> ml_collections.ConfigDict:
     config.train_split = "train"
     config.validation_split = "validation"  # held-out known data: thresholds, never trained on
     config.test_split = "test"
+    # The known classes by name, in model order (protocol=''): every other class of `dataset` is the unknown
+    # set of its test split, e.g. ('tshirt', 'trouser', 'pullover') of an imagefolder= source. () = all known.
+    config.known_classes = ()
+
+    # Reading images. `dataset` may be your own labelled images, read in place (lgmm_jax/data/labelled.py):
+    # 'imagefolder=PATH' (a subfolder per class, optionally inside train/ val/ test/ split folders) or
+    # 'imagelist=FILE' (OpenOOD's 'relative/path label' lines; FILE is the training list).
+    config.data = ml_collections.ConfigDict()
+    # (H, W) every image is resized to before a preset that does not resize ('none', 'shift', 'cifar'); the
+    # ImageNet presets crop to 224 themselves. () = as the source gives them; for sources of mixed sizes
+    # (imagefolder=, imagelist=) the size of the first training image, recorded in config.json.
+    config.data.image_size = ()
+    config.data.channels = 0  # labelled sources: 0 = 1 if the files are grayscale, else 3; or 1 / 3
+    # The normalisation statistics by dataset name (lgmm_jax/data/pipeline.py NORMALIZATION), e.g.
+    # 'imagenet2012' for a model started from ImageNet weights; '' = the training dataset's own.
+    config.data.normalization = ""
+    # Splits that a labelled folder or list does not give are carved from its training part, per class,
+    # with this seed; the file list of each split is written into the workdir (splits/).
+    config.data.validation_fraction = 0.1
+    config.data.test_fraction = 0.2
+    config.data.split_seed = 0
+    # imagelist= only: the folder the lists' paths are relative to ('' = the training list's folder), the
+    # other splits' lists ('' = carved), and a file of class names, one per line ('' = the ids).
+    config.data.image_root = ""
+    config.data.validation_list = ""
+    config.data.test_list = ""
+    config.data.class_names = ""
     # No augmentation on small images: the memory bank remembers latents of augmented images, and a
     # one-pixel shift of an 8x8 digit moves them away from the clean test latents (AUROC 0.73 -> 0.95).
     config.preprocess = "none"  # none, shift, cifar, imagenet or imagenet_swin; "" = the protocol's preset
@@ -199,6 +226,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.segmentation.fit_images = 500
     config.segmentation.eval_images = 0  # only the first N images of each evaluation set (0 = all): quick looks
     config.segmentation.picture_images = 4  # test images per unknown set drawn in pictures_<set>.png
+
+    # A labelled folder of one's own, dataset='segfolder=PATH' (lgmm_jax/data/segfolder.py), in mmseg's
+    # custom-dataset layout: PATH/img_dir/{train,val,test}/<stem><img_suffix> with
+    # PATH/ann_dir/{train,val,test}/<stem><seg_map_suffix> (label PNGs of class ids, 255 void).
+    config.segfolder = ml_collections.ConfigDict()
+    config.segfolder.img_suffix = ".jpg"
+    config.segfolder.seg_map_suffix = ".png"
+    config.segfolder.class_names = ""  # one class name per line; '' = PATH/classes.txt (relative: inside PATH)
+    config.segfolder.reduce_zero_label = False  # mmseg's: raw 0 -> void, raw k -> class k - 1, 255 stays void
 
     # Evaluation.
     config.eval = ml_collections.ConfigDict()

@@ -59,6 +59,7 @@ SHAPE_KEYS = (
     "dataset",
     "protocol",
     "protocol_split",
+    "known_classes",
     "memory_size",
     "model.encoder",
     "model.encoder_widths",
@@ -70,7 +71,7 @@ SHAPE_KEYS = (
     "optimizer.name",
 )
 # What a shape key meant in a config written before the key existed.
-SHAPE_KEY_DEFAULTS = {"model.encoder_widths": ()}
+SHAPE_KEY_DEFAULTS = {"model.encoder_widths": (), "known_classes": ()}
 
 
 class Preempted(Exception):

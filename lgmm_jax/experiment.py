@@ -22,7 +22,7 @@ import jax
 import ml_collections
 
 from lgmm_jax import tasks
-from lgmm_jax.data import pipeline
+from lgmm_jax.data import labelled, pipeline, settings
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
 from lgmm_jax.models.configured import HEADS, compute_dtype
@@ -146,8 +146,29 @@ def extra_unknown_sets(config: ml_collections.ConfigDict) -> tuple[DataRef, ...]
     return tuple(parse_data_ref(spec) for spec in specs)
 
 
+def known_class_ids(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+    """The ids of `config.known_classes` (names, in model order) among the training source's classes, or
+    None when the config names none (every class known)."""
+    names = [str(name) for name in config.get("known_classes", ())]
+    if not names:
+        return None
+    label_names = tuple(data_source(config.dataset, config.train_split, config=config).label_names)
+    missing = [name for name in names if name not in label_names]
+    if missing:
+        raise ValueError(f"known_classes {missing} are not classes of {config.dataset}: its classes are "
+                         f"{', '.join(label_names)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"known_classes names {repeated} more than once: name each known class once")
+    return tuple(label_names.index(name) for name in names)
+
+
 def resolve_protocol(config: ml_collections.ConfigDict) -> OpenSetProtocol:
-    """The protocol the config describes (a named one, or closed-set training on `config.dataset`)."""
+    """The protocol the config describes: a named one; or training on `config.dataset` with the classes
+    of `known_classes` known (all when it is empty) and the other classes of its test split unknown."""
+    if config.protocol and config.get("known_classes", ()):
+        raise ValueError(f"protocol {config.protocol!r} fixes the known classes: set --config.protocol='' to "
+                         "name them with known_classes, or leave known_classes empty")
     if config.protocol:
         protocol = get_protocol(config.protocol, config.protocol_split)
         if protocol.dataset != config.dataset:
@@ -156,16 +177,45 @@ def resolve_protocol(config: ml_collections.ConfigDict) -> OpenSetProtocol:
                 f"set --config.dataset={protocol.dataset} or --config.protocol=''"
             )
         return dataclasses.replace(protocol, unknown=protocol.unknown + extra_unknown_sets(config))
+    known = known_class_ids(config)
+    own_unknown = ()
+    if known is not None:
+        num_classes = data_source(config.dataset, config.train_split, config=config).num_classes
+        other = tuple(label for label in range(num_classes) if label not in known)
+        own_unknown = (DataRef(config.dataset, config.test_split, other),) if other else ()
     return OpenSetProtocol(
         name=config.dataset,
         dataset=config.dataset,
-        known_classes=None,
-        unknown=extra_unknown_sets(config),
+        known_classes=known,
+        unknown=own_unknown + extra_unknown_sets(config),
         train_split=config.train_split,
         validation_split=config.validation_split,
         test_split=config.test_split,
         preprocess=config.preprocess,
     )
+
+
+def resolved_data(config: ml_collections.ConfigDict, protocol: OpenSetProtocol, train_source: Source
+                  ) -> ml_collections.ConfigDict:
+    """`config` with what its training data decided written in (config.json records it; evaluation,
+    export and prediction read it from there): `data.image_size` where the images vary in size and the
+    preset does not resize (the first training image's size), and a labelled source's class table
+    (`data.classes`: id, name and the folder or list each class comes from)."""
+    updates = {}
+    preset = preprocess_preset(config, protocol)
+    varying = None in tuple(train_source.image_shape)[:2]
+    if varying and not pipeline.resizes_to_network_input(preset) and settings.input_image_size(config) is None:
+        if not hasattr(train_source, "first_image_size"):
+            raise ValueError(f"the images of {config.dataset} vary in size: set --config.data.image_size='(H, W)' "
+                             "or a preprocess preset that resizes (imagenet, imagenet_swin)")
+        updates["image_size"] = tuple(train_source.first_image_size())
+    if isinstance(train_source, labelled.LabelledImageSource):
+        updates["classes"] = train_source.listing.class_map()
+    if not updates:
+        return config
+    values = config.to_dict()
+    values.setdefault("data", {}).update(updates)
+    return ml_collections.ConfigDict(values)
 
 
 def preprocess_preset(config: ml_collections.ConfigDict, protocol: OpenSetProtocol) -> str:
@@ -195,7 +245,7 @@ def data_source(ref_or_name, split: str | None = None, *, config: ml_collections
     Fashion-MNIST folder, the testbed's cache or TFDS data_dir)."""
     name = ref_or_name.dataset if isinstance(ref_or_name, DataRef) else ref_or_name
     split = ref_or_name.split if isinstance(ref_or_name, DataRef) else split
-    return tasks.get(config).data_source(name, split, config.data_dir or None)
+    return tasks.get(config).data_source(name, split, config.data_dir or None, config)
 
 
 def train_stream(config, protocol: OpenSetProtocol, source: Source):
@@ -220,5 +270,6 @@ def eval_stream(config, protocol: OpenSetProtocol, source: Source, classes=None,
         classes=classes,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        normalization=protocol.dataset,
+        normalization=settings.normalization_name(config, protocol.dataset),
+        image_size=settings.input_image_size(config),
     )

