@@ -36,6 +36,8 @@ DATASETS = {
     "cifar100": (100, (32, 32, 3)),
     "tiny_imagenet": (200, (64, 64, 3)),
     "imagenet2012": (1000, (None, None, 3)),
+    # configs/folder_resnet50.py's placeholder: a user's folder of photographs, any class count (10 here).
+    "imagefolder=": (10, (None, None, 3)),
     # Segmentation: classes without void (ADE20K's 150 after reduce_zero_label, Cityscapes' 19 train ids,
     # the testbed's background and 7 garments); a segmenter's input is its training crop.
     "scenes": (8, (64, 64, 3)),
