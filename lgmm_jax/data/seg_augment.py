@@ -40,7 +40,7 @@ from skimage import color as sk_color
 
 from lgmm_jax.data import augment
 from lgmm_jax.data.pipeline import NORMALIZATION as DATASET_NORMALIZATION
-from lgmm_jax.data.pipeline import Normalization
+from lgmm_jax.data.pipeline import Normalization, readable_example
 
 # mmseg's data preprocessor for every recipe: ImageNet's mean and std.
 NORMALIZATION = DATASET_NORMALIZATION["imagenet2012"]
@@ -189,7 +189,9 @@ class SegmentationTrainExample(grain.transforms.RandomMap):
 
     The source's ``image`` and ``label`` go through `augment_segmentation`, the image is normalised
     (``(x / 255 - mean) / std``) and both are padded to ``crop_size`` (image 0, label 255) as mmseg's
-    data preprocessor does.
+    data preprocessor does. An example whose image cannot be decoded (`images.UnreadableImageError`) is
+    replaced by another example of the source drawn with the element's generator, as classification's
+    (`pipeline.readable_example`).
     """
 
     source: Any
@@ -200,7 +202,7 @@ class SegmentationTrainExample(grain.transforms.RandomMap):
     cat_max_ratio: float = CAT_MAX_RATIO
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        example = self.source[int(index)]
+        example = readable_example(self.source, int(index), range(len(self.source)), rng)
         image, label = augment_segmentation(
             np.asarray(example["image"]), np.asarray(example["label"]), rng, scale=self.scale,
             crop_size=self.crop_size, ratio_range=self.ratio_range, cat_max_ratio=self.cat_max_ratio)

@@ -6,7 +6,7 @@ Every source has ``len(source)``, ``name``, ``num_classes``, ``label_names`` and
 - ``label``: uint8 ``[H, W]``, class ids ``0..num_classes-1`` and `VOID` (255) (closed-set sources);
 - ``anomaly``: uint8 ``[H, W]``, 0 known, 1 anomaly, 255 void (open-set sources: the Fishyscapes format).
 
-``get_segmentation_source(name, split, data_dir=None)`` picks the source:
+``get_segmentation_source(name, split, data_dir=None, options=None)`` picks the source:
 
 =====================  ========================================================  ===========================
 name                   data                                                      splits
@@ -18,6 +18,8 @@ name                   data                                                     
 ``cityscapes``         Cityscapes fine labels (TFDS config                       train / validation / test
                        ``semantic_segmentation``), 19 train ids
 ``folder=PATH``        Fishyscapes Lost & Found or Road Anomaly files: anomaly   test
+``segfolder=PATH``     a user's labelled folder in mmseg's custom-dataset        train / validation / test
+                       layout (`segfolder`): img_dir/ + ann_dir/ + classes.txt   (test: val/ when no test/)
 =====================  ========================================================  ===========================
 
 Label conventions:
@@ -57,7 +59,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lgmm_jax.data import scenes, sources
+from lgmm_jax.data import images, scenes, sources
 from lgmm_jax.data.sources import DatasetNotAvailableError
 
 VOID = 255
@@ -283,9 +285,9 @@ def _stem(path: str) -> str:
 
 def fishyscapes_pairs(folder: str) -> list[tuple[str, str]]:
     """``(image, label)`` paths of the Fishyscapes layout: ``images/<stem>.*`` with ``labels/<stem>.png``."""
-    labels = {_stem(p): p for p in sources.image_files(os.path.join(folder, "labels")) if p.endswith(".png")}
+    labels = {_stem(p): p for p in images.image_files(os.path.join(folder, "labels")) if p.endswith(".png")}
     pairs = []
-    for image in sources.image_files(os.path.join(folder, "images")):
+    for image in images.image_files(os.path.join(folder, "images")):
         if _stem(image) not in labels:
             raise DatasetNotAvailableError(f"{image} has no label {os.path.join(folder, 'labels', _stem(image))}.png")
         pairs.append((image, labels[_stem(image)]))
@@ -297,7 +299,7 @@ def road_anomaly_pairs(folder: str) -> list[tuple[str, str]]:
     frames = os.path.join(folder, "frames")
     pairs = []
     for image in sorted(os.path.join(frames, n) for n in os.listdir(frames)
-                        if n.lower().endswith(sources.IMAGE_FILE_EXTENSIONS)):
+                        if n.lower().endswith(images.IMAGE_FILE_EXTENSIONS)):
         label = os.path.join(frames, f"{_stem(image)}.labels", "labels_semantic.png")
         if not os.path.isfile(label):
             raise DatasetNotAvailableError(f"{image} has no label {label}")
@@ -354,7 +356,7 @@ class AnomalyFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_path, label_path = self._pairs[int(index)]
-        image = sources.decode_image(image_path, "RGB")
+        image = images.read_image(image_path, 3)
         raw = read_label_png(label_path)
         _check_same_size(image, raw, label_path)
         return {"image": image, "anomaly": anomaly_map(raw, self._values, label_path)}
@@ -402,18 +404,26 @@ class ScenesSource:
         return f"ScenesSource(split={self.split!r}, size={len(self)})"
 
 
-def get_segmentation_source(name: str, split: str, data_dir: str | None = None):
+def get_segmentation_source(name: str, split: str, data_dir: str | None = None, options=None):
     """The segmentation source of ``split`` of ``name`` (see the module docstring).
 
     Args:
-      name: ``scenes``, ``ade20k``, ``cityscapes`` or ``folder=PATH`` (an anomaly set).
+      name: ``scenes``, ``ade20k``, ``cityscapes``, ``folder=PATH`` (an anomaly set) or ``segfolder=PATH``
+        (a labelled folder, `segfolder`).
       split: a split of that source (any TFDS split string for the TFDS datasets).
       data_dir: the testbed's cache folder, the folder holding ADEChallengeData2016, or the TFDS data_dir
         (may be ``gs://...``).
+      options: a ``segfolder=`` source's options (the config's ``segfolder`` block, a mapping; None = the
+        defaults); the other sources take none.
     Raises:
       DatasetNotAvailableError: the data is not prepared / unpacked (the message says how to get it).
       ValueError: unknown dataset or split.
     """
+    if name.startswith("segfolder="):
+        from lgmm_jax.data import segfolder  # imports this module's label helpers
+
+        folder = name[len(segfolder.SEGFOLDER_PREFIX):]
+        return segfolder.SegFolderSource(folder, split, segfolder.SegFolderOptions.from_mapping(options))
     if name == "scenes":
         return ScenesSource(split, data_dir)
     if name == "ade20k":
@@ -426,5 +436,5 @@ def get_segmentation_source(name: str, split: str, data_dir: str | None = None):
         return AnomalyFolderSource(name[len(sources.FOLDER_PREFIX):])
     if name in TFDS_SEGMENTATION:
         return TfdsSegmentationSource(name, split, data_dir)
-    raise ValueError(f"unknown segmentation dataset {name!r}: use one of {', '.join(SEGMENTATION_DATASETS)} "
-                     "or folder=PATH")
+    raise ValueError(f"unknown segmentation dataset {name!r}: use one of {', '.join(SEGMENTATION_DATASETS)}, "
+                     "segfolder=PATH or folder=PATH")

@@ -15,6 +15,9 @@
   pixels at the decoder's resolution (labels brought there by nearest resizing), streamed
   (`ood.scores.accumulate_mahalanobis`). Rejection thresholds keep `eval.threshold_tpr` of the
   validation split's labelled pixels (at most `THRESHOLD_PIXELS_PER_IMAGE` per image, evenly strided).
+- An image that cannot be decoded (`images.UnreadableImageError`) is left out of every number
+  (`readable_examples`); ``num_images`` counts the rest, and ``unreadable_files`` names them per set whose
+  source keeps a log (a `segfolder` source does).
 
 Returns results.json's dict `{"closed_set": {"miou", "aacc", "iou": [...], ...}, "open_set": {set: {score:
 {"auroc", "ap", "fpr95", ...}}}, "thresholds": {score: tau}, ...}` and what the pictures need.
@@ -35,6 +38,8 @@ from lgmm_jax.forward import gather
 from lgmm_jax.ood import metrics, scores
 from lgmm_jax.ood.segmentation_metrics import AnomalyAccumulator, ConfusionAccumulator
 from lgmm_jax.sharding import batch_sharding, replicated
+from lgmm_jax.data import images
+from lgmm_jax.data.images import UnreadableImageError
 from lgmm_jax.data.seg_augment import NORMALIZATION as SEGMENTATION_NORMALIZATION
 from lgmm_jax.tasks.segmentation import forward as pixel_forward
 from lgmm_jax.tasks.segmentation.forward import Fitted, SmlStatistics
@@ -67,6 +72,26 @@ def global_batches(num_images: int, batch_size: int, limit: int = 0):
         yield list(range(start, min(start + batch_size, count)))
 
 
+def readable_examples(source, indices) -> list[dict]:
+    """The examples at ``indices``, those whose image cannot be decoded left out (a source that reads files
+    records them in its ``unreadable`` log, `images.UnreadableFiles`)."""
+    examples = []
+    for index in indices:
+        try:
+            examples.append(source[index])
+        except UnreadableImageError:
+            continue
+    return examples
+
+
+def excluded_files(sources_by_set: dict) -> dict[str, dict]:
+    """results.json's ``unreadable_files``: per set whose source keeps an ``unreadable`` log, how many of
+    its files could not be read (left out of every number) and which, with why."""
+    return {name: {"count": len(found), "files": found}
+            for name, source in sources_by_set.items() if hasattr(source, "unreadable")
+            for found in [images.unreadable_of(source)]}
+
+
 @dataclasses.dataclass
 class Predictor:
     """A segmenter's variables with everything `pixel_forward.predict_dense` needs besides the images."""
@@ -83,7 +108,9 @@ class Predictor:
         """(example, outputs) of each image of `source` in order; the outputs (`prediction`, scores)
         are at the size of the example's `target` map ('label' or 'anomaly')."""
         for indices in global_batches(len(source), self.batch_size, limit):
-            examples = [source[index] for index in indices]
+            examples = readable_examples(source, indices)
+            if not examples:
+                continue
             outputs = pixel_forward.predict_dense(
                 self.forward, self.variables, self.mesh, self.fitted, [np.asarray(e["image"]) for e in examples],
                 [np.shape(e[target]) for e in examples], self.batch_size, self.settings, self.num_classes, chosen,
@@ -149,7 +176,9 @@ def fit_mahalanobis(model, predictor: Predictor, train_source, void: int, limit:
     )
     statistics = None
     for indices in global_batches(len(train_source), predictor.batch_size, limit):
-        examples = [train_source[index] for index in indices]
+        examples = readable_examples(train_source, indices)
+        if not examples:
+            continue
         inputs = [pixel_forward.eval_image(np.asarray(e["image"]), settings) for e in examples]
         batch = pixel_forward.sharded_batch(inputs, predictor.batch_size, settings, mesh)
         features = gather(features_fn(predictor.variables, batch))
@@ -238,6 +267,8 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
     chosen = chosen_scores(config)
     source = functools.partial(experiment.data_source, config=config)
     train_source = source(protocol.dataset, protocol.train_split)
+    validation_source = source(protocol.dataset, protocol.validation_split)
+    test_source = source(protocol.dataset, protocol.test_split)
     unknown_sources = [source(ref) for ref in protocol.unknown]  # every set found before any work
     predictor = make_predictor(config, model, variables, mesh, train_source, chosen)
     void = int(config.segmentation.void_label)
@@ -250,8 +281,8 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
         "encoder": config.model.encoder,
         "inference": predictor.settings.inference,
         "label_names": list(train_source.label_names),
-        "closed_set": closed_set(predictor, source(protocol.dataset, protocol.test_split), void, limit),
-        "thresholds": thresholds(config, predictor, source(protocol.dataset, protocol.validation_split), chosen),
+        "closed_set": closed_set(predictor, test_source, void, limit),
+        "thresholds": thresholds(config, predictor, validation_source, chosen),
         "open_set": {},
     }
     if predictor.fitted.sml is not None:
@@ -262,5 +293,9 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
         results["open_set"][name], roc[name], pictures[name] = open_set(
             predictor, unknown_source, chosen, int(config.segmentation.picture_images), limit
         )
+    excluded = excluded_files({"train": train_source, "validation": validation_source, "test": test_source,
+                               **dict(zip(unknown_names, unknown_sources))})
+    if excluded:
+        results["unreadable_files"] = excluded
     plots = SegmentationPlots(roc=roc, pictures=pictures, label_names=tuple(train_source.label_names), head=head)
     return results, plots

@@ -1,5 +1,6 @@
 """Segmentation: an example is a labelled pixel of an image (`lgmm_jax.data.segmentation`: the testbed
-`scenes`, ADE20K, Cityscapes; unknown sets are anomaly-map sets such as 'scenes:test_near').
+`scenes`, ADE20K, Cityscapes, a user's labelled folder `segfolder=PATH`; unknown sets are anomaly-map
+sets such as 'scenes:test_near').
 
 Training crops come from mmseg's joint augmentation (`seg_augment.SegmentationTrainExample`) with
 ImageNet's normalisation, as every mmseg recipe. The L-GMM objective is `objective.pixel_lgmm_objective`
@@ -20,6 +21,7 @@ from lgmm_jax import gmmseg, losses
 from lgmm_jax import report as lgmm_report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.seg_augment import NORMALIZATION, SegmentationTrainExample
+from lgmm_jax.data.segfolder import SegFolderOptions
 from lgmm_jax.data.segmentation import get_segmentation_source
 from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.models.resize import resize_labels_nearest
@@ -69,6 +71,13 @@ def check_segmentation_keys(config: ml_collections.ConfigDict) -> None:
                          "unknown sets in ood_datasets, e.g. ('scenes:test_near',); set --config.protocol=''")
 
 
+def segfolder_options(config: ml_collections.ConfigDict) -> dict | None:
+    """The config's ``segfolder`` block (`lgmm_jax.data.segfolder`) as a dict; None where the config has none
+    (one written before the block existed: the defaults)."""
+    block = config.get("segfolder")
+    return None if block is None else block.to_dict()
+
+
 def batch_objective(pixels: PixelConfig, z, batch, head_params, log_weights, memory, objective, key):
     return pixel_lgmm_objective(z, batch["label"], head_params, log_weights, memory, objective, key, pixels)
 
@@ -112,9 +121,14 @@ class SegmentationTask(Task):
             raise ValueError(f"task='segmentation' needs a segmenter (models.SEGMENTER_NAMES) as model.encoder, "
                              f"got {config.model.encoder!r}")
         check_segmentation_keys(config)
+        SegFolderOptions.from_mapping(segfolder_options(config))  # a bad option fails here, before any data
 
-    def data_source(self, name: str, split: str, data_dir: str | None):
-        return get_segmentation_source(name, split, data_dir)
+    def data_source(self, name: str, split: str, data_dir: str | None,
+                    config: ml_collections.ConfigDict | None = None):
+        """`get_segmentation_source`; a segfolder= source reads its options from ``config``'s ``segfolder``
+        block (None: the defaults)."""
+        options = None if config is None else segfolder_options(config)
+        return get_segmentation_source(name, split, data_dir, options=options)
 
     def train_stream(self, config, protocol, source, preset: str):
         """Training crops (image float32 [b, h, w, 3], label int32 [b, h, w], void = 255) of this process,
