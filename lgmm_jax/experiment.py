@@ -203,7 +203,8 @@ def resolved_data(config: ml_collections.ConfigDict, protocol: OpenSetProtocol, 
     (`data.classes`: id, name and the folder or list each class comes from)."""
     updates = {}
     preset = preprocess_preset(config, protocol)
-    varying = None in tuple(train_source.image_shape)[:2]
+    shape = getattr(train_source, "image_shape", None)  # segmentation sources have none: the crop decides
+    varying = shape is not None and None in tuple(shape)[:2]
     if varying and not pipeline.resizes_to_network_input(preset) and settings.input_image_size(config) is None:
         if not hasattr(train_source, "first_image_size"):
             raise ValueError(f"the images of {config.dataset} vary in size: set --config.data.image_size='(H, W)' "

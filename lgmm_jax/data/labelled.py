@@ -312,6 +312,10 @@ def list_listing(train_list: str, options: LabelledOptions) -> Listing:
 
 def listing_of(name: str, options: LabelledOptions) -> Listing:
     """The `Listing` of an ``imagefolder=`` or ``imagelist=`` dataset name."""
+    prefix = next(prefix for prefix in PREFIXES if name.startswith(prefix))
+    if not name[len(prefix):]:
+        raise ValueError(f"dataset={name!r} names no {'folder' if prefix == IMAGEFOLDER_PREFIX else 'list'}: "
+                         f"set --config.dataset={prefix}/path/to/your/{'images' if prefix == IMAGEFOLDER_PREFIX else 'train.txt'}")
     if name.startswith(IMAGEFOLDER_PREFIX):
         return folder_listing(name[len(IMAGEFOLDER_PREFIX):], options)
     return list_listing(name[len(IMAGELIST_PREFIX):], options)

@@ -55,6 +55,18 @@ def available_scores(config) -> tuple[str, ...]:
     return chosen
 
 
+def scores_the_data_allows(config, chosen: tuple[str, ...], num_training: int) -> tuple[tuple[str, ...], dict]:
+    """(`chosen` without the KNN scores when fewer than their K known training examples exist, why each was
+    left out). Only the default choice (`eval.scores` empty, every score) is trimmed; a KNN score named in
+    `eval.scores` on too small a training set is an error."""
+    short = [name for name in chosen if name.startswith("knn") and num_training < posthoc.KNN_K]
+    if short and tuple(config.eval.scores):
+        raise ValueError(f"eval.scores {short} need at least K = {posthoc.KNN_K} known training images, the run "
+                         f"has {num_training}: leave them out of eval.scores")
+    reason = f"needs at least K = {posthoc.KNN_K} known training images, the run has {num_training}"
+    return tuple(name for name in chosen if name not in short), {name: reason for name in short}
+
+
 def make_odin(model, mesh, temperature: float, epsilon):
     """Jitted ODIN scores of a sharded batch (inference-mode BatchNorm treats examples independently)."""
 
@@ -191,6 +203,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
     stream = functools.partial(experiment.eval_stream, config, protocol)
     train_source = source(protocol.dataset, protocol.train_split)
     known = protocol.known_classes
+    chosen, left_out = scores_the_data_allows(config, chosen, pipeline.count_examples(train_source, known))
     num_classes = experiment.num_known_classes(protocol, train_source)
     # Every unknown set is found and checked before the first forward pass.
     unknown_sources = [source(ref) for ref in protocol.unknown]
@@ -269,6 +282,8 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
         score_sets.unknown[name] = unknown_scores
     if head == "lgmm":
         results["components"] = component_usage(config, variables, known_test)
+    if left_out:
+        results["scores_left_out"] = left_out
     excluded = excluded_files({"validation": validation_source, "test": test_source,
                                **dict(zip(unknown_names, unknown_sources))})
     if excluded:
