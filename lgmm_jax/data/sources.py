@@ -300,8 +300,9 @@ def load_mnist_5k_source(split: str = "test") -> ArraySource:
 class ImageFolderSource:
     """Every image file under a folder as one unlabelled out-of-distribution set (label 0 for all).
 
-    The decoding mode (grayscale or RGB) and the image shape are those of the first file; a file of
-    another size raises ValueError when it is read.
+    The decoding mode (grayscale or RGB) and the image shape are those of the first readable file; a file
+    of another size raises ValueError when it is read. A file that cannot be decoded raises
+    `images.UnreadableImageError` and is recorded in ``unreadable`` (evaluation leaves it out and counts it).
     """
 
     def __init__(self, folder: str):
@@ -316,8 +317,19 @@ class ImageFolderSource:
             raise DatasetNotAvailableError(
                 f"no image files ({', '.join(images.IMAGE_FILE_EXTENSIONS)}) under {self.folder}: "
                 "unpack the data set there first")
-        self._channels = images.file_channels(self._paths[0]) or 3
-        self._image_shape = images.read_image(self._paths[0], self._channels).shape
+        self.unreadable = images.UnreadableFiles(self.name)
+        self._channels, self._image_shape = self._first_readable()
+
+    def _first_readable(self) -> tuple[int, tuple[int, int, int]]:
+        """(channels, shape) of the first file that decodes: what every other file must match."""
+        for path in self._paths:
+            try:
+                channels = images.file_channels(path) or 3
+                return channels, images.read_image(path, channels).shape
+            except images.UnreadableImageError as error:
+                self.unreadable.record(error)
+        raise DatasetNotAvailableError(f"none of the {len(self._paths)} image files under {self.folder} can be "
+                                       "read: check the data set")
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -328,7 +340,11 @@ class ImageFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self._paths[int(index)]
-        image = images.read_image(path, self._channels)
+        try:
+            image = images.read_image(path, self._channels)
+        except images.UnreadableImageError as error:
+            self.unreadable.record(error)
+            raise
         if image.shape != self._image_shape:
             raise ValueError(
                 f"{path} is {image.shape[0]}x{image.shape[1]}, the first image of {self.folder} is "
