@@ -143,7 +143,7 @@ class ArraySource:
         return f"ArraySource(name={self.name!r}, size={len(self)}, image_shape={self.image_shape})"
 
 
-class ListSource:
+class ListSource(ArraySource):
     """In-memory images of any sizes (a list of uint8 ``[H, W, C]``, C the same for all) with labels."""
 
     def __init__(self, name: str, images: Sequence[np.ndarray], labels: Sequence[int], label_names: Sequence[str]):
@@ -157,27 +157,13 @@ class ListSource:
                              f"{sorted({(str(i.dtype), i.ndim) for i in self._images})} and channels {sorted(channels)}")
         self._channels = channels.pop() if channels else None
 
-    def __len__(self) -> int:
-        return len(self._images)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self._images[index], "label": int(self._labels[index])}
-
     @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    @property
-    def num_classes(self) -> int:
-        return len(self._label_names)
+    def images(self) -> list[np.ndarray]:
+        return self._images
 
     @property
     def image_shape(self) -> tuple[None, None, int | None]:
         return (None, None, self._channels)
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return self._label_names
 
 
 # ----------------------------------------------------------------------------------------------------------
