@@ -200,7 +200,7 @@ def test_predict_cli_gives_one_line_per_image_and_one_error_per_bad_file(run):
         assert line["known"] == (line["p_value"] > 0.2)
     assert all(line["name"] == str(line["label"]) for line in lines)
     errors = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and "corrupt.png" in errors[0] and "not an image" in errors[0]
+    assert len(errors) == 2 and "corrupt.png" in errors[0] and "damaged or truncated" in errors[0]
     assert "nine.png" in errors[1] and "9x9 pixels, the model takes 8x8" in errors[1]
     failed = run["completed"]["predict_cli_bad"]
     assert failed.returncode != 0 and failed.stdout == ""
