@@ -63,6 +63,13 @@ def get_config() -> ml_collections.ConfigDict:
     # (imagefolder=, imagelist=) the size of the first training image, recorded in config.json.
     config.data.image_size = ()
     config.data.channels = 0  # labelled sources: 0 = 1 if the files are grayscale, else 3; or 1 / 3
+    # Who computes the batches (lgmm_jax/data/reading.py): worker processes, -1 = one per core for data read
+    # from files (JPEG decoding scales with processes) and none for in-memory arrays; 0 = this process.
+    # And reading threads in each process. The batches are the same for any choice; metrics.jsonl's
+    # input_wait says whether the devices wait for them.
+    config.data.workers = -1
+    config.data.threads = 4
+    config.data.eval_workers = 0  # evaluation streams live for one pass: threads, unless raised here
     # The normalisation statistics by dataset name (lgmm_jax/data/pipeline.py NORMALIZATION), e.g.
     # 'imagenet2012' for a model started from ImageNet weights; '' = the training dataset's own.
     config.data.normalization = ""

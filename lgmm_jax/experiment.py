@@ -273,4 +273,6 @@ def eval_stream(config, protocol: OpenSetProtocol, source: Source, classes=None,
         process_count=jax.process_count(),
         normalization=settings.normalization_name(config, protocol.dataset),
         image_size=settings.input_image_size(config),
+        workers=settings.eval_workers_of(config),
+        threads=settings.threads_of(config),
     )

@@ -26,7 +26,7 @@ import optax
 from etils import epath
 
 from lgmm_jax import checkpointing, evaluate, experiment, forward, gmmseg, initial_weights, losses, tasks
-from lgmm_jax.data import images, labelled, pipeline
+from lgmm_jax.data import labelled, pipeline
 from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
 from lgmm_jax.models.segmenter import auxiliary_logits
@@ -74,6 +74,13 @@ def encoder_variables(state: TrainState, params) -> dict:
 TRAIN_COLLECTIONS = ["batch_stats", "auxiliary"]
 
 
+def network_images(batch: dict, task_losses: StepLosses) -> jax.Array:
+    """The batch's images as the network takes them: normalised here when they arrive uint8."""
+    if task_losses.input_normalization is None:
+        return batch["image"]
+    return pipeline.normalize_on_device(batch["image"], task_losses.input_normalization)
+
+
 def training_latents(model, state: TrainState, params, images: jax.Array):
     """(latents z, mutable updates) of a training-mode encoder pass: what L-GMM's and GMMSeg's losses take."""
     return model.apply(encoder_variables(state, params), images, train=True, method="encode",
@@ -100,7 +107,7 @@ def lgmm_train_step(
     log_weights = state.mixture["head"]["log_weights"]
 
     def loss_fn(params):
-        z, updates = training_latents(model, state, params, batch["image"])
+        z, updates = training_latents(model, state, params, network_images(batch, task_losses))
         key = jax.random.fold_in(step_key(state), 1)
         total, outputs = task_losses.lgmm_objective(
             z, batch, params["head"], log_weights, state.memory, objective, key)
@@ -156,7 +163,7 @@ def gmmseg_train_step(
     moved toward their queues. The Gaussians take no gradient step."""
 
     def loss_fn(params):
-        z, updates = training_latents(model, state, params, batch["image"])
+        z, updates = training_latents(model, state, params, network_images(batch, task_losses))
         class_logits = lambda scores: model.apply({"params": params}, scores, method="class_logits")  # noqa: E731
         total, outputs = task_losses.gmmseg_objective(z, batch, params["head"], class_logits, settings, scale_floor)
         auxiliary = task_losses.auxiliary_loss(updates, batch)
@@ -191,7 +198,7 @@ def softmax_train_step(
     """The discriminative counterpart: the same encoder with a linear softmax head and the task's
     cross-entropy. Where the task has a batch recipe (`task_losses.mix`) the images are mixed first and the
     loss is taken against the soft targets; accuracy is still counted against the batch's labels."""
-    images, targets = batch["image"], None
+    images, targets = network_images(batch, task_losses), None
     if task_losses.mix is not None:
         images, targets = task_losses.mix(jax.random.fold_in(step_key(state), 2), images, batch)
 
@@ -395,7 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     state = run_steps(
                         config, state, int(state.step), end_step, total_steps, steps_per_epoch, train_iter,
                         train_step, shardings, mesh, learning_rate, checkpoints, writer, preempted,
-                        after_log=lambda: record_unreadable(workdir, images.unreadable_of(train_source)),
+                        after_log=lambda replaced: record_unreadable(workdir, replaced),
                     )
                     if end_step in curve:
                         evaluate_curve_point(config, workdir, model, state, protocol, mesh, curve[end_step])
@@ -469,6 +476,11 @@ def record_split_lists(workdir: str, train_source) -> None:
     checkpointing.write_text_atomically(folder / "classes.txt", "".join(f"{n}\n" for n in listing.class_names))
 
 
+def replaced_files(column) -> dict[str, str]:
+    """path -> reason of the unreadable files a batch's examples stand in for (its ``replaced`` column)."""
+    return dict(line.split("\t", 1) for text in column for line in str(text).splitlines() if "\t" in line)
+
+
 def record_unreadable(workdir: str, found: dict[str, str]) -> None:
     """workdir/unreadable_files.txt: every unreadable training file met (path, a tab, why), those listed by
     an earlier part of the run kept (process 0)."""
@@ -483,20 +495,32 @@ def record_unreadable(workdir: str, found: dict[str, str]) -> None:
 
 
 def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch, train_iter, train_step,
-              shardings, mesh, learning_rate, checkpoints, writer, preempted, after_log=lambda: None):
-    """Steps start_step+1 .. end_step of a run of total_steps: log (then `after_log()`), checkpoint (after
-    the step, with the iterator's position after its batch), re-seed the means after the configured
-    epochs, stop cleanly on preemption."""
+              shardings, mesh, learning_rate, checkpoints, writer, preempted, after_log=lambda replaced: None):
+    """Steps start_step+1 .. end_step of a run of total_steps: log (then `after_log(replaced)`, replaced:
+    path -> reason of the unreadable files the batches stood in for so far), checkpoint (after the step,
+    with the iterator's position after its batch), re-seed the means after the configured epochs, stop
+    cleanly on preemption.
+
+    `input_wait` (logged) is the share of the time since the last log that the loop waited for its next
+    batch: the input pipeline's reading and the copy to the devices, beyond what the devices' work on the
+    steps dispatched before hid (JAX dispatches a step and returns at once, so the next batch is read
+    while the devices compute). Near 0: the devices are the limit; near 1: more workers would help."""
     reseed_steps = {int(epoch * steps_per_epoch) for epoch in config.loss.get("reseed_epochs", ())}
     is_lgmm = config.model.head == "lgmm"
     reseed = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)
     pending: list[tuple[int, dict]] = []
+    replaced: dict[str, str] = {}
+    input_wait = 0.0
     last_log_time, last_log_step, started = time.time(), start_step, time.time()
     step = start_step
     while step < end_step:
+        waiting = time.perf_counter()
         local = next(train_iter)
+        replaced.update(replaced_files(local.pop("replaced", ())))
         local["mask"] = np.ones(len(local["label"]), bool)  # training batches are never padded
-        state, metrics = train_step(state, global_batch(local, mesh))
+        batch = global_batch(local, mesh)
+        input_wait += time.perf_counter() - waiting
+        state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics))
         if is_lgmm and step in reseed_steps:
@@ -519,15 +543,16 @@ def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch,
             record = dict(history[-1])
             record["learning_rate"] = float(learning_rate(step - 1))
             record["images_per_second"] = images_per_second
+            record["input_wait"] = min(input_wait / max(now - last_log_time, 1e-9), 1.0)
             writer.write(record)
             eta = (total_steps - step) * (now - started) / max(step - start_step, 1)
             console(
                 f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.1f}) "
                 f"loss {record['loss']:.4f} acc {record['accuracy']:.3f} "
-                f"{images_per_second:.0f} img/s ETA {eta:.0f}s"
+                f"{images_per_second:.0f} img/s input wait {record['input_wait']:.0%} ETA {eta:.0f}s"
             )
-            last_log_time, last_log_step = now, step
-            after_log()
+            last_log_time, last_log_step, input_wait = now, step, 0.0
+            after_log(replaced)
         if save_now or stop:
             checkpointing.save(checkpoints, step, state, train_iter)
         if stop:

@@ -7,6 +7,7 @@ Also the helpers that run the command line in a subprocess for test_faults.py an
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import os
 import shutil
@@ -74,6 +75,16 @@ def wait_for(condition, timeout: float = 300, poll: float = 0.05, what: str = "c
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# metrics.jsonl's wall-clock numbers: the only ones two runs of the same command may differ in.
+TIMING_METRICS = ("images_per_second", "input_wait")
+
+
+def metrics_without_timing(workdir) -> list[dict]:
+    """metrics.jsonl's records without `TIMING_METRICS`."""
+    records = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k not in TIMING_METRICS} for record in records]
 
 
 def committed_steps(workdir) -> list[int]:

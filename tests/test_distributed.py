@@ -62,6 +62,7 @@ from tests.test_cli import (
     committed_steps,
     compilation_cache,
     main_command,
+    metrics_without_timing,
     reference_run,
     run_main,
     segmentation_reference_run,
@@ -103,8 +104,7 @@ def train_on(workdir, devices: int, cache) -> str:
 
 
 def metrics(workdir) -> list[dict]:
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in record.items() if k != "images_per_second"} for record in records]
+    return metrics_without_timing(workdir)
 
 
 def flat_numbers(tree, prefix="") -> dict[str, float]:

@@ -49,6 +49,7 @@ from tests.test_cli import (
     cli_env,
     committed_steps,
     compilation_cache,
+    metrics_without_timing,
     reference_run,
     run_main,
     segmentation_reference_run,
@@ -74,12 +75,6 @@ def uninterrupted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted_segmentation(tmp_path_factory):
     return segmentation_reference_run(tmp_path_factory)
-
-
-def metrics_without_timing(workdir) -> list[dict]:
-    """metrics.jsonl without images_per_second (wall-clock, the one number allowed to differ)."""
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in record.items() if k != "images_per_second"} for record in records]
 
 
 def resumed_from(stdout: str) -> int:

@@ -17,7 +17,14 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from lgmm_jax.data.sources import FASHION_MNIST_DIR, load_fashion_mnist_source
-from tests.test_cli import committed_steps, compilation_cache, run_main, start_main, wait_for
+from tests.test_cli import (
+    committed_steps,
+    compilation_cache,
+    metrics_without_timing,
+    run_main,
+    start_main,
+    wait_for,
+)
 from tests.test_distributed import assert_same_results
 
 pytestmark = pytest.mark.skipif(
@@ -151,9 +158,7 @@ def test_killed_and_rerun_ends_as_the_uninterrupted_run(uninterrupted, folder, c
     rerun = run_main(workdir, *args(folder), cache=cache)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads((workdir / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
-    strip = lambda w: [{k: v for k, v in json.loads(line).items() if k != "images_per_second"}  # noqa: E731
-                       for line in (w / "metrics.jsonl").read_text().splitlines()]
-    assert strip(workdir) == strip(reference)
+    assert metrics_without_timing(workdir) == metrics_without_timing(reference)
 
 
 @pytest.mark.slow  # a CLI run of 30 steps on 2 devices

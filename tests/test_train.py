@@ -47,7 +47,7 @@ def test_lgmm_default_config_end_to_end(lgmm_run):
     records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert {10, 20, 30} <= {r["step"] for r in records}
     for name in ("loss", "discriminative", "nll", "one_hot", "average_usage", "generative",
-                 "learning_rate", "images_per_second", "effective_components"):
+                 "learning_rate", "images_per_second", "input_wait", "effective_components"):
         assert all(np.isfinite(r[name]) for r in records), name
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["15", "30"]

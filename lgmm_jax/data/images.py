@@ -19,6 +19,7 @@ stderr the first time a file is met, and the list for the run's outputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -82,19 +83,14 @@ def _decoded(image: Image.Image, channels: int) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def read_image(path: str, channels: int = 3) -> np.ndarray:
-    """``path`` decoded with pillow, EXIF orientation applied, as uint8 ``[H, W, channels]`` (1 or 3).
-
-    Raises:
-      UnreadableImageError: the file is missing, empty, truncated or not an image pillow reads.
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+@contextlib.contextmanager
+def decoding(path: str):
+    """A block that reads the file ``path``: whatever goes wrong with the file leaves it as one
+    `UnreadableImageError` naming the file and why."""
     try:
         if os.path.getsize(path) == 0:
             raise UnreadableImageError(path, "empty file (0 bytes)")
-        with Image.open(path) as image:
-            return _decoded(image, channels)
+        yield
     except UnreadableImageError:
         raise
     except FileNotFoundError:
@@ -104,6 +100,56 @@ def read_image(path: str, channels: int = 3) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UnreadableImageError(path, f"damaged or truncated ({first_line})") from None
+
+
+def read_image(path: str, channels: int = 3) -> np.ndarray:
+    """``path`` decoded with pillow, EXIF orientation applied, as uint8 ``[H, W, channels]`` (1 or 3).
+
+    Raises:
+      UnreadableImageError: the file is missing, empty, truncated or not an image pillow reads.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    with decoding(path), Image.open(path) as image:
+        return _decoded(image, channels)
+
+
+DRAFT_FACTORS = (8, 4, 2)  # the JPEG decoder's scaled inverse DCTs (libjpeg: 1/8, 1/4, 1/2)
+# EXIF orientations 5-8 turn the stored picture by 90 degrees: height and width swap.
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def draft_factor(window_height: int, window_width: int, min_side: int) -> int:
+    """The largest of `DRAFT_FACTORS` (else 1) that keeps the window's shorter side at least ``min_side``."""
+    shorter = min(window_height, window_width)
+    return next((factor for factor in DRAFT_FACTORS if shorter // factor >= min_side), 1)
+
+
+def read_image_window(path: str, channels: int, choose_window, size: int, resample: int) -> np.ndarray:
+    """The window ``choose_window(height, width) -> (top, left, h, w)`` of the file's picture (EXIF-oriented,
+    as `read_image` gives it) resized to ``size x size``, in one pass of pillow: uint8 ``[size, size,
+    channels]``. A random resized crop's decode, crop and resize without the full picture as an array.
+
+    Two things differ from ``resize(read_image(path)[top:top + h, left:left + w])``: pillow resizes the
+    window inside the picture (``resize(box=...)``), so the filter reads the picture's pixels just
+    outside the window's edges where the crop would repeat its own border; and where the window's
+    shorter side is at least twice ``size`` a JPEG is decoded at 1/2, 1/4 or 1/8 scale (`draft_factor`,
+    the decoder's scaled inverse DCT) before the resize, which shrinks it further anyway. What that
+    changes in pixels is measured in tests/data/test_reading.py. Raises `UnreadableImageError` as
+    `read_image` does.
+    """
+    with decoding(path), Image.open(path) as image:
+        swapped = image.getexif().get(0x0112) in SWAPPING_ORIENTATIONS
+        height, width = (image.width, image.height) if swapped else (image.height, image.width)
+        top, left, h, w = choose_window(height, width)
+        factor = draft_factor(h, w, size)
+        if factor > 1 and image.format == "JPEG":
+            image.draft(image.mode, (-(-image.width // factor), -(-image.height // factor)))
+        picture = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
+        scale_y, scale_x = picture.height / height, picture.width / width
+        box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
+        array = np.asarray(picture.resize((size, size), resample, box=box), dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
 
 
 class UnreadableFiles:
@@ -122,6 +168,12 @@ class UnreadableFiles:
             self._reasons[error.path] = error.reason
         print(f"warning: skipping unreadable image {error.path} ({error.reason}) in {self.what}",
               file=sys.stderr, flush=True)
+
+    def __getstate__(self):  # a worker process gets a copy of its source: the lock stays behind
+        return {"what": self.what, "_reasons": self.items()}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def items(self) -> dict[str, str]:
         """path -> reason, sorted by path."""

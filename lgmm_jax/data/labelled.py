@@ -350,8 +350,17 @@ class LabelledImageSource:
         return len(self._entries)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._example(index, lambda path: images.read_image(path, self.listing.channels))
+
+    def read_window(self, index: int, choose_window, size: int, resample: int) -> dict[str, Any]:
+        """Example ``index`` with a window of its image resized to ``size x size`` in one pass of pillow
+        (`images.read_image_window`): a random resized crop, without the whole picture as an array."""
+        return self._example(index, lambda path: images.read_image_window(
+            path, self.listing.channels, choose_window, size, resample))
+
+    def _example(self, index: int, decode) -> dict[str, Any]:
         try:
-            image = images.read_image(self.path(index), self.listing.channels)
+            image = decode(self.path(index))
         except images.UnreadableImageError as error:
             self.unreadable.record(error)
             raise

@@ -54,6 +54,7 @@ through the same normalisation it was trained with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -63,6 +64,7 @@ import numpy as np
 from lgmm_jax.data import augment
 from lgmm_jax.data import protocols
 from lgmm_jax.data import randaugment
+from lgmm_jax.data import reading
 from lgmm_jax.data.images import UnreadableImageError
 from lgmm_jax.data.sources import Source
 
@@ -157,10 +159,9 @@ def _pixels(values: Sequence[float]) -> tuple[float, ...]:
     return tuple(255.0 * value for value in values)
 
 
-def swin_train_augment(image: np.ndarray, rng: np.random.Generator, normalization: Normalization) -> np.ndarray:
-    """mmcls's Swin training pipeline on a uint8 image (``imagenet_swin``, see the module docstring)."""
-    image = augment.random_resized_crop(image, IMAGENET_TRAIN_SIZE, rng, resample=RESIZE_RESAMPLING["imagenet_swin"])
-    image = augment.random_horizontal_flip(image, rng)
+def swin_after_crop(image: np.ndarray, rng: np.random.Generator, normalization: Normalization) -> np.ndarray:
+    """mmcls's Swin training pipeline after its crop and flip (``imagenet_swin``, the module docstring):
+    RandAugment, then random erasing."""
     mean_pixel = tuple(round(value) for value in _pixels(normalization.mean))
     image = randaugment.rand_augment(image, rng, fill=mean_pixel)
     return augment.random_erasing(image, rng, _pixels(normalization.mean), _pixels(normalization.std),
@@ -168,10 +169,12 @@ def swin_train_augment(image: np.ndarray, rng: np.random.Generator, normalizatio
 
 
 def augment_train(image: np.ndarray, preprocess: str, rng: np.random.Generator,
-                  normalization: Normalization = NORMALIZATION["imagenet2012"]) -> np.ndarray:
+                  normalization: Normalization = NORMALIZATION["imagenet2012"], window: bool = False) -> np.ndarray:
     """The training augmentation of preset ``preprocess`` (uint8 in, uint8 out).
 
     ``normalization``: the statistics the model sees; ``imagenet_swin`` fills and erases with them.
+    ``window``: ``image`` is already the random resized crop (`images.read_image_window`, its window
+    drawn with the same generator): the ImageNet presets go on from there.
     """
     if preprocess == "none":
         return image
@@ -180,11 +183,12 @@ def augment_train(image: np.ndarray, preprocess: str, rng: np.random.Generator,
     if preprocess == "cifar":
         image = augment.random_crop_with_padding(image, CIFAR_PADDING, rng)
         return augment.random_horizontal_flip(image, rng)
-    if preprocess == "imagenet":
-        image = augment.random_resized_crop(image, IMAGENET_TRAIN_SIZE, rng)
-        return augment.random_horizontal_flip(image, rng)
-    if preprocess == "imagenet_swin":
-        return swin_train_augment(image, rng, normalization)
+    if preprocess in RESIZE_RESAMPLING:
+        resample = RESIZE_RESAMPLING[preprocess]
+        if not window:
+            image = augment.random_resized_crop(image, IMAGENET_TRAIN_SIZE, rng, resample=resample)
+        image = augment.random_horizontal_flip(image, rng)
+        return swin_after_crop(image, rng, normalization) if preprocess == "imagenet_swin" else image
     raise ValueError(f"unknown preprocess preset {preprocess!r}: use one of {', '.join(PREPROCESS_PRESETS)}")
 
 
@@ -235,29 +239,35 @@ def _lookup_table(known_classes: Sequence[int] | None, source: Source) -> np.nda
 MAX_REPLACEMENTS = 100  # unreadable examples replaced in a row before a training stream gives up
 
 
-def readable_example(source, index: int, candidates: np.ndarray | None, rng: np.random.Generator) -> dict:
-    """``source[index]``, or, when its file cannot be read, the first readable of examples drawn from
-    ``candidates`` with ``rng`` (the element's own generator: the same replacement in every run)."""
-    try:
-        return source[int(index)]
-    except UnreadableImageError:
-        if candidates is None or len(candidates) == 0:
-            raise
-    for _ in range(MAX_REPLACEMENTS):
+def readable_example(source, index: int, candidates, rng: np.random.Generator, read=None) -> tuple[dict, str]:
+    """(``read(index)``, ''), or, when its file cannot be read, (the first readable of examples drawn
+    from ``candidates`` with ``rng``, the element's own generator: the same replacement in every run, and
+    the files replaced, a ``path<TAB>reason`` line each). Any other error names the example. ``read``:
+    index -> example, ``source[index]`` by default."""
+    read = read or source.__getitem__
+    replaced = []
+    for attempt in range(MAX_REPLACEMENTS + 1):
+        if attempt and (candidates is None or len(candidates) == 0):
+            break
+        chosen = int(index) if attempt == 0 else int(candidates[rng.integers(len(candidates))])
         try:
-            return source[int(candidates[rng.integers(len(candidates))])]
-        except UnreadableImageError:
-            continue
-    raise ValueError(f"{MAX_REPLACEMENTS} examples in a row of {source!r} could not be read (the warnings "
-                     "above name them): check the data")
+            return reading.guarded(source, chosen, lambda: read(chosen)), "".join(replaced)
+        except UnreadableImageError as error:
+            replaced.append(f"{error.path}\t{error.reason}\n")
+    raise reading.ExampleError(f"{len(replaced)} examples in a row of {source!r} could not be read (the first: "
+                               f"{replaced[0].strip()}): check the data")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrainExample(grain.transforms.RandomMap):
-    """Source index -> ``{"image": float32 [H, W, C], "label": int32}`` with augmentation.
+    """Source index -> ``{"image": float32 [H, W, C], "label": int32, "replaced": str}`` with augmentation.
 
-    ``image_size``: resize to it first (`to_image_size`); ``candidates``: the indices an unreadable
-    example's replacement is drawn from (`readable_example`).
+    ``image_size``: resize to it first (`to_image_size`). Where the preset takes a random resized crop
+    and the source can read a window of its files (``read_window``, the labelled folders), pillow
+    decodes, crops and resizes in one pass (`images.read_image_window`, which says what that changes in
+    pixels). ``candidates``: the indices an unreadable
+    example's replacement is drawn from (`readable_example`, whose list of replaced files ``replaced``
+    carries); ``normalize=False`` leaves the image uint8, normalised on the device (`normalize_on_device`).
     """
 
     source: Any
@@ -266,16 +276,27 @@ class TrainExample(grain.transforms.RandomMap):
     lookup: np.ndarray | None
     image_size: tuple[int, int] | None = None
     candidates: np.ndarray | None = None
+    normalize: bool = True
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        example = readable_example(self.source, index, self.candidates, rng)
-        image = to_image_size(np.asarray(example["image"]), self.image_size)
-        image = augment_train(image, self.preprocess, rng, self.normalization)
+        windowed = resizes_to_network_input(self.preprocess) and hasattr(self.source, "read_window")
+        choose = functools.partial(augment.random_resized_crop_window, rng=rng)
+        resample = RESIZE_RESAMPLING.get(self.preprocess)
+        read = (lambda i: self.source.read_window(i, choose, IMAGENET_TRAIN_SIZE, resample)) if windowed else None
+        example, replaced = readable_example(self.source, index, self.candidates, rng, read)
+
+        def transform():
+            image = np.asarray(example["image"])
+            if not resizes_to_network_input(self.preprocess):
+                image = to_image_size(image, self.image_size)
+            image = augment_train(image, self.preprocess, rng, self.normalization, window=windowed)
+            if self.normalize:
+                image = augment.normalize(image, self.normalization.mean, self.normalization.std)
+            return image
+
         label = example["label"] if self.lookup is None else self.lookup[example["label"]]
-        return {
-            "image": augment.normalize(image, self.normalization.mean, self.normalization.std),
-            "label": np.int32(label),
-        }
+        return {"image": reading.guarded(self.source, int(index), transform), "label": np.int32(label),
+                "replaced": replaced}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -318,7 +339,7 @@ class EvalExample(grain.transforms.Map):
         if index < 0:
             return None
         try:
-            return self.source[index]
+            return reading.guarded(self.source, index, lambda: self.source[index])
         except UnreadableImageError:
             return None
 
@@ -341,20 +362,31 @@ class EvalExample(grain.transforms.Map):
         }
 
 
-EVAL_READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)  # items are whole batches
+def normalizes_on_device(preset: str) -> bool:
+    """Whether a preset's training images stay uint8 to the devices (`normalize_on_device`): every preset but
+    ``imagenet_swin``, whose random erasing draws float pixels. A quarter of float32's bytes cross to the
+    devices, and the host skips the normalisation."""
+    _check_preprocess(preset)
+    return preset != "imagenet_swin"
 
 
-def _default_read_options(local_batch_size: int) -> grain.ReadOptions:
-    # Elements are single examples here; keep a few batches in flight, not grain's default 500 elements.
-    return grain.ReadOptions(num_threads=4, prefetch_buffer_size=max(2 * local_batch_size, 16))
+def normalize_on_device(images, normalization: Normalization):
+    """uint8 images -> ``(x / 255 - mean) / std`` in float32 on the devices (jax.numpy); others as they are."""
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top (the pipeline itself never needs jax)
+
+    if images.dtype != jnp.uint8:
+        return images
+    mean = jnp.asarray(normalization.mean, jnp.float32)
+    std = jnp.asarray(normalization.std, jnp.float32)
+    return (images.astype(jnp.float32) / jnp.float32(255.0) - mean) / std
 
 
 def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: str,
                    known_classes: Sequence[int] | None = None, process_index: int = 0, process_count: int = 1,
                    num_epochs: int | None = None, normalization: str | Normalization | None = None,
-                   read_options: grain.ReadOptions | None = None,
                    example: grain.transforms.RandomMap | None = None,
-                   image_size: Sequence[int] | None = None) -> grain.DatasetIterator:
+                   image_size: Sequence[int] | None = None, workers: int = 0,
+                   threads: int = reading.DEFAULT_THREADS, normalize: bool = True) -> reading.BatchStream:
     """Infinite (or ``num_epochs``-long) iterator of this process's part of each global training batch.
 
     Args:
@@ -366,13 +398,16 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
       process_index, process_count: this process's contiguous share of every global batch.
       num_epochs: None repeats forever; otherwise the stream ends after the last full global batch.
       normalization: dataset name or `Normalization`; None = the source's dataset.
-      read_options: grain threading / prefetch options (default: 4 threads, a few batches ahead).
       example: the source index -> training example transform (default `TrainExample` with
         ``preprocess`` and ``normalization``); segmentation passes `seg_augment.SegmentationTrainExample`.
       image_size: (H, W) every image is resized to before a preset that does not resize (None = as is).
+      workers, threads: worker processes (0: this process) and reading threads in each (`reading`).
+      normalize: False keeps the images uint8 (`normalizes_on_device` presets; `normalize_on_device`).
     Returns:
-      A grain ``DatasetIterator`` of ``{"image": float32 [b, H, W, C], "label": int32 [b]}`` with
-      ``b = batch_size // process_count``; its ``get_state()`` / ``set_state()`` resume exactly.
+      A `reading.BatchStream` of ``{"image": float32 (or uint8) [b, H, W, C], "label": int32 [b],
+      "replaced": str [b]}`` (``replaced``: the unreadable files each example stands in for, see
+      `readable_example`) with ``b = batch_size // process_count``; its ``get_state()`` / ``set_state()``
+      resume exactly, and the batches are the same for any worker, thread and process count.
     """
     _check_preprocess(preprocess)
     _check_processes(batch_size, process_index, process_count)
@@ -389,21 +424,22 @@ def train_iterator(source: Source, *, batch_size: int, seed: int, preprocess: st
         stream = stream[: steps_per_epoch(len(stream), batch_size) * batch_size]
     if example is None:
         example = TrainExample(source, preprocess, get_normalization(normalization, source),
-                               _lookup_table(known_classes, source), _image_size(image_size), indices)
+                               _lookup_table(known_classes, source), _image_size(image_size), indices,
+                               normalize)
     stream = stream.random_map(example, seed=seed)
     local_batch_size = batch_size // process_count
     share = ContiguousShare(stream, batch_size, local_batch_size * process_index, local_batch_size)
-    local = grain.MapDataset.range(len(stream) // process_count).map(share).to_iter_dataset(
-        read_options or _default_read_options(local_batch_size))
-    return iter(local.batch(local_batch_size, drop_remainder=True))
+    batches = grain.MapDataset.range(len(stream) // process_count).map(share).batch(
+        local_batch_size, drop_remainder=True)
+    return reading.BatchStream(batches, workers=workers, threads=threads, examples_per_batch=local_batch_size)
 
 
 def eval_batches(source: Source, *, batch_size: int, preprocess: str,
                  known_classes: Sequence[int] | None = None, classes: Sequence[int] | None = None,
                  process_index: int = 0, process_count: int = 1,
                  normalization: str | Normalization | None = None,
-                 read_options: grain.ReadOptions | None = None,
-                 image_size: Sequence[int] | None = None) -> grain.IterDataset:
+                 image_size: Sequence[int] | None = None, workers: int = 0,
+                 threads: int = reading.DEFAULT_THREADS) -> grain.IterDataset:
     """Ordered evaluation batches: every selected example once over all processes, padding masked.
 
     Every process gets ``num_eval_batches(n, batch_size)`` batches of ``batch_size // process_count``
@@ -420,8 +456,8 @@ def eval_batches(source: Source, *, batch_size: int, preprocess: str,
       process_index, process_count: this process's share ``[process_index::process_count]``.
       normalization: dataset name or `Normalization`; None = the source's dataset. For OOD data pass
         the training dataset's name.
-      read_options: grain threading / prefetch options (default: 4 threads, 4 batches ahead).
       image_size: (H, W) every image is resized to before a preset that does not resize (None = as is).
+      workers, threads: worker processes (0: this process) and reading threads in each (`reading`).
     Returns:
       A re-iterable grain ``IterDataset`` of ``{"image": float32 [b, H, W, C], "label": int32 [b],
       "original_label": int32 [b], "mask": bool [b]}``.
@@ -437,8 +473,5 @@ def eval_batches(source: Source, *, batch_size: int, preprocess: str,
         EvalExample(source, preprocess, get_normalization(normalization, source),
                     _lookup_table(known_classes, source), int(indices[0]), _image_size(image_size),
                     eval_input_shape(source, preprocess, image_size)))
-    # Whole batches are what the threads prefetch: grain's prefetch looks through its whole buffer for
-    # every item it returns, which for single examples cost more than reading in-memory data (0.75 s of a
-    # 4.6 s evaluation on digits). Nothing is resumed here, so the item may be a batch.
     local = examples[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
-    return local.to_iter_dataset(read_options or EVAL_READ_OPTIONS)
+    return reading.read(local, workers, threads)

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from skimage import color as sk_color
 
-from lgmm_jax.data import augment
+from lgmm_jax.data import augment, reading
 from lgmm_jax.data.pipeline import NORMALIZATION as DATASET_NORMALIZATION
 from lgmm_jax.data.pipeline import Normalization, readable_example
 
@@ -202,10 +202,14 @@ class SegmentationTrainExample(grain.transforms.RandomMap):
     cat_max_ratio: float = CAT_MAX_RATIO
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        example = readable_example(self.source, int(index), range(len(self.source)), rng)
-        image, label = augment_segmentation(
-            np.asarray(example["image"]), np.asarray(example["label"]), rng, scale=self.scale,
-            crop_size=self.crop_size, ratio_range=self.ratio_range, cat_max_ratio=self.cat_max_ratio)
-        image = augment.normalize(image, self.normalization.mean, self.normalization.std)
-        image, label = pad_to(image, label, self.crop_size)
-        return {"image": image, "label": label.astype(np.int32)}
+        example, replaced = readable_example(self.source, int(index), range(len(self.source)), rng)
+
+        def transform():
+            image, label = augment_segmentation(
+                np.asarray(example["image"]), np.asarray(example["label"]), rng, scale=self.scale,
+                crop_size=self.crop_size, ratio_range=self.ratio_range, cat_max_ratio=self.cat_max_ratio)
+            image = augment.normalize(image, self.normalization.mean, self.normalization.std)
+            return pad_to(image, label, self.crop_size)
+
+        image, label = reading.guarded(self.source, int(index), transform)
+        return {"image": image, "label": label.astype(np.int32), "replaced": replaced}

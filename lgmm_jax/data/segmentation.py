@@ -381,6 +381,8 @@ class AnomalyFolderSource:
 class ScenesSource:
     """A split of the offline testbed (`scenes.load`), with ``label`` and ``anomaly`` for every scene."""
 
+    in_memory = True  # arrays made once and cached: read in this process (`settings.workers_for`)
+
     def __init__(self, split: str, data_dir: str | None = None, seed: int = 0):
         self.name = "scenes"
         self.split = split

@@ -100,6 +100,8 @@ class Source(Protocol):
 class ArraySource:
     """An in-memory source over uint8 images ``[N, H, W, C]`` and integer labels ``[N]``."""
 
+    in_memory = True  # nothing to decode: read in this process (`settings.workers_for`)
+
     def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, label_names: Sequence[str]):
         images = np.asarray(images)
         labels = np.asarray(labels)

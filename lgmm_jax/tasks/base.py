@@ -33,6 +33,8 @@ class StepLosses(NamedTuple):
       CutMix / label smoothing) where the task has one.
     gmmseg_objective(z, batch, head_params, class_logits, settings, scale_floor) -> (total,
       `gmmseg.PixelOutputs`), or None: GMMSeg's loss where the task has `method=gmmseg`.
+    input_normalization: the `pipeline.Normalization` the steps apply on the devices to a batch whose
+      images arrive uint8 (`pipeline.normalize_on_device`); None where they arrive normalised.
     """
 
     lgmm_objective: Callable
@@ -41,6 +43,7 @@ class StepLosses(NamedTuple):
     accuracy: Callable
     mix: Callable | None = None
     gmmseg_objective: Callable | None = None
+    input_normalization: Any = None
 
 
 class Task(abc.ABC):

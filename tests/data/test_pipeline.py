@@ -56,8 +56,9 @@ def digits_iterator(seed=0, **kwargs):
 
 def test_train_batches_have_the_promised_types():
     (batch,) = take(digits_iterator(), 1)
-    assert set(batch) == {"image", "label"}
+    assert set(batch) == {"image", "label", "replaced"}
     assert batch["image"].shape == (32, 8, 8, 1) and batch["image"].dtype == np.float32
+    assert batch["replaced"].tolist() == [""] * 32  # no unreadable file stood in for
     assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
     assert set(np.unique(batch["label"])) <= set(range(6))
 

@@ -17,7 +17,13 @@ import optax
 from lgmm_jax import losses, mixing
 from lgmm_jax import report as lgmm_report
 from lgmm_jax.data import pipeline
-from lgmm_jax.data.settings import input_image_size, labelled_options, normalization_name
+from lgmm_jax.data.settings import (
+    input_image_size,
+    labelled_options,
+    normalization_name,
+    threads_of,
+    workers_for,
+)
 from lgmm_jax.data.sources import get_source
 from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.objective import lgmm_objective
@@ -89,6 +95,9 @@ class ClassificationTask(Task):
             process_count=jax.process_count(),
             normalization=normalization_name(config, protocol.dataset),
             image_size=input_image_size(config),
+            workers=workers_for(config, source),
+            threads=threads_of(config),
+            normalize=not pipeline.normalizes_on_device(preset),
         )
 
     def model_input_shape(self, config, train_source, preset: str) -> tuple:
@@ -110,6 +119,7 @@ class ClassificationTask(Task):
             softmax_loss=cross_entropy,
             accuracy=image_accuracy,
             mix=batch_mixer(recipe, num_classes) if mixing_on else None,
+            input_normalization=pipeline.get_normalization(normalization_name(config, config.dataset), None),
         )
 
     def own_split_name(self, ref) -> str:

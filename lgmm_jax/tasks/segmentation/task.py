@@ -23,6 +23,7 @@ from lgmm_jax.data import pipeline
 from lgmm_jax.data.seg_augment import NORMALIZATION, SegmentationTrainExample
 from lgmm_jax.data.segfolder import SegFolderOptions
 from lgmm_jax.data.segmentation import get_segmentation_source
+from lgmm_jax.data.settings import threads_of, workers_for
 from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.models.resize import resize_labels_nearest
 from lgmm_jax.models.segmenter import auxiliary_logits
@@ -151,6 +152,8 @@ class SegmentationTask(Task):
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             example=example,
+            workers=workers_for(config, source),
+            threads=threads_of(config),
         )
 
     def model_input_shape(self, config, train_source, preset: str) -> tuple:
