@@ -476,9 +476,15 @@ def record_split_lists(workdir: str, train_source) -> None:
     checkpointing.write_text_atomically(folder / "classes.txt", "".join(f"{n}\n" for n in listing.class_names))
 
 
-def replaced_files(column) -> dict[str, str]:
-    """path -> reason of the unreadable files a batch's examples stand in for (its ``replaced`` column)."""
-    return dict(line.split("\t", 1) for text in column for line in str(text).splitlines() if "\t" in line)
+def step_inputs(local: dict) -> tuple[dict, dict[str, str]]:
+    """A training stream's batch as the train step takes it (its arrays, and a mask: training batches are
+    never padded), and path -> reason of the unreadable files its examples stand in for (the stream's
+    ``replaced`` column, `pipeline.readable_example`)."""
+    arrays = {key: value for key, value in local.items() if key != "replaced"}
+    arrays["mask"] = np.ones(len(local["label"]), bool)
+    replaced = dict(line.split("\t", 1) for text in local.get("replaced", ()) for line in str(text).splitlines()
+                    if "\t" in line)
+    return arrays, replaced
 
 
 def record_unreadable(workdir: str, found: dict[str, str]) -> None:
@@ -515,9 +521,8 @@ def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch,
     step = start_step
     while step < end_step:
         waiting = time.perf_counter()
-        local = next(train_iter)
-        replaced.update(replaced_files(local.pop("replaced", ())))
-        local["mask"] = np.ones(len(local["label"]), bool)  # training batches are never padded
+        local, stood_in_for = step_inputs(next(train_iter))
+        replaced.update(stood_in_for)
         batch = global_batch(local, mesh)
         input_wait += time.perf_counter() - waiting
         state, metrics = train_step(state, batch)

@@ -95,9 +95,8 @@ def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
     model = create_model(config.model, num_classes)
     optimizer, _ = create_optimizer(config, steps_per_epoch=10, total_steps=10)
     state, shardings = create_sharded_train_state(config, model, optimizer, input_shape, num_classes, mesh)
-    local = next(experiment.train_stream(config, protocol, source))
+    local, _ = train.step_inputs(next(experiment.train_stream(config, protocol, source)))
     assert local["image"].shape == (8, *input_shape)
-    local["mask"] = np.ones(len(local["label"]), bool)
     before = jax.device_get(state.params)
     variables, key = jax.device_get(forward.model_variables(state)), train.step_key(state)  # state is donated
     step = train.make_train_step(config, model, optimizer, shardings, mesh, num_classes)
@@ -108,7 +107,8 @@ def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
     assert all(jax.tree.leaves(moved)), [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(moved)
                                          if not m]
     # The step's accuracy, counted again from the class scores of the step's own (training-mode) pass.
-    outputs = training_pass(model)(variables, local["image"], key)
+    images = train.network_images(local, tasks.get(config).step_losses(config, num_classes))  # as the step takes them
+    outputs = training_pass(model)(variables, images, key)
     class_scores = np.asarray(outputs[1] if isinstance(outputs, tuple) else outputs)  # a classifier's L-GMM: (z, scores)
     labels = local["label"]
     if task == "segmentation":  # at the scores' resolution, nearest (PyTorch's rule), void excluded

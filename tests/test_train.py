@@ -183,8 +183,7 @@ def real_batches(config, count):
     protocol = experiment.resolve_protocol(config)
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
     stream = experiment.train_stream(config, protocol, source)
-    batches = [next(stream) for _ in range(count)]
-    return [{**b, "mask": np.ones(b["label"].shape, bool)} for b in batches]
+    return [train.step_inputs(next(stream))[0] for _ in range(count)]
 
 
 def trained_parameters(config, num_steps=3):
