@@ -33,9 +33,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lgmm_jax import experiment, restore, tasks  # noqa: E402
+from lgmm_jax import tasks  # noqa: E402
+from lgmm_jax.training import experiment, restore  # noqa: E402
 from lgmm_jax.ood.segmentation_metrics import ANOMALY, KNOWN  # noqa: E402
-from lgmm_jax.sharding import make_mesh  # noqa: E402
+from lgmm_jax.runtime.sharding import make_mesh  # noqa: E402
 from lgmm_jax.tasks.segmentation import evaluation  # noqa: E402
 
 

@@ -1,11 +1,11 @@
 """Forward + backward cost of the GMM density head against a linear softmax head, on the same latents.
 
 For each class count C the L-GMM head is timed as training runs it: one jitted `jax.value_and_grad` of
-`lgmm_jax.objective.lgmm_objective` (L_D + L_G, Eq. 5-7; its settings are `state.objective_config` of
+`lgmm_jax.method.objective.lgmm_objective` (L_D + L_G, Eq. 5-7; its settings are `state.objective_config` of
 configs/default.py, as in training) with respect to the latents z and the head's
 parameters (means, raw scales), with a full class-conditional memory bank of M latents per class that is
 updated in place (donated, as the train step donates its state). The counterpart is a `flax.linen.Dense(C)`
-on the same latents with `lgmm_jax.losses.softmax_cross_entropy`, differentiated w.r.t. z and the Dense
+on the same latents with `lgmm_jax.method.losses.softmax_cross_entropy`, differentiated w.r.t. z and the Dense
 parameters. Both return what the train step consumes (the objective's outputs; the logits).
 
 To attribute the cost, the same objective is also timed with one bank slot per class (M=1: the bank is
@@ -47,11 +47,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgmm_jax import losses, mixture, state
-from lgmm_jax.memory import MemoryBank, update_memory
+from lgmm_jax.method import losses, mixture
+from lgmm_jax.training import state
+from lgmm_jax.method.memory import MemoryBank, update_memory
 from lgmm_jax.models.gmm import GMMHead, component_log_prob, head_gaussians, log_likelihood
 from lgmm_jax.models.lgmm import l2_normalize
-from lgmm_jax.objective import ObjectiveConfig, lgmm_objective
+from lgmm_jax.method.objective import ObjectiveConfig, lgmm_objective
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 GOAL_RATIO_AT_1000 = 3.0

@@ -80,7 +80,7 @@ REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # configs/ is not an installed package (as bench/speed.py)
     sys.path.insert(0, str(REPOSITORY))
 
-from lgmm_jax.data import labelled, pipeline, sources  # noqa: E402
+from lgmm_jax.data import catalog, labelled, pipeline  # noqa: E402
 from lgmm_jax.data.seg_augment import NORMALIZATION as SEGMENTATION_NORMALIZATION  # noqa: E402
 from lgmm_jax.data.seg_augment import SegmentationTrainExample  # noqa: E402
 from lgmm_jax.data.segmentation import ADE20K_ROOT, CITYSCAPES_CLASSES, get_segmentation_source  # noqa: E402
@@ -437,11 +437,11 @@ def write_eval_lists(workdir: pathlib.Path, args) -> pathlib.Path:
 def library_source(path: InputPath, workdir: pathlib.Path, args):
     """The library's own source of the files the path reads."""
     if path.data in ("imagenet", "cifar") and path.kind == "train":
-        return sources.get_source(f"imagefolder={workdir / path.data}", "train")
+        return catalog.get_source(f"imagefolder={workdir / path.data}", "train")
     if path.kind == "eval":
         small = str(workdir / "imagenet" / "eval_small.txt")
         options = labelled.LabelledOptions(validation_list=small, test_list=small)
-        return sources.get_source(f"imagelist={write_eval_lists(workdir, args)}", "train", options=options)
+        return catalog.get_source(f"imagelist={write_eval_lists(workdir, args)}", "train", options=options)
     if path.data == "ade20k":
         return get_segmentation_source("ade20k", "train", str(workdir / "ade20k"))
     return get_segmentation_source(f"segfolder={workdir / 'cityscapes'}", "train", options={

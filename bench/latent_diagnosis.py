@@ -41,9 +41,10 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lgmm_jax import experiment, forward, restore  # noqa: E402
+from lgmm_jax.deploy import forward  # noqa: E402
+from lgmm_jax.training import experiment, restore  # noqa: E402
 from lgmm_jax.ood import scores  # noqa: E402
-from lgmm_jax.sharding import make_mesh  # noqa: E402
+from lgmm_jax.runtime.sharding import make_mesh  # noqa: E402
 
 
 def known_positive_auroc(known: np.ndarray, unknown: np.ndarray) -> float:

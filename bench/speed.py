@@ -58,12 +58,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgmm_jax import forward as forward_lib, state as state_lib, train
+from lgmm_jax.deploy import forward as forward_lib
+from lgmm_jax.training import state as state_lib, train
 from lgmm_jax.models.configured import DTYPES, create_model
 from lgmm_jax.models.resize import resize_bilinear
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource
-from lgmm_jax.sharding import check_batch_size, global_batch, make_mesh
+from lgmm_jax.runtime.sharding import check_batch_size, global_batch, make_mesh
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 GOAL_RATIO = 1.02

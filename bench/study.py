@@ -6,7 +6,7 @@
     python bench/study.py --suite=scenes --only=lgmm,softmax,paper,gmmseg --no-ablations \
         --init_weights=GARMENTS_WORKDIR   # segmentation testbed, from configs/scenes_garments.py's run
 
-Each run is one `lgmm_jax.train.train_and_evaluate` with the suite's base config plus a variant's
+Each run is one `lgmm_jax.training.train.train_and_evaluate` with the suite's base config plus a variant's
 overrides, in its own workdir under --root (default: `studies/` in the checkout, ignored by git). A
 finished run is not repeated and an unfinished one resumes from its last checkpoint, so the study can be
 stopped at any moment and started again with the same command (delete a run's folder to redo it);
@@ -61,8 +61,8 @@ WIDE = (64, 128, 256)  # small_cnn at twice its default widths (32, 64, 128)
 VARIANTS = {
     "lgmm": {},
     "softmax": {"model.head": "softmax"},
-    "paper": {"method": "paper"},  # Section 2 exactly as written (lgmm_jax.experiment.paper_method_settings)
-    "gmmseg": {"method": "gmmseg"},  # segmentation: GMMSeg's head and updates (lgmm_jax/gmmseg.py)
+    "paper": {"method": "paper"},  # Section 2 exactly as written (lgmm_jax.training.experiment.paper_method_settings)
+    "gmmseg": {"method": "gmmseg"},  # segmentation: GMMSeg's head and updates (lgmm_jax/method/gmmseg.py)
     "lgmm_k1": {"model.num_components": 1},
     "lgmm_k2": {"model.num_components": 2},
     "lgmm_k4": {"model.num_components": 4},
@@ -214,7 +214,7 @@ def run_one(suite: str, protocol: str, variant: str, seed: int, epochs: float, r
             init_weights: str = "") -> dict:
     """results.json of one run: read if it finished before, else trained (resuming where it stopped);
     `init_weights` starts the encoder from that file or workdir (`init.weights`)."""
-    from lgmm_jax import train
+    from lgmm_jax.training import train
 
     workdir = run_workdir(root, suite, protocol, variant, seed)
     results_path = os.path.join(workdir, "results.json")

@@ -14,9 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     # 'library': the settings below, with the library's two departures from the paper on (M-steps for
     # the Gaussians, a tempered L_D; README "What the paper leaves open"). 'paper': Section 2 exactly as
     # written (gradient steps on L_G, Eq. 7 untempered, per-component scales, argmax assignments, no
-    # re-seed, the whole memory bank, unnormalised latents); `lgmm_jax.experiment.paper_method_settings`
+    # re-seed, the whole memory bank, unnormalised latents); `lgmm_jax.training.experiment.paper_method_settings`
     # lists the keys it pins. 'gmmseg' (segmentation only): the per-pixel head and its updates as GMMSeg's
-    # code runs them (lgmm_jax/gmmseg.py; `experiment.gmmseg_method_settings`, `segmentation.gmmseg` below).
+    # code runs them (lgmm_jax/method/gmmseg.py; `experiment.gmmseg_method_settings`, `segmentation.gmmseg` below).
     config.method = "library"
     # Keys that method 'paper' or 'gmmseg' would pin but that keep the values set here instead, e.g.
     # ("loss.assignment",): Section 2 as written with Sinkhorn's balanced assignments (an ablation).
@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     # stream, the train step's loss, the evaluation and the report; everything else is shared.
     config.task = "classification"
 
-    # Start a new run from weights (lgmm_jax/initial_weights.py; README "Pretrained weights"): a published
+    # Start a new run from weights (lgmm_jax/training/initial_weights.py; README "Pretrained weights"): a published
     # checkpoint file (.safetensors; .pth/.bin/.pt with `pip install -e '.[torch]'`) in a layout that
     # `lgmm_jax.pretrained` recognises, or the workdir or export of an earlier run of this library whose
     # encoder has this run's structure. 'backbone' loads the encoder (heads start fresh), 'all' every part

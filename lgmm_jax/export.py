@@ -19,7 +19,7 @@ The folder holds no pickle:
   threshold and the same guarantee per class. `inference` gives every input its p-value and decides at
   another alpha on request.
 - ``model.stablehlo``: the whole inference function, uint8 images to the decision, compiled by `jax.export`
-  for cpu, cuda and tpu with a symbolic batch (`lgmm_jax.serving`); it runs with jax alone. model.json's
+  for cpu, cuda and tpu with a symbolic batch (`lgmm_jax.deploy.serving`); it runs with jax alone. model.json's
   "stablehlo" gives its input and outputs.
 
 A published checkpoint exports without training (`--config` and `--weights`): the config's model is filled
@@ -36,7 +36,7 @@ labels, scores and the known / unknown decision at the input size.
 
 The export is written into a temporary sibling folder and renamed into place when complete, so a crash never
 leaves a half-written export; an existing non-empty output folder is never overwritten.
-`lgmm_jax.inference.load` reads it back; `python -m lgmm_jax.evaluate --model=EXPORTED --output=DIR`
+`lgmm_jax.deploy.inference.load` reads it back; `python -m lgmm_jax.evaluate --model=EXPORTED --output=DIR`
 evaluates it.
 """
 
@@ -51,9 +51,12 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from lgmm_jax import cli, exporting, initial_weights, pretrained, restore, tasks
+from lgmm_jax import pretrained, tasks
+from lgmm_jax.deploy import exporting
+from lgmm_jax.runtime import cli
+from lgmm_jax.training import initial_weights, restore
 from lgmm_jax.ood import conformal
-from lgmm_jax.sharding import make_mesh
+from lgmm_jax.runtime.sharding import make_mesh
 
 
 def published_model(config, weights: str) -> restore.TrainedModel:

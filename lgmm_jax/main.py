@@ -17,7 +17,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from lgmm_jax import cli
+from lgmm_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 
@@ -27,7 +27,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", "workdir", "where checkpoints, metrics and results go")
     flags.DEFINE_bool(
         "distributed", None,
-        "jax.distributed.initialize() (default: when a multi-process launch is detected; see lgmm_jax.cli)",
+        "jax.distributed.initialize() (default: when a multi-process launch is detected; see lgmm_jax.runtime.cli)",
     )
 
 
@@ -36,7 +36,7 @@ def main(argv):
         cli.fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
     cli.quiet_libraries()
     cli.maybe_initialize_distributed(FLAGS.distributed)
-    from lgmm_jax import train
+    from lgmm_jax.training import train
 
     return cli.run_guarded(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
 

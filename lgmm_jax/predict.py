@@ -56,7 +56,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from absl import flags
 
-from lgmm_jax import cli
+from lgmm_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 NO_IMAGE_PREDICTED = 1
@@ -468,7 +468,7 @@ def main(argv):
             cli.fail("no image files to predict: a folder stands for the image files under it (.png, .jpg, ...)",
                      NO_IMAGE_PREDICTED)
         refuse_existing_results(FLAGS.output, FLAGS.overwrite)
-        from lgmm_jax import inference
+        from lgmm_jax.deploy import inference
 
         model = inference.load(FLAGS.model, batch_size=FLAGS.batch_size)
         check_alpha(model, FLAGS.alpha)

@@ -13,7 +13,7 @@ import sys
 
 from absl import flags
 
-from lgmm_jax import cli
+from lgmm_jax.runtime import cli
 from lgmm_jax.tasks.segmentation import figures
 
 FLAGS = flags.FLAGS

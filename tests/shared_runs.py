@@ -67,7 +67,7 @@ def default_config(**overrides):
 
 def train_default_in_process(workdir: Path, **overrides) -> None:
     """`default_config(**overrides)` trained and evaluated in this process into `workdir`."""
-    from lgmm_jax import train
+    from lgmm_jax.training import train
 
     train.train_and_evaluate(default_config(**overrides), str(workdir))
 
@@ -97,9 +97,9 @@ def initial_parameters(config) -> dict:
     """The params a run of `config` starts from (its seed), built as training builds them."""
     import jax
 
-    from lgmm_jax import experiment, state
+    from lgmm_jax.training import experiment, state
     from lgmm_jax.models.configured import create_model
-    from lgmm_jax.sharding import make_mesh
+    from lgmm_jax.runtime.sharding import make_mesh
 
     protocol = experiment.resolve_protocol(config)
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)

@@ -51,8 +51,8 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
     import jax
     from lgmm_jax import experiment
     from lgmm_jax.models.configured import create_model
-    from lgmm_jax.sharding import make_mesh
-    from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
+    from lgmm_jax.runtime.sharding import make_mesh
+    from lgmm_jax.training.state import create_optimizer, create_train_state, state_shardings
 
     datasets = json.loads(sys.argv[1])
     report = {}
@@ -213,7 +213,7 @@ def test_the_paper_segformers_use_gmmsegs_decode_head(name):
 def test_an_eval_batch_that_does_not_split_is_rounded_not_refused():
     """The CIFAR configs' 500 does not split over 8 devices: evaluation pads batches to 504."""
     from configs import cifar10
-    from lgmm_jax import experiment
+    from lgmm_jax.training import experiment
 
     config = cifar10.get_config()
     assert experiment.eval_batch_size(config, 8) == 504 and experiment.eval_batch_size(config, 4) == 500
@@ -221,7 +221,7 @@ def test_an_eval_batch_that_does_not_split_is_rounded_not_refused():
 
 def test_a_training_batch_that_does_not_split_is_refused_up_front():
     from configs import default
-    from lgmm_jax import experiment
+    from lgmm_jax.training import experiment
 
     config = default.get_config()
     config.batch_size = 60

@@ -49,7 +49,7 @@ import numpy as np
 import portpicker
 import pytest
 
-from lgmm_jax import cli
+from lgmm_jax.runtime import cli
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import load_digits_source
 from tests.test_cli import (
@@ -146,7 +146,8 @@ def assert_same_decisions(threshold: float, reference_threshold: float, referenc
 
 def known_test_class_sizes(workdir) -> np.ndarray:
     """Examples of each known class (in model order) in the run's known test split."""
-    from lgmm_jax import checkpointing, experiment
+    from lgmm_jax.runtime import checkpointing
+    from lgmm_jax.training import experiment
 
     config = checkpointing.read_config(str(workdir))
     protocol = experiment.resolve_protocol(config)

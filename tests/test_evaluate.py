@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from lgmm_jax import export
 from lgmm_jax.ood import metrics
-from lgmm_jax.data import sources
+from lgmm_jax.data import catalog
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from tests.shared_runs import tiny_default_run
 from tests.subprocesses import finish, one_line_error, start
@@ -37,7 +37,7 @@ def run(tmp_path_factory):
 
     folder = str(root / FOLDER_SET)
     os.makedirs(folder)
-    test = sources.get_source("digits", "test")
+    test = catalog.get_source("digits", "test")
     unknown = np.flatnonzero(~np.isin(test.labels, MNIST_SPLITS[0]))
     for i, index in enumerate(unknown):  # PNG is lossless: the same pixels as the unknown-class test set
         Image.fromarray(test[index]["image"][..., 0]).save(os.path.join(folder, f"{i:04d}.png"))

@@ -20,10 +20,12 @@ import pytest
 from scipy import special
 
 import configs.default
-from lgmm_jax import experiment, export, forward, inference, restore
-from lgmm_jax.data import pipeline, sources
+from lgmm_jax import export
+from lgmm_jax.deploy import forward, inference
+from lgmm_jax.training import experiment, restore
+from lgmm_jax.data import catalog, pipeline
 from lgmm_jax.data.protocols import MNIST_SPLITS
-from lgmm_jax.sharding import make_mesh
+from lgmm_jax.runtime.sharding import make_mesh
 from tests.shared_runs import tiny_default_run, tiny_softmax_run
 from tests.subprocesses import finish, one_line_error, run_stablehlo, start
 
@@ -44,7 +46,7 @@ FRESH_PROCESS_PREDICT = textwrap.dedent("""
 
 def known_images(split):
     """uint8 images and original labels of the known classes of a digits split, in source order."""
-    source = sources.get_source("digits", split)
+    source = catalog.get_source("digits", split)
     keep = np.flatnonzero(np.isin(source.labels, KNOWN))
     return np.stack([source[i]["image"] for i in keep]), source.labels[keep]
 
@@ -115,7 +117,7 @@ def test_fresh_process_predictions_equal_the_checkpoints_evaluation(run):
     # Scores and posteriors == the checkpoint evaluated in this process, through the evaluation pipeline.
     mesh = make_mesh()
     trained = restore.restore_workdir(run["workdir"], mesh)
-    source = sources.get_source("digits", "test")
+    source = catalog.get_source("digits", "test")
     outputs = forward.collect(
         experiment.eval_stream(trained.config, trained.protocol, source, trained.protocol.known_classes),
         mesh, trained.variables, forward.make_forward(trained.model, "lgmm", mesh))
@@ -337,8 +339,8 @@ def test_softmax_model_exports_with_msp(tmp_path_factory):
 
 def test_an_exported_model_loads_without_the_trainer_or_the_evaluator():
     """Imports run one way: inference needs the forward pass and the models, not evaluate/train/state."""
-    code = ("import sys, lgmm_jax.inference; "
-            "print(sorted(m for m in ('lgmm_jax.evaluate', 'lgmm_jax.train', 'lgmm_jax.state', "
+    code = ("import sys, lgmm_jax.deploy.inference; "
+            "print(sorted(m for m in ('lgmm_jax.evaluate', 'lgmm_jax.training.train', 'lgmm_jax.training.state', "
             "'lgmm_jax.export') if m in sys.modules))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -37,7 +37,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import default
-from lgmm_jax import checkpointing, cli, evaluate, experiment, train, workdir_claim
+
+from lgmm_jax.runtime import checkpointing, cli, workdir_claim
+from lgmm_jax.training import evaluation, experiment, train
 from tests.subprocesses import finish, one_line_error, start
 from tests.test_cli import (
     BAD_INPUT_SECONDS,
@@ -453,7 +455,7 @@ def test_evaluate_and_export_skip_a_damaged_checkpoint_say_so_and_change_nothing
     expected = tmp_path / "up_to_previous"  # the same run without its last checkpoint
     shutil.copytree(uninterrupted, expected)
     shutil.rmtree(expected / "checkpoints" / str(REFERENCE_STEPS))
-    evaluate.evaluate_workdir(str(expected), str(tmp_path / "reference"))
+    evaluation.evaluate_workdir(str(expected), str(tmp_path / "reference"))
     evaluated, exported = finish(evaluating, timeout=600), finish(exporting, timeout=600)
 
     for completed in (evaluated, exported):

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgmm_jax import evaluate
+from lgmm_jax.training import evaluation
+
 from lgmm_jax.tasks.classification.evaluation import ScoreSets
 from lgmm_jax.tasks.segmentation.evaluation import SegmentationPlots
 from tests.shared_runs import shared_default_run
@@ -103,7 +104,7 @@ def test_figures_are_on_by_default_and_for_a_config_saved_before_the_option():
     import configs.default
 
     assert configs.default.get_config().eval.figures is True
-    assert evaluate.draws_figures(ml_collections.ConfigDict({"eval": {"scores": ()}}))
+    assert evaluation.draws_figures(ml_collections.ConfigDict({"eval": {"scores": ()}}))
 
 
 @pytest.mark.parametrize("figures", [True, False], ids=["figures", "no_figures"])
@@ -114,7 +115,7 @@ def test_the_outputs_hold_the_figures_only_when_asked_and_the_report_names_only_
     if not figures:
         for name in ("matplotlib", "matplotlib.pyplot"):  # any import of matplotlib now fails
             monkeypatch.setitem(sys.modules, name, None)
-    evaluate.write_results(with_figures(config, figures), str(tmp_path), results, plots)
+    evaluation.write_results(with_figures(config, figures), str(tmp_path), results, plots)
     assert pngs(tmp_path) == (sorted(expected) if figures else [])
     assert (tmp_path / ARRAYS[task]).exists()
     assert json.loads((tmp_path / "results.json").read_text()) == results

@@ -23,9 +23,10 @@ from PIL import Image
 from skimage import data as skimage_data
 
 import configs.folder_resnet50
-from lgmm_jax import checkpointing, restore, train
-from lgmm_jax.sharding import make_mesh
-from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
+from lgmm_jax.runtime import checkpointing
+from lgmm_jax.training import restore, train
+from lgmm_jax.runtime.sharding import make_mesh
+from lgmm_jax.training.state import create_optimizer, create_train_state, state_shardings
 from tests.test_pretrained import published, write
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # the class names: one photograph each

@@ -1,4 +1,4 @@
-"""`method=gmmseg` (lgmm_jax/gmmseg.py) against a written-out transcription of GMMSeg's own code.
+"""`method=gmmseg` (lgmm_jax/method/gmmseg.py) against a written-out transcription of GMMSeg's own code.
 
 The references below follow github.com/leonnnop/GMMSeg line by line in numpy, loops and all:
 `GMMSegHead.online_contrast` with `distributed_sinkhorn_wograd` (the balanced assignment on each class's
@@ -20,11 +20,13 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from lgmm_jax import experiment, forward, gmmseg, train
-from lgmm_jax.memory import MemoryBank
+from lgmm_jax.deploy import forward
+from lgmm_jax.method import gmmseg
+from lgmm_jax.training import experiment, train
+from lgmm_jax.method.memory import MemoryBank
 from lgmm_jax.models.configured import create_model
-from lgmm_jax.sharding import global_batch, make_mesh
-from lgmm_jax.state import create_optimizer, create_sharded_train_state, create_train_state, state_shardings
+from lgmm_jax.runtime.sharding import global_batch, make_mesh
+from lgmm_jax.training.state import create_optimizer, create_sharded_train_state, create_train_state, state_shardings
 from tests.test_tasks import tiny_config
 
 VOID = 255

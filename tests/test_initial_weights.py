@@ -18,10 +18,11 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 import configs.default
-from lgmm_jax import checkpointing, cli, experiment, initial_weights, restore, train
+from lgmm_jax.runtime import checkpointing, cli
+from lgmm_jax.training import experiment, initial_weights, restore, train
 from lgmm_jax.models.configured import create_model
-from lgmm_jax.sharding import make_mesh
-from lgmm_jax.state import create_optimizer, create_train_state
+from lgmm_jax.runtime.sharding import make_mesh
+from lgmm_jax.training.state import create_optimizer, create_train_state
 from tests.shared_runs import tiny_default_run
 from tests.test_cli import assert_one_line_error, run_main
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from lgmm_jax import losses
+from lgmm_jax.method import losses
 
 
 def test_discriminative_loss_is_cross_entropy_of_the_posterior():

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgmm_jax.memory import create_memory, oldest_to_newest, sample_per_class, update_memory
+from lgmm_jax.method.memory import create_memory, oldest_to_newest, sample_per_class, update_memory
 
 
 def reference_push(queues, latents, labels, mask):

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from lgmm_jax import mixing
+from lgmm_jax.method import mixing
 
 BATCH, HEIGHT, WIDTH = 8, 12, 10
 MASK = np.array([1, 1, 0, 1, 1, 1, 0, 1], bool)  # two padded rows in the middle and near the end

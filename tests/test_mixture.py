@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgmm_jax import losses, mixture
-from lgmm_jax.memory import create_memory, update_memory
+from lgmm_jax.method import losses, mixture
+from lgmm_jax.method.memory import create_memory, update_memory
 from lgmm_jax.models.gmm import scales_from_raw
-from lgmm_jax.objective import ObjectiveConfig
+from lgmm_jax.method.objective import ObjectiveConfig
 
 C, K, D, PER_MODE = 2, 3, 16, 200
 SINKHORN_ITERATIONS = ObjectiveConfig().sinkhorn_iterations  # the default the training uses

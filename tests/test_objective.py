@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from lgmm_jax.memory import create_memory
+from lgmm_jax.method.memory import create_memory
 from lgmm_jax.models.gmm import GMMHead
-from lgmm_jax.objective import VARIANTS, ObjectiveConfig, PixelConfig, lgmm_objective, pixel_lgmm_objective
+from lgmm_jax.method.objective import VARIANTS, ObjectiveConfig, PixelConfig, lgmm_objective, pixel_lgmm_objective
 
 C, K, D, F, B = 4, 3, 8, 6, 16
 FLOOR = 0.05

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lgmm_jax import inference, predict
-from lgmm_jax.data import images, sources
+from lgmm_jax import predict
+from lgmm_jax.deploy import inference
+from lgmm_jax.data import catalog, images
 from tests.shared_runs import shared_default_run, shared_export
 from tests.subprocesses import finish, one_line_error, start
 
@@ -34,7 +35,7 @@ BAD = {"corrupt.jpg": "damaged or truncated", "empty.png": "empty file (0 bytes)
 
 def digit(index: int) -> np.ndarray:
     """uint8 [8, 8] digit of the digits test split."""
-    return sources.get_source("digits", "test")[index]["image"][..., 0]
+    return catalog.get_source("digits", "test")[index]["image"][..., 0]
 
 
 def write_image_folder(folder) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from lgmm_jax.training import evaluation
 from lgmm_jax import models, pretrained
 from lgmm_jax.models.segformer import MixTransformer
 from lgmm_jax.pretrained import files
@@ -375,7 +376,8 @@ def test_a_published_segmenter_exports_and_evaluates_without_training(tmp_path):
     `evaluate --model` scores with mIoU and every softmax pixel score; a model the file cannot fill
     (an L-GMM head) is refused in one line with nothing written."""
     from configs import scenes
-    from lgmm_jax import evaluate, export, inference
+    from lgmm_jax import export
+    from lgmm_jax.deploy import inference
 
     _, names, shapes, dtypes = fixture("hf_segformer_b0")
     shapes = [[8, *shape[1:]] if name.startswith("decode_head.classifier.") else shape
@@ -394,7 +396,7 @@ def test_a_published_segmenter_exports_and_evaluates_without_training(tmp_path):
     exported = inference.load(str(tmp_path / "exported")).variables
     assert jax.tree.all(jax.tree.map(np.array_equal, exported, expected))
 
-    results = evaluate.evaluate_export(str(tmp_path / "exported"), str(tmp_path / "evaluated"),
+    results = evaluation.evaluate_export(str(tmp_path / "exported"), str(tmp_path / "evaluated"),
                                        config_overrides={"eval.figures": False})
     assert 0.0 <= results["closed_set"]["miou"] <= 1.0
     for unknown_set in ("near", "far"):

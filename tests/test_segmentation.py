@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from configs import scenes as scenes_config
-from lgmm_jax import checkpointing, experiment, restore
+from lgmm_jax.runtime import checkpointing
+from lgmm_jax.training import experiment, restore
 from lgmm_jax.data import scenes
 from lgmm_jax.models.configured import create_model, initial_variables
-from lgmm_jax.sharding import make_mesh
+from lgmm_jax.runtime.sharding import make_mesh
 from lgmm_jax.tasks.segmentation import evaluation as segmentation_evaluation
 from lgmm_jax.tasks.segmentation import forward as pixel_forward
 from lgmm_jax.tasks.segmentation.forward import DenseSettings, Fitted, SmlStatistics
@@ -255,7 +256,7 @@ def test_segmentation_config_checks_are_one_line_value_errors():
 
 def test_decode_head_learning_rate_is_a_parameter_group():
     """SegFormer's recipe: the decode head (and the classifier or projection closing it) at 10x the rate."""
-    from lgmm_jax.state import create_optimizer, parameter_groups
+    from lgmm_jax.training.state import create_optimizer, parameter_groups
 
     config = scenes_config.get_config()
     config.optimizer.decode_head_lr_mult = 10.0
@@ -339,7 +340,7 @@ def test_the_testbed_trains_and_evaluates_end_to_end(quick_run):
 @pytest.mark.slow  # trains the testbed with each head in subprocesses: ~140 s of the quick tier
 def test_the_exported_segmenter_predicts_per_pixel_at_the_input_size(exported, tmp_path):
     _, exported = exported
-    from lgmm_jax import inference
+    from lgmm_jax.deploy import inference
     from lgmm_jax.tasks.segmentation.exported import SegmentationModel
 
     model = inference.load(str(exported))

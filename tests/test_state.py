@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from lgmm_jax import state
+from lgmm_jax.training import state
 
 
 def swin_like_params():

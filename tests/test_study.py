@@ -51,7 +51,7 @@ def test_collect_gathers_the_finished_runs_and_trains_nothing(study, tmp_path, m
     write_run(study, root, protocol, "lgmm", 0, finished_results(0.88, 0.80))
     write_run(study, root, protocol, "lgmm", 2, finished_results(0.90, 0.90))
     write_run(study, root, protocol, "lgmm_k1", 1, finished_results(0.895, 0.75))
-    from lgmm_jax import train
+    from lgmm_jax.training import train
 
     monkeypatch.setattr(train, "train_and_evaluate", lambda *args, **kwargs: pytest.fail("--collect trained"))
     study.main(["--collect", "--only=lgmm", "--seeds=0,1,2", "--ablation_seeds=0,1", f"--root={root}",
@@ -83,7 +83,7 @@ def test_reuse_takes_the_recorded_runs_and_trains_only_the_rest(study, tmp_path,
               f"--curve_plot={tmp_path / 'curve.png'}"]
     study.main(["--collect", f"--root={root}", f"--output={first}", *common])
     trained = []
-    from lgmm_jax import train
+    from lgmm_jax.training import train
 
     def train_and_evaluate(config, workdir):
         trained.append((config.seed, workdir))
@@ -107,7 +107,7 @@ def test_reuse_of_another_suite_is_refused_in_one_line(study, tmp_path):
 
 
 def test_no_curve_evaluates_each_run_once_at_the_end(study, tmp_path, monkeypatch):
-    from lgmm_jax import train
+    from lgmm_jax.training import train
 
     seen = []
     monkeypatch.setattr(train, "train_and_evaluate",
@@ -123,7 +123,7 @@ def test_the_scenes_2x_suite_trains_the_testbed_at_128_pixels_and_reports_miou(s
                                                                                 capsys):
     """`--suite=scenes_2x` runs configs/scenes_2x.py: 128x128 crops and evaluation, 24 epochs, the
     testbed's unknown sets; its table is the segmentation one (mIoU, pixel AUROC / AP / FPR95)."""
-    from lgmm_jax import train
+    from lgmm_jax.training import train
 
     seen = []
     metrics = {"auroc": 0.8, "ap": 0.3, "fpr95": 0.4}

@@ -27,10 +27,13 @@ import pytest
 
 import configs.default
 import configs.scenes
-from lgmm_jax import checkpointing, evaluate, experiment, forward, inference, tasks, train
+from lgmm_jax import tasks
+from lgmm_jax.deploy import forward, inference
+from lgmm_jax.runtime import checkpointing
+from lgmm_jax.training import evaluation, experiment, train
 from lgmm_jax.models.configured import create_model
-from lgmm_jax.sharding import global_batch, make_mesh
-from lgmm_jax.state import create_optimizer, create_sharded_train_state
+from lgmm_jax.runtime.sharding import global_batch, make_mesh
+from lgmm_jax.training.state import create_optimizer, create_sharded_train_state
 from lgmm_jax.tasks.base import Task
 from tests.shared_runs import shared_default_run, shared_export
 from tests.test_cli import segmentation_reference_run
@@ -136,8 +139,8 @@ def test_a_trained_run_of_every_task_evaluates_exports_loads_and_predicts(task, 
     export (shared with test_segmentation.py for the segmentation reference) loads as the task's model
     and predicts at the input's size, deciding by its threshold."""
     run = shared_run(task, tmp_path_factory)
-    training = json.loads((run / evaluate.RESULTS_FILE).read_text())
-    evaluated = evaluate.evaluate_workdir(str(run), str(tmp_path / "evaluation"),
+    training = json.loads((run / evaluation.RESULTS_FILE).read_text())
+    evaluated = evaluation.evaluate_workdir(str(run), str(tmp_path / "evaluation"),
                                           config_overrides={"eval.figures": False})
     assert json.loads(json.dumps(evaluated)) == training
     assert (tmp_path / "evaluation" / "report.md").exists()

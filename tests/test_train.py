@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from sklearn.metrics import roc_auc_score
 
 from configs import cifar10, cifar100
-from lgmm_jax import experiment, train
+from lgmm_jax.training import experiment, train
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.ood import posthoc, scores
 from tests.shared_runs import default_config, tiny_default_run, tiny_softmax_run
@@ -148,8 +148,8 @@ def test_a_step_updates_only_the_mixtures_of_the_batch_classes(gmm_update):
     """Appendix G's rule (`objective.batch_classes`): with fewer examples than classes, the counted weights
     (and, with M-steps, the Gaussians) of a class absent from the batch stay as they were, though its
     remembered latents are there. (Gradient steps still move its Gaussians by Adam's momentum.)"""
-    from lgmm_jax import state as state_lib
-    from lgmm_jax.sharding import make_mesh
+    from lgmm_jax.training import state as state_lib
+    from lgmm_jax.runtime.sharding import make_mesh
 
     num_classes = 6
     config = default_config(batch_size=4, **{"model.gmm_update": gmm_update})
@@ -188,9 +188,9 @@ def real_batches(config, count):
 
 def trained_parameters(config, num_steps=3):
     """(initial params, params after `num_steps` real train steps) of the config's model."""
-    from lgmm_jax import experiment
-    from lgmm_jax import state as state_lib
-    from lgmm_jax.sharding import make_mesh
+    from lgmm_jax.training import experiment
+    from lgmm_jax.training import state as state_lib
+    from lgmm_jax.runtime.sharding import make_mesh
 
     protocol = experiment.resolve_protocol(config)
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
@@ -282,9 +282,9 @@ def test_softmax_label_smoothing_is_the_cross_entropy_of_smoothed_targets():
     the initial model's logits, computed here apart from the train step."""
     import optax
 
-    from lgmm_jax import experiment
-    from lgmm_jax import state as state_lib
-    from lgmm_jax.sharding import make_mesh
+    from lgmm_jax.training import experiment
+    from lgmm_jax.training import state as state_lib
+    from lgmm_jax.runtime.sharding import make_mesh
 
     config = default_config(**{"model.head": "softmax", "softmax.label_smoothing": 0.1})
     protocol = experiment.resolve_protocol(config)

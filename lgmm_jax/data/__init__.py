@@ -1,35 +1,16 @@
-"""Data layer: sources (bundled real data, TFDS), open-set protocols, grain pipelines."""
+"""The data layer: where examples come from and how they become batches.
 
-from lgmm_jax.data.pipeline import (
-    NORMALIZATION,
-    PREPROCESS_PRESETS,
-    Normalization,
-    count_examples,
-    eval_batches,
-    get_normalization,
-    num_eval_batches,
-    steps_per_epoch,
-    train_iterator,
-)
-from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol, remap_labels
-from lgmm_jax.data.sources import ArraySource, DatasetNotAvailableError, Source, get_source
+    catalog.py     a dataset name -> its source (the one place that knows every source module)
+    sources.py     the source interface, bundled real data (digits, Fashion-MNIST, MNIST-5k), TFDS, folder= sets
+    labelled.py    your own labelled images in place: imagefolder= / imagelist= (carved splits, class table)
+    images.py      finding and decoding image files (EXIF, every mode), unreadable files
+    protocols.py   open-set protocols: the known classes and the unknown sets
+    pipeline.py    grain training and evaluation streams, presets, normalisation
+    reading.py     who computes the batches: threads, worker processes, a resumable position
+    settings.py    what the config's data keys mean
+    augment.py, randaugment.py, seg_augment.py   the augmentations
+    scenes.py, segmentation.py, segfolder.py     the segmentation testbed and segmentation sources
 
-__all__ = [
-    "ArraySource",
-    "DataRef",
-    "DatasetNotAvailableError",
-    "NORMALIZATION",
-    "Normalization",
-    "OpenSetProtocol",
-    "PREPROCESS_PRESETS",
-    "Source",
-    "count_examples",
-    "eval_batches",
-    "get_normalization",
-    "get_protocol",
-    "get_source",
-    "num_eval_batches",
-    "remap_labels",
-    "steps_per_epoch",
-    "train_iterator",
-]
+Import the module you need (``from lgmm_jax.data import pipeline``); this package imports none of them,
+so that a light caller (an exported model's loader) pays only for what it uses.
+"""

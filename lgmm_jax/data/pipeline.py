@@ -41,7 +41,7 @@ padding, so it is excluded from every metric.
 (``imagenet_bs64_swin_224.py``): RandomResizedCrop(224, bicubic, pillow), RandomFlip(0.5),
 RandAugment(rand_increasing, 2 policies, level 9, std 0.5; `randaugment`) filling with the mean pixel,
 RandomErasing(0.25, mode 'rand', area 0.02-1/3) with N(mean, std) pixels; the mean and std are those of
-the normalisation the model sees. Mixup / CutMix and label smoothing act on batches (`lgmm_jax.mixing`).
+the normalisation the model sees. Mixup / CutMix and label smoothing act on batches (`lgmm_jax.method.mixing`).
 The presets that resize (`resizes_to_network_input`) accept images of any size.
 
 Normalisation: ``(x / 255 - mean) / std`` per channel, from `NORMALIZATION` keyed by dataset name

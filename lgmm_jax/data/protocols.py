@@ -294,3 +294,15 @@ def unknown_set_names(protocol: OpenSetProtocol, own_split_name: Callable[[DataR
     for ref in protocol.unknown:
         names.append(unique_name(unknown_set_name(ref, protocol, own_split_name), names))
     return names
+
+
+def num_known_classes(protocol: OpenSetProtocol, train_source) -> int:
+    """How many classes a model trained on ``protocol`` knows (every class of the source when it names none)."""
+    return train_source.num_classes if protocol.known_classes is None else len(protocol.known_classes)
+
+
+def known_label_ids(protocol: OpenSetProtocol, train_source) -> list[int]:
+    """The original label id of each class the model knows, in model order."""
+    if protocol.known_classes is None:
+        return list(range(train_source.num_classes))
+    return list(protocol.known_classes)

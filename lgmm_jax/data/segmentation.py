@@ -6,7 +6,7 @@ Every source has ``len(source)``, ``name``, ``num_classes``, ``label_names`` and
 - ``label``: uint8 ``[H, W]``, class ids ``0..num_classes-1`` and `VOID` (255) (closed-set sources);
 - ``anomaly``: uint8 ``[H, W]``, 0 known, 1 anomaly, 255 void (open-set sources: the Fishyscapes format).
 
-``get_segmentation_source(name, split, data_dir=None, options=None)`` picks the source:
+``catalog.get_segmentation_source(name, split, data_dir=None, options=None)`` picks the source:
 
 =====================  ========================================================  ===========================
 name                   data                                                      splits
@@ -404,39 +404,3 @@ class ScenesSource:
 
     def __repr__(self) -> str:
         return f"ScenesSource(split={self.split!r}, size={len(self)})"
-
-
-def get_segmentation_source(name: str, split: str, data_dir: str | None = None, options=None):
-    """The segmentation source of ``split`` of ``name`` (see the module docstring).
-
-    Args:
-      name: ``scenes``, ``ade20k``, ``cityscapes``, ``folder=PATH`` (an anomaly set) or ``segfolder=PATH``
-        (a labelled folder, `segfolder`).
-      split: a split of that source (any TFDS split string for the TFDS datasets).
-      data_dir: the testbed's cache folder, the folder holding ADEChallengeData2016, or the TFDS data_dir
-        (may be ``gs://...``).
-      options: a ``segfolder=`` source's options (the config's ``segfolder`` block, a mapping; None = the
-        defaults); the other sources take none.
-    Raises:
-      DatasetNotAvailableError: the data is not prepared / unpacked (the message says how to get it).
-      ValueError: unknown dataset or split.
-    """
-    if name.startswith("segfolder="):
-        from lgmm_jax.data import segfolder  # imports this module's label helpers
-
-        folder = name[len(segfolder.SEGFOLDER_PREFIX):]
-        return segfolder.SegFolderSource(folder, split, segfolder.SegFolderOptions.from_mapping(options))
-    if name == "scenes":
-        return ScenesSource(split, data_dir)
-    if name == "ade20k":
-        return Ade20kSource(split, data_dir)
-    if name == "scene_parse150":
-        raise ValueError(SCENE_PARSE150_REFUSED)
-    if name.startswith(sources.FOLDER_PREFIX):
-        if split != "test":
-            raise ValueError(f"unknown split {split!r} for {name}: use test")
-        return AnomalyFolderSource(name[len(sources.FOLDER_PREFIX):])
-    if name in TFDS_SEGMENTATION:
-        return TfdsSegmentationSource(name, split, data_dir)
-    raise ValueError(f"unknown segmentation dataset {name!r}: use one of {', '.join(SEGMENTATION_DATASETS)}, "
-                     "segfolder=PATH or folder=PATH")

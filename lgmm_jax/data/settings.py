@@ -74,3 +74,8 @@ def eval_workers_of(config: ml_collections.ConfigDict) -> int:
     """``data.eval_workers``: worker processes of each evaluation stream (default 0: its threads only; an
     evaluation stream lives for one pass, and starting workers costs seconds each time)."""
     return int(data_keys(config).get("eval_workers", 0))
+
+
+def preprocess_preset(config: ml_collections.ConfigDict, protocol) -> str:
+    """The config's preset, or the protocol's when the config leaves it empty."""
+    return config.preprocess or protocol.preprocess

@@ -6,7 +6,7 @@ Every source has the same interface, which is all the grain pipeline (`pipeline.
 - ``labels``: np.int64 array of every example's label (read without decoding images where possible);
 - ``num_classes``, ``image_shape`` (``(H, W, C)``; ``None`` for a side that varies), ``label_names``, ``name``.
 
-``get_source(name, split, data_dir=None)`` picks the source:
+``catalog.get_source(name, split, data_dir=None)`` picks the source:
 
 ====================  =================================================  ===============================
 name                  data                                               splits
@@ -461,37 +461,3 @@ class TfdsSource:
 
     def __repr__(self) -> str:
         return f"TfdsSource(name={self.name!r}, split={self.split!r}, size={len(self)})"
-
-
-def get_source(name: str, split: str, data_dir: str | None = None, options=None) -> Source:
-    """Returns the random-access source of ``split`` of dataset ``name`` (see the module docstring).
-
-    Args:
-      name: ``digits``, ``fashion_mnist``, ``mnist_5k``, ``scenes_garments`` (`scenes.load_garments_source`),
-        ``folder=PATH`` (a folder of image files), ``imagefolder=PATH`` / ``imagelist=FILE`` (labelled
-        images, `labelled`), or a TFDS name (``cifar10``, ``imagenet2012``, ...).
-      split: ``train`` / ``validation`` / ``test`` for bundled data, ``test`` for a folder; any TFDS split
-        string otherwise.
-      data_dir: folder of the Fashion-MNIST IDX files, or the TFDS data_dir (may be ``gs://...``).
-      options: `labelled.LabelledOptions` of an ``imagefolder=`` / ``imagelist=`` source (None = defaults).
-    Raises:
-      DatasetNotAvailableError: the data is not installed / not prepared (the message says how to get it).
-      ValueError: unknown dataset or split.
-    """
-    if name == "digits":
-        return load_digits_source(split)
-    if name == "fashion_mnist":
-        return load_fashion_mnist_source(split, data_dir)
-    if name == "mnist_5k":
-        return load_mnist_5k_source(split)
-    if name == "scenes_garments":  # the segmentation testbed's garments, one per image
-        from lgmm_jax.data import scenes
-
-        return scenes.load_garments_source(split, data_dir)
-    if name.startswith(FOLDER_PREFIX):
-        return load_image_folder_source(name, split)
-    from lgmm_jax.data import labelled  # it imports this module
-
-    if labelled.is_labelled(name):
-        return labelled.LabelledImageSource(name, split, options or labelled.LabelledOptions())
-    return TfdsSource(name, split, data_dir)

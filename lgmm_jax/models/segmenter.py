@@ -80,7 +80,7 @@ class LGMMSegmenter(nn.Module):
 
     `encode(images, train)` -> latents [B, h, w, D] (float32); `__call__` -> log p(z|y) [B, h, w, C].
     The head's attributes are those of `LGMMModel` (see there and `GMMHead`). GMMSeg's head
-    (`lgmm_jax.gmmseg`) is this module with `latent_projection="conv_bn_relu"` (mmcv's 1x1 ConvModule,
+    (`lgmm_jax.method.gmmseg`) is this module with `latent_projection="conv_bn_relu"` (mmcv's 1x1 ConvModule,
     omitted when the decoder is already `latent_dim` wide), `latent_normalization="layernorm_l2"` with
     PyTorch's epsilon 1e-5, and `class_norm`: the decode scores are a LayerNorm over the classes of the
     log-likelihoods (`class_logits`), which the prediction takes while the likelihood scores stay log p(z|y).

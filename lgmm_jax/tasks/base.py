@@ -58,9 +58,9 @@ class Task(abc.ABC):
         """Raise ValueError naming the key when the config does not fit this task (its encoder, its keys)."""
 
     @abc.abstractmethod
-    def data_source(self, name: str, split: str, data_dir: str | None, config: ml_collections.ConfigDict | None = None):
-        """The `sources.Source` of a dataset's split (`data_dir`: where the data lies, None = default;
-        `config`: the run's config, for the options of sources that have some, None = their defaults)."""
+    def data_source(self, config: ml_collections.ConfigDict, ref_or_name, split: str | None = None):
+        """The source of a `DataRef`, or of a dataset name and split, read as the config says (its data_dir,
+        the options of sources that have some)."""
 
     @abc.abstractmethod
     def train_stream(self, config: ml_collections.ConfigDict, protocol, source, preset: str):

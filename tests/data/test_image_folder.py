@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 import configs.default
-from lgmm_jax import experiment, tasks
-from lgmm_jax.data import pipeline, protocols, sources
+from lgmm_jax import tasks
+from lgmm_jax.training import experiment
+from lgmm_jax.data import catalog, pipeline, protocols, sources
 from lgmm_jax.tasks.classification import evaluation
 from lgmm_jax.data.protocols import DataRef
 
@@ -30,7 +31,7 @@ def test_every_image_file_under_the_folder_in_sorted_order_with_its_exact_pixels
     write_pngs(tmp_path / "a", images[:3])
     write_pngs(tmp_path / "a" / "nested", images[3:], names=["x.PNG", "y.png"])
     (tmp_path / "a" / "README.txt").write_text("not an image")
-    source = sources.get_source(f"folder={tmp_path / 'a'}", "test")
+    source = catalog.get_source(f"folder={tmp_path / 'a'}", "test")
     assert len(source) == 5
     assert source.image_shape == (32, 32, 3) and source.num_classes == 1
     expected_order = ["000.png", "001.png", "002.png", "nested/x.PNG", "nested/y.png"]
@@ -45,13 +46,13 @@ def test_every_image_file_under_the_folder_in_sorted_order_with_its_exact_pixels
 def test_grayscale_files_decode_to_one_channel_and_jpeg_to_rgb(tmp_path):
     gray = random_images(2, (8, 8, 1))
     write_pngs(tmp_path / "gray", gray)
-    source = sources.get_source(f"folder={tmp_path / 'gray'}", "test")
+    source = catalog.get_source(f"folder={tmp_path / 'gray'}", "test")
     assert source.image_shape == (8, 8, 1)
     np.testing.assert_array_equal(np.stack([source[i]["image"] for i in range(2)]), gray)
 
     os.makedirs(tmp_path / "jpeg")
     Image.fromarray(random_images(1, (32, 32, 3))[0]).save(tmp_path / "jpeg" / "0.jpg", quality=95)
-    jpeg = sources.get_source(f"folder={tmp_path / 'jpeg'}", "test")
+    jpeg = catalog.get_source(f"folder={tmp_path / 'jpeg'}", "test")
     assert jpeg[0]["image"].shape == (32, 32, 3) and jpeg[0]["image"].dtype == np.uint8
 
 
@@ -61,18 +62,18 @@ def test_missing_empty_or_imageless_folders_are_not_available(tmp_path):
     (tmp_path / "text" / "notes.txt").write_text("no images here")
     for folder, words in [("missing", "not found"), ("empty", "no image files"), ("text", "no image files")]:
         with pytest.raises(sources.DatasetNotAvailableError, match=words) as error:
-            sources.get_source(f"folder={tmp_path / folder}", "test")
+            catalog.get_source(f"folder={tmp_path / folder}", "test")
         assert "\n" not in str(error.value)
 
 
 def test_a_file_of_another_size_and_a_split_other_than_test_are_errors(tmp_path):
     write_pngs(tmp_path / "mixed", random_images(1, (32, 32, 3)))
     write_pngs(tmp_path / "mixed", random_images(1, (16, 16, 3)), names=["001.png"])
-    source = sources.get_source(f"folder={tmp_path / 'mixed'}", "test")
+    source = catalog.get_source(f"folder={tmp_path / 'mixed'}", "test")
     with pytest.raises(ValueError, match="001.png is 16x16.*resize"):
         source[1]
     with pytest.raises(ValueError, match="unknown split 'train'"):
-        sources.get_source(f"folder={tmp_path / 'mixed'}", "train")
+        catalog.get_source(f"folder={tmp_path / 'mixed'}", "train")
 
 
 def test_ood_datasets_entry_keeps_colons_in_the_path_and_names_the_set_by_the_folder(tmp_path):
@@ -98,7 +99,7 @@ def test_ood_datasets_entry_keeps_colons_in_the_path_and_names_the_set_by_the_fo
 def test_folder_images_go_through_the_eval_pipeline_as_unknown_with_the_training_normalisation(tmp_path):
     images = random_images(3, (8, 8, 1))
     write_pngs(tmp_path / "ood", images)
-    source = sources.get_source(f"folder={tmp_path / 'ood'}", "test")
+    source = catalog.get_source(f"folder={tmp_path / 'ood'}", "test")
     batch = next(iter(pipeline.eval_batches(source, batch_size=4, preprocess="shift", known_classes=(),
                                             normalization="digits")))
     np.testing.assert_array_equal(batch["mask"], [True, True, True, False])
@@ -109,10 +110,10 @@ def test_folder_images_go_through_the_eval_pipeline_as_unknown_with_the_training
 
 def test_an_unknown_set_of_another_image_shape_is_refused_before_evaluation(tmp_path):
     write_pngs(tmp_path / "rgb", random_images(1, (8, 8, 3)))
-    known = sources.get_source("digits", "train")
-    unknown = sources.get_source(f"folder={tmp_path / 'rgb'}", "test")
+    known = catalog.get_source("digits", "train")
+    unknown = catalog.get_source(f"folder={tmp_path / 'rgb'}", "test")
     with pytest.raises(ValueError, match="8x8x3 images .* trained on 8x8x1"):
         evaluation.check_unknown_image_shape("rgb", unknown, known, "shift")
-    evaluation.check_unknown_image_shape("rgb", sources.get_source(f"folder={tmp_path / 'rgb'}", "test"),
+    evaluation.check_unknown_image_shape("rgb", catalog.get_source(f"folder={tmp_path / 'rgb'}", "test"),
                                        sources.ArraySource("x", random_images(1, (64, 64, 3)), [0], ["a"]),
                                        "imagenet")  # resized anyway: only the channels must match

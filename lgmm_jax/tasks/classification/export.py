@@ -4,23 +4,27 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
-from lgmm_jax import experiment, exporting, forward, inference, serving
+from lgmm_jax.deploy import exporting, forward, inference, serving
 from lgmm_jax.data import pipeline, settings
-from lgmm_jax.restore import TrainedModel
 from lgmm_jax.tasks.classification.serving import serving_function
+from lgmm_jax.data import protocols
+from lgmm_jax.tasks.classification import data
+
+if TYPE_CHECKING:  # the trainer's restored run; a task imports nothing of the training run
+    from lgmm_jax.training.restore import TrainedModel
 
 
 def validation_scores(trained: TrainedModel, score_name: str, mesh) -> tuple[np.ndarray, np.ndarray]:
     """([N] scores, [N] predicted classes) of the known-class validation images, computed as
     `evaluation.evaluate` computes them."""
     config, protocol = trained.config, trained.protocol
-    source = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
-    batches = experiment.eval_stream(config, protocol, source, protocol.known_classes)
+    source = data.source(config, protocol.dataset, protocol.validation_split)
+    batches = data.eval_stream(config, protocol, source, protocol.known_classes)
     forward_fn = forward.make_forward(trained.model, config.model.head, mesh)
     outputs = forward.collect(batches, mesh, trained.variables, forward_fn)
     temperature = forward.posterior_temperature_of(config)
@@ -33,8 +37,8 @@ def describe(
 ) -> dict[str, Any]:
     """model.json's content (see the module docstring)."""
     config, protocol, source = trained.config, trained.protocol, trained.train_source
-    known = experiment.known_label_ids(protocol, source)
-    preset = experiment.preprocess_preset(config, protocol)
+    known = protocols.known_label_ids(protocol, source)
+    preset = settings.preprocess_preset(config, protocol)
     normalization_dataset = settings.normalization_name(config, protocol.dataset)
     normalization = pipeline.get_normalization(normalization_dataset, source)
     image_size = settings.input_image_size(config)

@@ -1,4 +1,4 @@
-"""An exported classifier (`lgmm_jax.inference.load` returns one for a classification export).
+"""An exported classifier (`lgmm_jax.deploy.inference.load` returns one for a classification export).
 
 Images go through exactly the evaluation pipeline of training (`pipeline.eval_batches`: the preset's
 evaluation transform, the training dataset's normalisation, padded batches of a fixed size, so the
@@ -13,10 +13,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from lgmm_jax import forward
+from lgmm_jax.deploy import forward
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource, ListSource
-from lgmm_jax.inference import DEPLOYABLE_SCORES, ExportedModel, check_images, common_parts, decide
+from lgmm_jax.deploy.inference import DEPLOYABLE_SCORES, ExportedModel, check_images, common_parts, decide
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lgmm_jax.report import markdown_table, percent, save_figure
+from lgmm_jax.tasks.report import markdown_table, percent, save_figure
 
 METRIC_COLUMNS = (
     ("auroc", "AUROC ↑"),

@@ -1,4 +1,4 @@
-"""A classifier's inference as one jax function for `model.stablehlo` (`lgmm_jax.serving`): uint8 images
+"""A classifier's inference as one jax function for `model.stablehlo` (`lgmm_jax.deploy.serving`): uint8 images
 -> label, score, conformal p-value and decision, as `exported.Model.predict` computes them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgmm_jax.ood import conformal, scores
-from lgmm_jax.serving import normalized
+from lgmm_jax.deploy.serving import normalized
 
 
 def classifier_score(name: str, class_scores: jax.Array, temperature: float) -> jax.Array:

@@ -14,21 +14,19 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lgmm_jax import losses, mixing
-from lgmm_jax import report as lgmm_report
+from lgmm_jax.method import losses, mixing
+from lgmm_jax.tasks import report as lgmm_report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.settings import (
     input_image_size,
-    labelled_options,
     normalization_name,
     threads_of,
     workers_for,
 )
-from lgmm_jax.data.sources import get_source
 from lgmm_jax.models.configured import is_segmenter
-from lgmm_jax.objective import lgmm_objective
+from lgmm_jax.method.objective import lgmm_objective
 from lgmm_jax.tasks.base import StepLosses, Task
-from lgmm_jax.tasks.classification import evaluation, export, report
+from lgmm_jax.tasks.classification import data, evaluation, export, report
 
 
 def softmax_batch_recipe(config: ml_collections.ConfigDict) -> dict | None:
@@ -81,8 +79,8 @@ class ClassificationTask(Task):
             raise ValueError("model.latent_projection and model.class_norm are segmenters' options (GMMSeg's head): "
                              "leave them at 'dense' and False for task='classification'")
 
-    def data_source(self, name: str, split: str, data_dir: str | None, config=None):
-        return get_source(name, split, data_dir, labelled_options(config))
+    def data_source(self, config, ref_or_name, split=None):
+        return data.source(config, ref_or_name, split)
 
     def train_stream(self, config, protocol, source, preset: str):
         return pipeline.train_iterator(

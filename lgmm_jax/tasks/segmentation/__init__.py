@@ -1,4 +1,4 @@
 """Segmentation: an example is a labelled pixel of an image (see `task` for what that decides).
 
-Kept light: importing `exported` (what `lgmm_jax.inference` loads) imports nothing heavier.
+Kept light: importing `exported` (what `lgmm_jax.deploy.inference` loads) imports nothing heavier.
 """

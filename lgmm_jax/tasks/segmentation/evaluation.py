@@ -33,16 +33,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgmm_jax import experiment
-from lgmm_jax.forward import gather
+from lgmm_jax.deploy.forward import gather
 from lgmm_jax.ood import metrics, scores
 from lgmm_jax.ood.segmentation_metrics import AnomalyAccumulator, ConfusionAccumulator
-from lgmm_jax.sharding import batch_sharding, replicated
+from lgmm_jax.runtime.sharding import batch_sharding, replicated
 from lgmm_jax.data import images
 from lgmm_jax.data.images import UnreadableImageError
 from lgmm_jax.data.seg_augment import NORMALIZATION as SEGMENTATION_NORMALIZATION
 from lgmm_jax.tasks.segmentation import forward as pixel_forward
 from lgmm_jax.tasks.segmentation.forward import Fitted, SmlStatistics
+from lgmm_jax.runtime.sharding import eval_batch_size
+from lgmm_jax.tasks.segmentation import data
 
 THRESHOLD_PIXELS_PER_IMAGE = 1 << 16
 ROC_POINTS = 201
@@ -152,7 +153,7 @@ def make_predictor(config, model, variables, mesh, train_source, chosen) -> Pred
         variables=variables,
         mesh=mesh,
         fitted=Fitted(),
-        batch_size=experiment.eval_batch_size(config),
+        batch_size=eval_batch_size(config),
         settings=settings,
         num_classes=train_source.num_classes,
     )
@@ -265,7 +266,7 @@ def evaluate(config, model, variables, protocol, mesh, unknown_names) -> tuple[d
     """Every number of a segmentation run's results.json (see the module docstring) and its plots."""
     head = config.model.head
     chosen = chosen_scores(config)
-    source = functools.partial(experiment.data_source, config=config)
+    source = functools.partial(data.source, config)
     train_source = source(protocol.dataset, protocol.train_split)
     validation_source = source(protocol.dataset, protocol.validation_split)
     test_source = source(protocol.dataset, protocol.test_split)

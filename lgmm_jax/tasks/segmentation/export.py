@@ -5,15 +5,19 @@ calibration on a strided sample of the validation split's labelled pixels (the f
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
-from lgmm_jax import experiment, exporting, inference, serving
-from lgmm_jax.restore import TrainedModel
+from lgmm_jax.deploy import exporting, inference, serving
 from lgmm_jax.tasks.segmentation import evaluation, forward
 from lgmm_jax.tasks.segmentation.serving import serving_function
+from lgmm_jax.runtime.sharding import eval_batch_size
+from lgmm_jax.tasks.segmentation import data
+
+if TYPE_CHECKING:  # the trainer's restored run; a task imports nothing of the training run
+    from lgmm_jax.training.restore import TrainedModel
 
 
 def segmentation_calibration(trained: TrainedModel, score_name: str, mesh
@@ -21,13 +25,13 @@ def segmentation_calibration(trained: TrainedModel, score_name: str, mesh
     """(sampled labelled validation pixels' scores, number of validation images, the network input size of
     the first validation image), sampled as the evaluation samples them for its thresholds."""
     config, protocol = trained.config, trained.protocol
-    source = experiment.data_source(protocol.dataset, protocol.validation_split, config=config)
+    source = data.source(config, protocol.dataset, protocol.validation_split)
     settings = evaluation.settings_of(config)
     first_size = forward.eval_image(source[0]["image"], settings).shape[:2]
     predictor = evaluation.Predictor(
         forward=forward.make_dense_forward(trained.model, config.model.head, mesh, settings),
         variables=trained.variables, mesh=mesh, fitted=forward.Fitted(),
-        batch_size=experiment.eval_batch_size(config), settings=settings, num_classes=trained.num_classes,
+        batch_size=eval_batch_size(config), settings=settings, num_classes=trained.num_classes,
     )
     sampled = evaluation.validation_pixel_scores(config, predictor, source, (score_name,))
     return sampled[score_name], len(source), first_size

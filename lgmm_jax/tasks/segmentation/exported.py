@@ -1,4 +1,4 @@
-"""An exported segmenter (`lgmm_jax.inference.load` returns one for a segmentation export): `predict(images)`
+"""An exported segmenter (`lgmm_jax.deploy.inference.load` returns one for a segmentation export): `predict(images)`
 takes uint8 [N, H, W, 3] of any one size and returns per-pixel `label`, `score` and `known` at that size
 (`forward`: whole or slide inference as in training's evaluation, class scores resized to the input
 before the argmax)."""
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lgmm_jax.inference import ExportedModel, check_images, common_parts, decide
+from lgmm_jax.deploy.inference import ExportedModel, check_images, common_parts, decide
 from lgmm_jax.tasks.segmentation import forward
 
 

@@ -21,7 +21,7 @@ import os
 import numpy as np
 from etils import epath
 
-from lgmm_jax import report
+from lgmm_jax.tasks import report
 
 ANOMALY_COLOURS = {0: (0, 0, 0), 1: (255, 255, 255), 255: (128, 128, 128)}
 

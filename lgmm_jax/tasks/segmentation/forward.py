@@ -1,5 +1,5 @@
 """Dense (per-pixel) prediction of a segmenter, shared by segmentation evaluation, export and inference
-(which sit above this module; it is the segmentation counterpart of `lgmm_jax.forward`).
+(which sit above this module; it is the segmentation counterpart of `lgmm_jax.deploy.forward`).
 
 What mmseg's `EncoderDecoder.predict` does, per pixel, with this library's open-set scores:
 
@@ -45,10 +45,10 @@ import numpy as np
 from PIL import Image
 
 from lgmm_jax.data.augment import normalize
-from lgmm_jax.forward import gather
+from lgmm_jax.deploy.forward import gather
 from lgmm_jax.models.resize import corner_aligned_resize, resize_bilinear
 from lgmm_jax.ood import scores
-from lgmm_jax.sharding import batch_sharding, replicated
+from lgmm_jax.runtime.sharding import batch_sharding, replicated
 
 PIXEL_SCORES = {"lgmm": ("likelihood",), "softmax": ("msp", "maxlogit", "entropy", "sml", "mahalanobis")}
 # Scores a deployed model computes from one image alone (no statistics fitted on training pixels).

@@ -3,7 +3,7 @@ per anomaly set) and its summary line; its pictures are `figures`."""
 
 from __future__ import annotations
 
-from lgmm_jax.report import markdown_table, percent
+from lgmm_jax.tasks.report import markdown_table, percent
 
 PIXEL_METRIC_COLUMNS = (("auroc", "AUROC ↑"), ("ap", "AP ↑"), ("fpr95", "FPR95 ↓"))
 

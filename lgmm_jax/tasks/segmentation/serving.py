@@ -1,4 +1,4 @@
-"""A segmenter's inference as one jax function for `model.stablehlo` (`lgmm_jax.serving`): uint8 images of
+"""A segmenter's inference as one jax function for `model.stablehlo` (`lgmm_jax.deploy.serving`): uint8 images of
 the export's size -> per-pixel label, score and decision, as `exported.SegmentationModel.predict` computes
 them."""
 
@@ -9,7 +9,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from lgmm_jax.serving import normalized
+from lgmm_jax.deploy.serving import normalized
 from lgmm_jax.tasks.segmentation import forward
 
 

@@ -17,19 +17,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lgmm_jax import gmmseg, losses
-from lgmm_jax import report as lgmm_report
+from lgmm_jax.method import gmmseg, losses
+from lgmm_jax.tasks import report as lgmm_report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.seg_augment import NORMALIZATION, SegmentationTrainExample
 from lgmm_jax.data.segfolder import SegFolderOptions
-from lgmm_jax.data.segmentation import get_segmentation_source
 from lgmm_jax.data.settings import threads_of, workers_for
 from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.models.resize import resize_labels_nearest
 from lgmm_jax.models.segmenter import auxiliary_logits
-from lgmm_jax.objective import PixelConfig, pixel_lgmm_objective
+from lgmm_jax.method.objective import PixelConfig, pixel_lgmm_objective
 from lgmm_jax.tasks.base import StepLosses, Task
-from lgmm_jax.tasks.segmentation import evaluation, export, figures, report
+from lgmm_jax.tasks.segmentation import data, evaluation, export, figures, report
 from lgmm_jax.tasks.segmentation.forward import decoder_align_corners
 
 INFERENCE_MODES = ("whole", "slide")
@@ -70,13 +69,6 @@ def check_segmentation_keys(config: ml_collections.ConfigDict) -> None:
     if config.protocol:
         raise ValueError(f"protocol={config.protocol!r} is a classification protocol: segmentation names its "
                          "unknown sets in ood_datasets, e.g. ('scenes:test_near',); set --config.protocol=''")
-
-
-def segfolder_options(config: ml_collections.ConfigDict) -> dict | None:
-    """The config's ``segfolder`` block (`lgmm_jax.data.segfolder`) as a dict; None where the config has none
-    (one written before the block existed: the defaults)."""
-    block = config.get("segfolder")
-    return None if block is None else block.to_dict()
 
 
 def batch_objective(pixels: PixelConfig, z, batch, head_params, log_weights, memory, objective, key):
@@ -122,14 +114,10 @@ class SegmentationTask(Task):
             raise ValueError(f"task='segmentation' needs a segmenter (models.SEGMENTER_NAMES) as model.encoder, "
                              f"got {config.model.encoder!r}")
         check_segmentation_keys(config)
-        SegFolderOptions.from_mapping(segfolder_options(config))  # a bad option fails here, before any data
+        SegFolderOptions.from_mapping(data.segfolder_options(config))  # a bad option fails here, before any data
 
-    def data_source(self, name: str, split: str, data_dir: str | None,
-                    config: ml_collections.ConfigDict | None = None):
-        """`get_segmentation_source`; a segfolder= source reads its options from ``config``'s ``segfolder``
-        block (None: the defaults)."""
-        options = None if config is None else segfolder_options(config)
-        return get_segmentation_source(name, split, data_dir, options=options)
+    def data_source(self, config, ref_or_name, split=None):
+        return data.source(config, ref_or_name, split)
 
     def train_stream(self, config, protocol, source, preset: str):
         """Training crops (image float32 [b, h, w, 3], label int32 [b, h, w], void = 255) of this process,

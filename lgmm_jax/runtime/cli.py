@@ -80,7 +80,7 @@ def run_app(main: Callable) -> int:
 
 def run_guarded(task: Callable[[], object]) -> int:
     """Run `task`; turn the errors a user can fix into one line and an exit status."""
-    from lgmm_jax.checkpointing import (
+    from lgmm_jax.runtime.checkpointing import (
         DamagedCheckpointError,
         DiskFullError,
         IncompatibleCheckpointError,
@@ -88,7 +88,7 @@ def run_guarded(task: Callable[[], object]) -> int:
         UnreadableCheckpointError,
     )
     from lgmm_jax.data.sources import DatasetNotAvailableError
-    from lgmm_jax.workdir_claim import WorkdirBusyError
+    from lgmm_jax.runtime.workdir_claim import WorkdirBusyError
 
     try:
         task()

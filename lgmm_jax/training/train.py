@@ -1,7 +1,7 @@
 """Training: the jitted, sharded train steps and the loop with logging, checkpoints and final evaluation.
 
 The L-GMM step runs one encoder pass and one `jax.value_and_grad` of the collaborative objective
-(`lgmm_jax.objective`): dL_D/dphi reaches the encoder, dL_G/dtheta the Gaussians. The memory bank is
+(`lgmm_jax.method.objective`): dL_D/dphi reaches the encoder, dL_G/dtheta the Gaussians. The memory bank is
 updated inside the step and the mixture weights are re-counted from it after the gradient step.
 `method=gmmseg` has its own step (`gmmseg_train_step`): GMMSeg's losses, queues and momentum updates.
 
@@ -25,13 +25,17 @@ import numpy as np
 import optax
 from etils import epath
 
-from lgmm_jax import checkpointing, evaluate, experiment, forward, gmmseg, initial_weights, losses, tasks
+from lgmm_jax import tasks
+from lgmm_jax.deploy import forward
+from lgmm_jax.method import gmmseg, losses
+from lgmm_jax.runtime import checkpointing
+from lgmm_jax.training import evaluation, experiment, initial_weights
 from lgmm_jax.data import labelled, pipeline
-from lgmm_jax.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
+from lgmm_jax.method.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
 from lgmm_jax.models.segmenter import auxiliary_logits
-from lgmm_jax.objective import ObjectiveConfig
-from lgmm_jax.sharding import (
+from lgmm_jax.method.objective import ObjectiveConfig
+from lgmm_jax.runtime.sharding import (
     batch_sharding,
     global_batch,
     make_mesh,
@@ -40,7 +44,7 @@ from lgmm_jax.sharding import (
 )
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.tasks.base import StepLosses
-from lgmm_jax.state import (
+from lgmm_jax.training.state import (
     TrainState,
     create_optimizer,
     create_sharded_train_state,
@@ -157,7 +161,7 @@ def gmmseg_train_step(
     scale_floor: float,
     task_losses: StepLosses,
 ) -> tuple[TrainState, dict]:
-    """One step of GMMSeg (`lgmm_jax.gmmseg`): the encoder by the decode and component cross-entropies,
+    """One step of GMMSeg (`lgmm_jax.method.gmmseg`): the encoder by the decode and component cross-entropies,
     then the step's admitted pixels into the queues, and every `settings.update_interval` steps (the
     first included, as GMMSeg's iteration counter starts at 0) the Gaussians of the batch's classes
     moved toward their queues. The Gaussians take no gradient step."""
@@ -410,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             raise checkpointing.Preempted(
                 f"preempted after step {total_steps}: checkpoint saved; rerun the same command to evaluate"
             )
-        return evaluate.evaluate_and_write(config, workdir, model, state, protocol, mesh)
+        return evaluation.evaluate_and_write(config, workdir, model, state, protocol, mesh)
 
 
 CURVE_DIR = "curve"
@@ -426,10 +430,10 @@ def evaluate_curve_point(config, workdir, model, state, protocol, mesh, epoch: f
     """The final evaluation, run after `epoch` epochs into workdir/curve/epoch_E (once: a resumed run that
     passes the same step again finds its results.json and moves on)."""
     folder = os.path.join(workdir, CURVE_DIR, f"epoch_{epoch:g}")
-    if epath.Path(folder, evaluate.RESULTS_FILE).exists():
+    if epath.Path(folder, evaluation.RESULTS_FILE).exists():
         return
     console(f"learning curve: evaluating after epoch {epoch:g}")
-    evaluate.evaluate_and_write(config, folder, model, state, protocol, mesh)
+    evaluation.evaluate_and_write(config, folder, model, state, protocol, mesh)
 
 
 def check_evaluation_data(config: ml_collections.ConfigDict, protocol, train_source) -> None:

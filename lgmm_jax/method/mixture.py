@@ -15,7 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from lgmm_jax.memory import MemoryBank
+from lgmm_jax.method.memory import MemoryBank
 from lgmm_jax.models.gmm import component_log_prob, raw_from_scales, scales_from_raw
 
 ASSIGNMENTS = ("posterior", "sinkhorn")

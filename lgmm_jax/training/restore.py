@@ -17,11 +17,13 @@ import jax
 import ml_collections
 from etils import epath
 
-from lgmm_jax import checkpointing, experiment, forward
+from lgmm_jax.deploy import forward
+from lgmm_jax.runtime import checkpointing
+from lgmm_jax.training import experiment
 from lgmm_jax.data.protocols import OpenSetProtocol
 from lgmm_jax.data.sources import Source
 from lgmm_jax.models.configured import create_model
-from lgmm_jax.state import create_optimizer, create_train_state, state_shardings
+from lgmm_jax.training.state import create_optimizer, create_train_state, state_shardings
 
 
 @dataclasses.dataclass(frozen=True)

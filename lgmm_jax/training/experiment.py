@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 import ml_collections
 
 from lgmm_jax import tasks
@@ -26,8 +25,8 @@ from lgmm_jax.data import labelled, pipeline, settings
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
 from lgmm_jax.models.configured import HEADS, compute_dtype
-from lgmm_jax.sharding import check_batch_size, padded_batch_size
-from lgmm_jax.state import create_optimizer, gmm_update, gmmseg_config
+from lgmm_jax.runtime.sharding import check_batch_size, eval_batch_size
+from lgmm_jax.training.state import create_optimizer, gmm_update, gmmseg_config
 
 
 METHODS = ("library", "paper", "gmmseg")
@@ -55,7 +54,7 @@ def paper_method_settings(config: ml_collections.ConfigDict) -> dict:
 
 def gmmseg_method_settings(config: ml_collections.ConfigDict) -> dict:
     """The keys `method=gmmseg` pins (segmentation): the per-pixel head as GMMSeg's code builds and trains
-    it (`lgmm_jax.gmmseg`). A 1x1 ConvModule to 64 dimensions, LayerNorm (epsilon 1e-5) and L2; unit-norm
+    it (`lgmm_jax.method.gmmseg`). A 1x1 ConvModule to 64 dimensions, LayerNorm (epsilon 1e-5) and L2; unit-norm
     means with per-component diagonal scales starting at 1 and no floor; the best component per class
     and a LayerNorm over the classes as the decode scores; the Gaussians updated from GMMSeg's queues
     (`config.segmentation.gmmseg` holds its numbers). The component count stays the config's (GMMSeg: 5,
@@ -202,7 +201,7 @@ def resolved_data(config: ml_collections.ConfigDict, protocol: OpenSetProtocol, 
     preset does not resize (the first training image's size), and a labelled source's class table
     (`data.classes`: id, name and the folder or list each class comes from)."""
     updates = {}
-    preset = preprocess_preset(config, protocol)
+    preset = settings.preprocess_preset(config, protocol)
     shape = getattr(train_source, "image_shape", None)  # segmentation sources have none: the crop decides
     varying = shape is not None and None in tuple(shape)[:2]
     if varying and not pipeline.resizes_to_network_input(preset) and settings.input_image_size(config) is None:
@@ -219,60 +218,19 @@ def resolved_data(config: ml_collections.ConfigDict, protocol: OpenSetProtocol, 
     return ml_collections.ConfigDict(values)
 
 
-def preprocess_preset(config: ml_collections.ConfigDict, protocol: OpenSetProtocol) -> str:
-    """The config's preset, or the protocol's when the config leaves it empty."""
-    return config.preprocess or protocol.preprocess
-
-
 def model_input_shape(config: ml_collections.ConfigDict, protocol: OpenSetProtocol, train_source: Source):
     """(H, W, C) of the images the network takes (the task's: the training images' shape, the ImageNet
     crop, or the segmentation training crop)."""
-    return tasks.get(config).model_input_shape(config, train_source, preprocess_preset(config, protocol))
-
-
-def num_known_classes(protocol: OpenSetProtocol, train_source: Source) -> int:
-    return train_source.num_classes if protocol.known_classes is None else len(protocol.known_classes)
-
-
-def known_label_ids(protocol: OpenSetProtocol, train_source: Source) -> list[int]:
-    """The original label id of each class the model knows, in model order."""
-    if protocol.known_classes is None:
-        return list(range(train_source.num_classes))
-    return list(protocol.known_classes)
+    return tasks.get(config).model_input_shape(config, train_source, settings.preprocess_preset(config, protocol))
 
 
 def data_source(ref_or_name, split: str | None = None, *, config: ml_collections.ConfigDict) -> Source:
     """get_source (get_segmentation_source for segmentation) with the config's data_dir (bundled
     Fashion-MNIST folder, the testbed's cache or TFDS data_dir)."""
-    name = ref_or_name.dataset if isinstance(ref_or_name, DataRef) else ref_or_name
-    split = ref_or_name.split if isinstance(ref_or_name, DataRef) else split
-    return tasks.get(config).data_source(name, split, config.data_dir or None, config)
+    return tasks.get(config).data_source(config, ref_or_name, split)
 
 
 def train_stream(config, protocol: OpenSetProtocol, source: Source):
     """This process's part of each global training batch (the task's), resumable through
     get_state/set_state."""
-    return tasks.get(config).train_stream(config, protocol, source, preprocess_preset(config, protocol))
-
-
-def eval_batch_size(config: ml_collections.ConfigDict, num_devices: int | None = None) -> int:
-    """`eval_batch_size` rounded up to a multiple of the device count (all devices of all processes):
-    evaluation batches are padded and masked, so a larger batch changes no number."""
-    return padded_batch_size(config.eval_batch_size, jax.device_count() if num_devices is None else num_devices)
-
-
-def eval_stream(config, protocol: OpenSetProtocol, source: Source, classes=None, all_unknown=False):
-    """Padded, masked evaluation batches of this process, normalised as the training data was."""
-    return pipeline.eval_batches(
-        source,
-        batch_size=eval_batch_size(config),
-        preprocess=preprocess_preset(config, protocol),
-        known_classes=() if all_unknown else protocol.known_classes,
-        classes=classes,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        normalization=settings.normalization_name(config, protocol.dataset),
-        image_size=settings.input_image_size(config),
-        workers=settings.eval_workers_of(config),
-        threads=settings.threads_of(config),
-    )
+    return tasks.get(config).train_stream(config, protocol, source, settings.preprocess_preset(config, protocol))

@@ -4,7 +4,7 @@
 `jax.value_and_grad` of it over (encoder parameters, head parameters) therefore yields exactly dL_D/dphi
 for the encoder and dL_G/dtheta for the Gaussians, in one encoder pass: the discriminative loss never
 moves the mixture and the generative loss never moves the encoder. The mixture weights pi are not
-parameters at all: they are counted from the memory bank (see `lgmm_jax.mixture`). As in Appendix G,
+parameters at all: they are counted from the memory bank (see `lgmm_jax.method.mixture`). As in Appendix G,
 a step updates the mixtures of the classes in its batch only (`batch_classes`).
 
 `pixel_lgmm_objective` is the same objective with a pixel as the example (segmentation, Section 5.3):
@@ -20,8 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lgmm_jax import losses, mixture
-from lgmm_jax.memory import MemoryBank, sample_per_class, update_memory
+from lgmm_jax.method import losses, mixture
+from lgmm_jax.method.memory import MemoryBank, sample_per_class, update_memory
 from lgmm_jax.models.gmm import head_gaussians, log_likelihood
 from lgmm_jax.models.resize import resize_labels_nearest
 

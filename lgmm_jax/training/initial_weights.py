@@ -23,8 +23,11 @@ import ml_collections
 from etils import epath
 from flax import traverse_util
 
-from lgmm_jax import checkpointing, inference, pretrained, restore
-from lgmm_jax.sharding import make_mesh
+from lgmm_jax import pretrained
+from lgmm_jax.deploy import inference
+from lgmm_jax.runtime import checkpointing
+from lgmm_jax.training import restore
+from lgmm_jax.runtime.sharding import make_mesh
 
 REPORT_FILE = "init_weights.json"
 WHAT = ("backbone", "all")

@@ -45,7 +45,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lgmm_jax import workdir_claim
+from lgmm_jax.runtime import workdir_claim
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"

@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lgmm_jax.ood import fitting, posthoc, scores
-from lgmm_jax.sharding import batch_sharding, global_batch, replicated
+from lgmm_jax.runtime.sharding import batch_sharding, global_batch, replicated
 
 # The per-example columns of an evaluation batch that travel with the model's outputs.
 BATCH_COLUMNS = ("label", "original_label", "mask")

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lgmm_jax.gmmseg import GMMSegConfig, create_queue
-from lgmm_jax.memory import MemoryBank, create_memory
+from lgmm_jax.method.gmmseg import GMMSegConfig, create_queue
+from lgmm_jax.method.memory import MemoryBank, create_memory
 from lgmm_jax.models.configured import initial_variables
-from lgmm_jax.objective import ObjectiveConfig
-from lgmm_jax.sharding import class_sharding, replicated
+from lgmm_jax.method.objective import ObjectiveConfig
+from lgmm_jax.runtime.sharding import class_sharding, replicated
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 GMM_UPDATES = ("gradient", "moment_matching", "gmmseg")
@@ -67,7 +67,7 @@ def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
 
 def gmm_update(model_config) -> str:
     """How the Gaussians learn: 'gradient' (optimiser steps on L_G), 'moment_matching' (M-steps toward the
-    memory bank's fit) or 'gmmseg' (GMMSeg's momentum updates from its queues, `lgmm_jax.gmmseg`)."""
+    memory bank's fit) or 'gmmseg' (GMMSeg's momentum updates from its queues, `lgmm_jax.method.gmmseg`)."""
     update = model_config.get("gmm_update", "gradient")
     if update not in GMM_UPDATES:
         raise ValueError(f"model.gmm_update={update!r} is not one of {GMM_UPDATES}")
@@ -80,7 +80,7 @@ def gmm_moment_rate(model_config) -> float | None:
 
 
 def gmmseg_config(config: ml_collections.ConfigDict) -> GMMSegConfig:
-    """GMMSeg's numbers from `config.segmentation.gmmseg` (`lgmm_jax.gmmseg.GMMSegConfig`)."""
+    """GMMSeg's numbers from `config.segmentation.gmmseg` (`lgmm_jax.method.gmmseg.GMMSegConfig`)."""
     return GMMSegConfig(**config.segmentation.gmmseg.to_dict())
 
 

@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from lgmm_jax import tasks
 from lgmm_jax.models.configured import create_model, initial_variables
 from lgmm_jax.ood import conformal
-from lgmm_jax.sharding import make_mesh, padded_batch_size, replicated
+from lgmm_jax.runtime.sharding import make_mesh, padded_batch_size, replicated
 
 EXPORT_FORMAT = "lgmm_jax.export/1"
 MODEL_FILE = "model.json"

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lgmm_jax import inference
+from lgmm_jax.deploy import inference
 from lgmm_jax.ood import conformal
 
 

@@ -84,3 +84,9 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
         for name, value in local_batch.items()
     }
+
+
+def eval_batch_size(config, num_devices: int | None = None) -> int:
+    """``config.eval_batch_size`` rounded up to a multiple of the device count (all devices of all
+    processes): evaluation batches are padded and masked, so a larger batch changes no number."""
+    return padded_batch_size(config.eval_batch_size, jax.device_count() if num_devices is None else num_devices)

@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lgmm_jax import losses
-from lgmm_jax.memory import MemoryBank
+from lgmm_jax.method import losses
+from lgmm_jax.method.memory import MemoryBank
 from lgmm_jax.models.gmm import component_log_prob, head_gaussians, raw_from_scales
 from lgmm_jax.models.lgmm import l2_normalize
 from lgmm_jax.models.resize import resize_labels_nearest
