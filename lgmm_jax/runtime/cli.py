@@ -16,7 +16,8 @@ from absl import app, flags, logging
 
 USAGE_ERROR = 2
 # Every config starts from this one, so its keys are the keys --config.KEY=VALUE may override.
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # lgmm_jax/runtime/cli.py
+DEFAULT_CONFIG = os.path.join(REPOSITORY, "configs", "default.py")
 RUN_ERROR = 1
 WORKDIR_BUSY = 75  # EX_TEMPFAIL: try again once the other run is over
 DISK_FULL = 74  # EX_IOERR
