@@ -41,6 +41,7 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lgmm_jax.tasks.classification import data as classification_data  # noqa: E402
 from lgmm_jax.deploy import forward  # noqa: E402
 from lgmm_jax.training import experiment, restore  # noqa: E402
 from lgmm_jax.ood import scores  # noqa: E402
@@ -99,7 +100,7 @@ def model_outputs(workdir: str):
     features_fn = jax.jit(lambda v, x: model.apply(v, x, False, method=lambda m, x, t: m.features(x, t)))
 
     def outputs(source, classes, all_unknown=False):
-        batches = experiment.eval_stream(config, protocol, source, classes, all_unknown)
+        batches = classification_data.eval_stream(config, protocol, source, classes, all_unknown)
         return forward.collect(batches, mesh, trained.variables, outputs_fn, extra={"features": features_fn})
 
     source = lambda ref, split=None: experiment.data_source(ref, split, config=config)  # noqa: E731

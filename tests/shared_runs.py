@@ -97,13 +97,14 @@ def initial_parameters(config) -> dict:
     """The params a run of `config` starts from (its seed), built as training builds them."""
     import jax
 
-    from lgmm_jax.training import experiment, state
+    from lgmm_jax.data import protocols
     from lgmm_jax.models.configured import create_model
     from lgmm_jax.runtime.sharding import make_mesh
+    from lgmm_jax.training import experiment, state
 
     protocol = experiment.resolve_protocol(config)
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
-    num_classes = experiment.num_known_classes(protocol, source)
+    num_classes = protocols.num_known_classes(protocol, source)
     model = create_model(config.model, num_classes)
     optimizer, _ = state.create_optimizer(config, steps_per_epoch=1, total_steps=1)
     initial, _ = state.create_sharded_train_state(

@@ -49,9 +49,10 @@ DATASETS = {
 CHECK_EVERY_CONFIG = textwrap.dedent("""
     import importlib, json, sys
     import jax
-    from lgmm_jax import experiment
+    from lgmm_jax.training import experiment
     from lgmm_jax.models.configured import create_model
-    from lgmm_jax.runtime.sharding import make_mesh
+    from lgmm_jax.data import settings
+    from lgmm_jax.runtime.sharding import eval_batch_size, make_mesh
     from lgmm_jax.training.state import create_optimizer, create_train_state, state_shardings
 
     datasets = json.loads(sys.argv[1])
@@ -64,7 +65,7 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
         num_classes, stored_shape = datasets[protocol.dataset]
         if protocol.known_classes is not None:
             num_classes = len(protocol.known_classes)
-        preset = experiment.preprocess_preset(config, protocol)
+        preset = settings.preprocess_preset(config, protocol)
         image_shape = (224, 224, 3) if preset.startswith("imagenet") else tuple(stored_shape)
         if config.get("task") == "segmentation":
             image_shape = (*config.segmentation.crop_size, 3)
@@ -85,7 +86,7 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
             leaves = jax.tree.leaves(abstract.params)
             rows.append({
                 "devices": num_devices,
-                "eval_batch_size": experiment.eval_batch_size(checked, num_devices),
+                "eval_batch_size": eval_batch_size(checked, num_devices),
                 "parameters": int(sum(x.size for x in leaves)),
                 "memory": None if abstract.memory is None else list(abstract.memory.latents.shape),
                 "memory_split": None if abstract.memory is None else str(shardings.memory.latents.spec),
@@ -213,10 +214,10 @@ def test_the_paper_segformers_use_gmmsegs_decode_head(name):
 def test_an_eval_batch_that_does_not_split_is_rounded_not_refused():
     """The CIFAR configs' 500 does not split over 8 devices: evaluation pads batches to 504."""
     from configs import cifar10
-    from lgmm_jax.training import experiment
+    from lgmm_jax.runtime.sharding import eval_batch_size
 
     config = cifar10.get_config()
-    assert experiment.eval_batch_size(config, 8) == 504 and experiment.eval_batch_size(config, 4) == 500
+    assert eval_batch_size(config, 8) == 504 and eval_batch_size(config, 4) == 500
 
 
 def test_a_training_batch_that_does_not_split_is_refused_up_front():

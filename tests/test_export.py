@@ -20,9 +20,10 @@ import pytest
 from scipy import special
 
 import configs.default
+from lgmm_jax.tasks.classification import data as classification_data
 from lgmm_jax import export
 from lgmm_jax.deploy import forward, inference
-from lgmm_jax.training import experiment, restore
+from lgmm_jax.training import restore
 from lgmm_jax.data import catalog, pipeline
 from lgmm_jax.data.protocols import MNIST_SPLITS
 from lgmm_jax.runtime.sharding import make_mesh
@@ -34,7 +35,7 @@ KNOWN = list(MNIST_SPLITS[0])  # digits_6_4, split 0
 FRESH_PROCESS_PREDICT = textwrap.dedent("""
     import sys
     import numpy as np
-    from lgmm_jax import inference
+    from lgmm_jax.deploy import inference
     model = inference.load(sys.argv[1])
     inputs = np.load(sys.argv[2])
     outputs = {}
@@ -119,7 +120,7 @@ def test_fresh_process_predictions_equal_the_checkpoints_evaluation(run):
     trained = restore.restore_workdir(run["workdir"], mesh)
     source = catalog.get_source("digits", "test")
     outputs = forward.collect(
-        experiment.eval_stream(trained.config, trained.protocol, source, trained.protocol.known_classes),
+        classification_data.eval_stream(trained.config, trained.protocol, source, trained.protocol.known_classes),
         mesh, trained.variables, forward.make_forward(trained.model, "lgmm", mesh))
     np.testing.assert_array_equal(outputs["original_label"], run["test_labels"])
     np.testing.assert_allclose(scores, outputs["class_log_likelihood"].max(-1), rtol=0, atol=1e-5)

@@ -509,7 +509,7 @@ def test_claim_is_exclusive_and_dies_with_its_process(tmp_path):
     assert not (tmp_path / workdir_claim.OWNER_FILE).exists()
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lgmm_jax import workdir_claim; "
+        [sys.executable, "-c", "import sys, time; from lgmm_jax.runtime import workdir_claim; "
          "workdir_claim.claim(sys.argv[1]); print('claimed', flush=True); time.sleep(600)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )

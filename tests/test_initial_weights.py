@@ -18,6 +18,7 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 import configs.default
+from lgmm_jax.data import protocols
 from lgmm_jax.runtime import checkpointing, cli
 from lgmm_jax.training import experiment, initial_weights, restore, train
 from lgmm_jax.models.configured import create_model
@@ -76,7 +77,7 @@ def test_step_zero_holds_the_sources_encoder_and_the_runs_own_fresh_classifier(s
     config = softmax_config(source, steps=2)
     protocol = experiment.resolve_protocol(config)
     train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
-    model = create_model(config.model, experiment.num_known_classes(protocol, train_source))
+    model = create_model(config.model, protocols.num_known_classes(protocol, train_source))
     optimizer, _ = create_optimizer(config, steps_per_epoch=1, total_steps=1)
     image_shape = experiment.model_input_shape(config, protocol, train_source)
     fresh = jax.jit(lambda: create_train_state(config, model, optimizer, image_shape, len(protocol.known_classes)))()

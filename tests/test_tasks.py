@@ -28,6 +28,7 @@ import pytest
 import configs.default
 import configs.scenes
 from lgmm_jax import tasks
+from lgmm_jax.data import protocols
 from lgmm_jax.deploy import forward, inference
 from lgmm_jax.runtime import checkpointing
 from lgmm_jax.training import evaluation, experiment, train
@@ -93,7 +94,7 @@ def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
     mesh = make_mesh()
     protocol = experiment.resolve_protocol(config)
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
-    num_classes = experiment.num_known_classes(protocol, source)
+    num_classes = protocols.num_known_classes(protocol, source)
     input_shape = experiment.model_input_shape(config, protocol, source)
     model = create_model(config.model, num_classes)
     optimizer, _ = create_optimizer(config, steps_per_epoch=10, total_steps=10)

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from sklearn.metrics import roc_auc_score
 
 from configs import cifar10, cifar100
+from lgmm_jax.data import protocols
 from lgmm_jax.training import experiment, train
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.ood import posthoc, scores
@@ -194,7 +195,7 @@ def trained_parameters(config, num_steps=3):
 
     protocol = experiment.resolve_protocol(config)
     source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
-    num_classes = experiment.num_known_classes(protocol, source)
+    num_classes = protocols.num_known_classes(protocol, source)
     mesh = make_mesh()
     model = create_model(config.model, num_classes)
     optimizer, _ = state_lib.create_optimizer(config, 10, 100)
@@ -301,7 +302,7 @@ def test_softmax_label_smoothing_is_the_cross_entropy_of_smoothed_targets():
     step = train.make_train_step(config, model, optimizer, shardings, mesh, 6)
     _, metrics = step(train_state, batch)
     assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
-    assert experiment.num_known_classes(protocol, source) == 6
+    assert protocols.num_known_classes(protocol, source) == 6
 
 
 def test_softmax_with_mixup_and_cutmix_trains_every_parameter():

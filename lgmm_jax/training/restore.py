@@ -17,6 +17,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from lgmm_jax.data import protocols
 from lgmm_jax.deploy import forward
 from lgmm_jax.runtime import checkpointing
 from lgmm_jax.training import experiment
@@ -49,7 +50,7 @@ def configured_model(config: ml_collections.ConfigDict):
     config: what rebuilding a trained model needs besides its variables."""
     protocol = experiment.resolve_protocol(config)
     train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
-    num_classes = experiment.num_known_classes(protocol, train_source)
+    num_classes = protocols.num_known_classes(protocol, train_source)
     input_shape = experiment.model_input_shape(config, protocol, train_source)
     return protocol, train_source, num_classes, tuple(input_shape), create_model(config.model, num_classes)
 

@@ -30,7 +30,7 @@ from lgmm_jax.deploy import forward
 from lgmm_jax.method import gmmseg, losses
 from lgmm_jax.runtime import checkpointing
 from lgmm_jax.training import evaluation, experiment, initial_weights
-from lgmm_jax.data import labelled, pipeline
+from lgmm_jax.data import labelled, pipeline, protocols
 from lgmm_jax.method.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
 from lgmm_jax.models.gmm import uniform_log_weights
 from lgmm_jax.models.segmenter import auxiliary_logits
@@ -366,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
         config = experiment.resolved_data(config, protocol, train_source)
         check_evaluation_data(config, protocol, train_source)
-        num_classes = experiment.num_known_classes(protocol, train_source)
+        num_classes = protocols.num_known_classes(protocol, train_source)
         num_train = pipeline.count_examples(train_source, protocol.known_classes)
         steps_per_epoch = max(pipeline.steps_per_epoch(num_train, config.batch_size), 1)
         total_steps = total_train_steps(config, steps_per_epoch)
