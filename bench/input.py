@@ -200,7 +200,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_images", "--num-images", type=int, default=256,
                         help="ImageNet-like and CIFAR-like images written")
     parser.add_argument("--num_seg_images", "--num-seg-images", type=int, default=0,
-                        help="ADE20K-like and Cityscapes-like pairs written (0: min(num_images, 32))")
+                        help="ADE20K-like and Cityscapes-like pairs written (0: min(num_images, 32), at least "
+                             "the batch size)")
     parser.add_argument("--ade20k_size", "--ade20k-size", default="512x683", help="ADE20K-like images, HxW")
     parser.add_argument("--cityscapes_size", "--cityscapes-size", default="1024x2048",
                         help="Cityscapes-like images, HxW (smaller: a scaled stand-in)")
@@ -244,7 +245,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.cityscapes_size = parse_size(args.cityscapes_size, "--cityscapes_size")
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
-    args.num_seg_images = args.num_seg_images or min(args.num_images, 32)
+    # a segmentation stream needs a batch of pairs (the default 32 are fewer than the default batch of 64)
+    args.num_seg_images = args.num_seg_images or max(min(args.num_images, 32), args.batch_size)
     if min(args.num_images, args.num_seg_images, args.batch_size, args.repeats) < 1:
         parser.error("--num_images, --num_seg_images, --batch_size and --repeats must be at least 1")
     if args.num_images < max(args.batch_size, NUM_CLASSES) or args.num_seg_images < args.batch_size:
