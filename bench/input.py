@@ -18,10 +18,14 @@ test (`cat_max_ratio`) sees regions of several classes. Every image gets a littl
 
 Paths measured (`PATHS`), each at every worker count of `--workers` (0 = in the main process):
 
-- lgmm_jax: `pipeline.train_iterator` per preset (cifar, imagenet, imagenet_swin), `pipeline.eval_batches`
-  (imagenet preset), and the segmentation training crops (mmseg's augmentation, as
-  `SegmentationTask.train_stream` builds it) on the ADE20K-like (512x512) and Cityscapes-like (769x769;
-  1024x1024 with `--paths`) data;
+- lgmm_jax: `pipeline.train_iterator(..., workers=N, threads=T)` per preset (cifar, imagenet, imagenet_swin)
+  with ``normalize=`` as the classification task passes it (``not pipeline.normalizes_on_device(preset)``:
+  uint8 batches for cifar and imagenet, normalised on the devices; float32 for imagenet_swin), where the
+  imagenet presets decode, crop and resize each file in one pass of pillow (`images.read_image_window`);
+  `pipeline.eval_batches(..., workers=N, threads=T)` (imagenet preset); and the segmentation training crops
+  (mmseg's augmentation, as `SegmentationTask.train_stream` builds them) on the ADE20K-like (512x512) and
+  Cityscapes-like (769x769; 1024x1024 with `--paths`) data. T is `--threads`, by default the library's
+  (`settings.threads_of`: 4). Every stream is closed after its measurement (worker processes stop).
 - torchvision: `datasets.ImageFolder` under `torch.utils.data.DataLoader(num_workers=N,
   persistent_workers=N > 0)` with the recipes' transforms (`torch_transform`); there is no torchvision
   counterpart of the segmentation crops. torch's main process gets one intra-op thread, as each DataLoader
@@ -33,17 +37,31 @@ batches that arrive in the next `--seconds` (or `--batches` batches); images/s i
 batch's dtype. The batches the workers had ready when the warm-up batch arrived count in the window (at
 most about N - 1 of them: a few percent over 10 s). The evaluation pass lists the training files again
 and again (`eval_repeats`), so that it outlasts the window. "One example on one thread" calls the
-per-example transform (decode and the preset's transform: the library's `TrainExample`, `EvalExample` or
-`SegmentationTrainExample`, torchvision's dataset item) in a loop, torch limited to one thread.
-`--repeats` runs every measurement that many times, lgmm_jax and torchvision interleaved (their order
-alternating per repeat), and reports each.
+per-example transform (decode and the preset's transform: the library's `TrainExample` as its stream uses
+it, `EvalExample` or `SegmentationTrainExample`, torchvision's dataset item) in a loop, torch limited to one
+thread; for imagenet and imagenet_swin a second row, "lgmm_jax before", times what `TrainExample` computed
+before issue 41's change (`before_example`: the whole file decoded with `images.read_image`,
+`augment.random_resized_crop` of that array, the flip, imagenet_swin's RandAugment and erasing, and the
+normalisation to float32 on the host), measured beside it in each repeat, with now / before.
+
+The paths of `--one_core` (imagenet, eval_imagenet) are also measured in a fresh process pinned to one CPU
+(`os.sched_setaffinity` before anything is imported; its worker processes inherit it) with the library's
+defaults there: `settings.workers_for` gives one worker on a one-core host for training, evaluation keeps
+`data.eval_workers`' 0 (threads only). The library's default on this host (`default_workers_of`: one worker
+per core for training, 0 for evaluation) is marked in the table. `--repeats` runs every measurement that
+many times, lgmm_jax and torchvision interleaved (their order alternating per repeat), and reports each.
 
 The printed table gives, per path, side and worker count: img/s of each repeat and their median, img/s
 per core used (the worker count, 1 for 0 workers), the scaling efficiency (rate at N / (N x rate at 1
 worker); for 0 workers: rate / the one-example-one-thread rate) and ours / torchvision (of the medians;
-the JSON also has the per-repeat ratios). Then the CPU cores one accelerator needs (`CONSUMERS`: published
-training consumption / measured img/s per core of the matching path, at the largest worker count measured
-and at the one-example-one-thread rate), and as the last line one JSON object with every number.
+the JSON also has the per-repeat ratios); "1 cpu" rows are the one-core measurements. Then issue 41's
+ratios (`ISSUE_GOALS`), each of this run's medians with the per-repeat ratios and its goal: one example
+now / before (imagenet, imagenet_swin), the default imagenet training stream on this host / pinned to one
+CPU and / torchvision's ImageFolder + DataLoader with as many workers, imagenet_swin / torchvision's
+RandAugment pipeline, the default evaluation stream / pinned to one CPU. Then the CPU cores one accelerator
+needs (`CONSUMERS`: published training consumption / measured img/s per core of the matching path, at the
+largest worker count measured and at the one-example-one-thread rate), and as the last line one JSON
+object with every number.
 
     python bench/input.py                                  # defaults: 256 images, 10 s per measurement
     python bench/input.py --workdir /tmp/input_bench --workers 0,1,2 --repeats 3
@@ -60,7 +78,6 @@ import contextlib
 import dataclasses
 import gc
 import importlib
-import inspect
 import json
 import math
 import os
@@ -68,11 +85,13 @@ import pathlib
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from typing import Callable, Iterator
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -80,10 +99,11 @@ REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # configs/ is not an installed package (as bench/speed.py)
     sys.path.insert(0, str(REPOSITORY))
 
-from lgmm_jax.data import catalog, labelled, pipeline  # noqa: E402
+from lgmm_jax.data import augment, catalog, images, labelled, pipeline, settings  # noqa: E402
 from lgmm_jax.data.seg_augment import NORMALIZATION as SEGMENTATION_NORMALIZATION  # noqa: E402
 from lgmm_jax.data.seg_augment import SegmentationTrainExample  # noqa: E402
-from lgmm_jax.data.segmentation import ADE20K_ROOT, CITYSCAPES_CLASSES, get_segmentation_source  # noqa: E402
+from lgmm_jax.data.catalog import get_segmentation_source  # noqa: E402
+from lgmm_jax.data.segmentation import ADE20K_ROOT, CITYSCAPES_CLASSES  # noqa: E402
 
 NUM_CLASSES = 4
 JPEG_QUALITY = 90
@@ -130,6 +150,7 @@ PATHS = {
                             torchvision=False),
 }
 DEFAULT_PATHS = ("cifar", "imagenet", "imagenet_swin", "eval_imagenet", "ade20k_512", "cityscapes_769")
+DEFAULT_ONE_CORE = ("imagenet", "eval_imagenet")  # measured pinned to one CPU too (`measure_one_core`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +201,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_images", "--num-images", type=int, default=256,
                         help="ImageNet-like and CIFAR-like images written")
     parser.add_argument("--num_seg_images", "--num-seg-images", type=int, default=0,
-                        help="ADE20K-like and Cityscapes-like pairs written (0: min(num_images, 32))")
+                        help="ADE20K-like and Cityscapes-like pairs written (0: min(num_images, 32), at least "
+                             "the batch size)")
     parser.add_argument("--ade20k_size", "--ade20k-size", default="512x683", help="ADE20K-like images, HxW")
     parser.add_argument("--cityscapes_size", "--cityscapes-size", default="1024x2048",
                         help="Cityscapes-like images, HxW (smaller: a scaled stand-in)")
@@ -199,7 +221,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "workers have one each")
     parser.add_argument("--no-torch", "--no_torch", dest="no_torch", action="store_true",
                         help="skip the torchvision side")
+    parser.add_argument("--one_core", "--one-core", default=",".join(DEFAULT_ONE_CORE),
+                        help="comma-separated paths whose default stream is also measured in a process pinned "
+                             "to one CPU ('' for none)")
+    parser.add_argument("--measure_one_core", default="", help=argparse.SUPPRESS)  # one_core_child
     args = parser.parse_args(argv)
+    args.one_core = [name.strip() for name in args.one_core.split(",") if name.strip()]
+    if any(name not in PATHS for name in args.one_core):
+        parser.error(f"--one_core: unknown paths {[n for n in args.one_core if n not in PATHS]}; choose from "
+                     f"{list(PATHS)}")
     args.paths = [name.strip() for name in args.paths.split(",") if name.strip()]
     unknown = [name for name in args.paths if name not in PATHS]
     if unknown or not args.paths:
@@ -216,7 +246,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.cityscapes_size = parse_size(args.cityscapes_size, "--cityscapes_size")
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
-    args.num_seg_images = args.num_seg_images or min(args.num_images, 32)
+    # a segmentation stream needs a batch of pairs (the default 32 are fewer than the default batch of 64)
+    args.num_seg_images = args.num_seg_images or max(min(args.num_images, 32), args.batch_size)
     if min(args.num_images, args.num_seg_images, args.batch_size, args.repeats) < 1:
         parser.error("--num_images, --num_seg_images, --batch_size and --repeats must be at least 1")
     if args.num_images < max(args.batch_size, NUM_CLASSES) or args.num_seg_images < args.batch_size:
@@ -477,46 +508,43 @@ def segmentation_example(config, source) -> SegmentationTrainExample:
     )
 
 
-def parallelism(function: Callable, workers: int, threads: int, prefetch: int) -> dict | None:
-    """The keywords that give ``function`` (train_iterator or eval_batches) ``workers`` processes and
-    ``threads`` reading threads: ``workers=`` / ``threads=`` where it has them; without ``threads=``, grain
-    read options of that many threads; None where it has no ``workers=`` and ``workers`` > 0."""
-    parameters = inspect.signature(function).parameters
-    keywords = {}
-    if "workers" in parameters:
-        keywords["workers"] = workers
-    elif workers:
-        return None
-    if threads and "threads" in parameters:
-        keywords["threads"] = threads
-    elif threads:
-        import grain
-
-        keywords["read_options"] = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
-    return keywords
+def stream_threads(args) -> int:
+    """lgmm_jax's reading threads per process: ``--threads``, or the library's default (`settings.threads_of`
+    of a config without ``data.threads``)."""
+    return args.threads or settings.threads_of(ml_collections.ConfigDict())
 
 
-def library_batches(path: InputPath, source, args, workers: int) -> Iterator | None:
-    """The library's batches of this path with ``workers`` processes (None: the pipeline cannot)."""
+def library_batches(path: InputPath, source, args, workers: int) -> Iterator:
+    """The library's batches of this path with ``workers`` processes and `stream_threads` threads in each,
+    built as the tasks build them: the training streams of the classification presets normalise on the
+    host only where the task does (``normalize=not pipeline.normalizes_on_device(preset)``: uint8 images
+    for cifar and imagenet, float32 for imagenet_swin). Close it (`close`) when done."""
+    threads = stream_threads(args)
     if path.kind == "eval":
-        keywords = parallelism(pipeline.eval_batches, workers, args.threads, prefetch=4)
-        if keywords is None:
-            return None
         return iter(pipeline.eval_batches(source, batch_size=args.batch_size, preprocess=path.preset,
-                                          normalization=path.normalization, **keywords))
-    keywords = parallelism(pipeline.train_iterator, workers, args.threads, prefetch=max(2 * args.batch_size, 16))
-    if keywords is None:
-        return None
+                                          normalization=path.normalization, workers=workers, threads=threads))
     if path.kind == "segmentation":
         config = segmentation_config(path, args.batch_size)
         return pipeline.train_iterator(source, batch_size=config.batch_size, seed=config.seed, preprocess="none",
-                                       example=segmentation_example(config, source), **keywords)
+                                       example=segmentation_example(config, source), workers=workers,
+                                       threads=threads)
     return pipeline.train_iterator(source, batch_size=args.batch_size, seed=SEED, preprocess=path.preset,
-                                   normalization=path.normalization, **keywords)
+                                   normalization=path.normalization, workers=workers, threads=threads,
+                                   normalize=not pipeline.normalizes_on_device(path.preset))
+
+
+def default_workers_of(path: InputPath, source) -> int:
+    """The worker count the library gives this path's stream on this host by default: `settings.workers_for`
+    of a config without ``data.workers`` for training (one per core this process may run on, for a source
+    that decodes files), `settings.eval_workers_of` (0: threads only) for evaluation."""
+    config = ml_collections.ConfigDict()
+    return settings.eval_workers_of(config) if path.kind == "eval" else settings.workers_for(config, source)
 
 
 def library_example(path: InputPath, source, args) -> Callable[[int, np.random.Generator], object]:
-    """The library's per-example transform of this path: source index and generator -> one example."""
+    """The library's per-example transform of this path as its stream uses it: source index and generator ->
+    one example (the classification presets: `TrainExample` with the stream's ``normalize``; from a labelled
+    folder the imagenet presets decode, crop and resize in one pass of pillow, `images.read_image_window`)."""
     normalization = pipeline.get_normalization(path.normalization, source)
     if path.kind == "segmentation":
         return segmentation_example(segmentation_config(path, args.batch_size), source).random_map
@@ -525,7 +553,32 @@ def library_example(path: InputPath, source, args) -> Callable[[int, np.random.G
                                          lookup=None, padding_like_index=0)
         return lambda index, rng: transform.map(index)
     return pipeline.TrainExample(source=source, preprocess=path.preset, normalization=normalization,
-                                 lookup=None).random_map
+                                 lookup=None, normalize=not pipeline.normalizes_on_device(path.preset)).random_map
+
+
+def has_before(path: InputPath) -> bool:
+    """Whether the path gets a "lgmm_jax before" row: the training presets that take a random resized crop."""
+    return path.kind == "train" and pipeline.resizes_to_network_input(path.preset)
+
+
+def before_example(path: InputPath, source) -> Callable[[int, np.random.Generator], dict]:
+    """What the library's training transform computed per example before issue 41's change (commit 863dd68):
+    the whole file decoded (`images.read_image`), the random resized crop of that array
+    (`augment.random_resized_crop`, the preset's resampling), the flip, imagenet_swin's RandAugment and
+    erasing (`pipeline.swin_after_crop`), then the normalisation to float32 on the host."""
+    normalization = pipeline.get_normalization(path.normalization, source)
+    resample = pipeline.RESIZE_RESAMPLING[path.preset]
+
+    def transform(index: int, rng: np.random.Generator) -> dict:
+        image = images.read_image(source.path(index))
+        image = augment.random_resized_crop(image, pipeline.IMAGENET_TRAIN_SIZE, rng, resample=resample)
+        image = augment.random_horizontal_flip(image, rng)
+        if path.preset == "imagenet_swin":
+            image = pipeline.swin_after_crop(image, rng, normalization)
+        return {"image": augment.normalize(image, normalization.mean, normalization.std),
+                "label": np.int32(source.labels[index])}
+
+    return transform
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -630,15 +683,15 @@ def stream_rate(batches: Iterator, seconds: float, max_batches: int) -> dict:
     """Images/s of ``batches`` after one warm-up batch, over ``seconds`` (or ``max_batches`` batches), and
     the shape and dtype of the warm-up batch's images."""
     first = images_of(next(batches))
-    count, images, start = 0, 0, time.perf_counter()
+    count, counted, start = 0, 0, time.perf_counter()
     while (count < max_batches) if max_batches else (count == 0 or time.perf_counter() - start < seconds):
         try:
-            images += len(images_of(next(batches)))
+            counted += len(images_of(next(batches)))
         except StopIteration:
             break
         count += 1
     elapsed = time.perf_counter() - start
-    return {"images_per_s": round(images / elapsed, 1) if images else None, "batches": count,
+    return {"images_per_s": round(counted / elapsed, 1) if counted else None, "batches": count,
             "seconds": round(elapsed, 2), "shape": list(first.shape), "dtype": str(first.dtype)}
 
 
@@ -664,14 +717,70 @@ def close(iterator) -> None:
     gc.collect()
 
 
+# The one-core measurement: a fresh interpreter pinned to one CPU before anything is imported, which then
+# runs this script (`one_core_child`). Its worker processes inherit the affinity.
+PIN_AND_RUN = ("import os, runpy, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); sys.argv = sys.argv[2:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+ONE_CORE_TIMEOUT_S = 900
+
+
+def one_core_argv(path: InputPath, workdir: pathlib.Path, args) -> list[str]:
+    """The command line of the one-core measurement of ``path`` (the same data and measurement settings)."""
+    size = "{}x{}".format
+    return [f"--workdir={workdir}", f"--num_images={args.num_images}", f"--num_seg_images={args.num_seg_images}",
+            f"--ade20k_size={size(*args.ade20k_size)}", f"--cityscapes_size={size(*args.cityscapes_size)}",
+            f"--batch_size={args.batch_size}", f"--seconds={args.seconds}", f"--batches={args.batches}",
+            f"--threads={args.threads}", f"--paths={path.name}", f"--measure_one_core={path.name}", "--no-torch"]
+
+
+def measure_one_core(path: InputPath, workdir: pathlib.Path, args) -> dict:
+    """The library's default stream of ``path`` in a process pinned to one CPU (the first this process may
+    run on), where `default_workers_of` gives what the library gives a one-core host: ``{"images_per_s",
+    ..., "workers", "threads", "cpus"}``."""
+    if not hasattr(os, "sched_setaffinity"):
+        return {"images_per_s": None, "skipped": "no os.sched_setaffinity here (not Linux)"}
+    cpu = min(os.sched_getaffinity(0))
+    command = [sys.executable, "-c", PIN_AND_RUN, str(cpu), str(pathlib.Path(__file__).resolve()),
+               *one_core_argv(path, workdir, args)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=ONE_CORE_TIMEOUT_S + args.seconds,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return {"images_per_s": None, "error": f"the one-core measurement took over {ONE_CORE_TIMEOUT_S} s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        return {"images_per_s": None, "error": f"the one-core measurement exited with {done.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def one_core_child(args) -> dict:
+    """This process's part of `measure_one_core`: the path's default stream measured once, one JSON line."""
+    path = PATHS[args.measure_one_core]
+    source = library_source(path, pathlib.Path(args.workdir), args)
+    workers = default_workers_of(path, source)
+    batches = library_batches(path, source, args, workers)
+    try:
+        result = stream_rate(batches, args.seconds, args.batches)
+    finally:
+        close(batches)
+    result.update(workers=workers, threads=stream_threads(args), cpus=sorted(os.sched_getaffinity(0)))
+    print(json.dumps(result), flush=True)
+    return result
+
+
 @dataclasses.dataclass
 class Side:
-    """One side's way to make a path's batches and its per-example transform."""
+    """One side's way to make a path's batches and its per-example transform; the library's side also has
+    the transform before issue 41 (``before``), the one-core measurement and the default worker count."""
 
     name: str
-    batches: Callable[[InputPath, int], Iterator | None]
+    batches: Callable[[InputPath, int], Iterator]
     example: Callable[[InputPath], tuple[Callable, int]]  # (transform, number of examples)
     one_thread: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    before: Callable[[InputPath], tuple[Callable, int]] | None = None
+    one_core: Callable[[InputPath], dict] | None = None
+    default_workers: Callable[[InputPath], int] | None = None
 
 
 def library_side(workdir: pathlib.Path, args) -> Side:
@@ -687,7 +796,12 @@ def library_side(workdir: pathlib.Path, args) -> Side:
         size = len(data_source) if path.kind != "eval" else args.num_images
         return library_example(path, data_source, args), size
 
-    return Side("lgmm_jax", lambda path, workers: library_batches(path, source(path), args, workers), example)
+    def before(path: InputPath):
+        return before_example(path, source(path)), len(source(path))
+
+    return Side("lgmm_jax", lambda path, workers: library_batches(path, source(path), args, workers), example,
+                before=before, one_core=lambda path: measure_one_core(path, workdir, args),
+                default_workers=lambda path: default_workers_of(path, source(path)))
 
 
 def torchvision_side(workdir: pathlib.Path, args) -> Side:
@@ -706,27 +820,39 @@ def torchvision_side(workdir: pathlib.Path, args) -> Side:
 
 
 def measure_stream(side: Side, path: InputPath, workers: int, args) -> dict:
-    """One measurement of a side's batches of a path at a worker count."""
+    """One measurement of a side's batches of a path at a worker count (the stream closed after it)."""
     batches = side.batches(path, workers)
-    if batches is None:
-        return {"images_per_s": None, "skipped": "pipeline.train_iterator / eval_batches has no workers= yet"}
     try:
         return stream_rate(batches, args.seconds, args.batches)
     finally:
         close(batches)
 
 
-def measure_example(side: Side, path: InputPath, args) -> dict:
-    """One measurement of a side's per-example transform of a path on one thread."""
-    transform, size = side.example(path)
+def measure_example(side: Side, path: InputPath, args, before: bool = False) -> dict:
+    """One measurement of a side's per-example transform of a path on one thread (``before``: the library's
+    transform before issue 41)."""
+    transform, size = (side.before if before else side.example)(path)
     with side.one_thread():  # --batches: as many examples as those batches hold
         return example_rate(transform, size, args.seconds, args.batches * args.batch_size)
 
 
+def new_side_runs(side: Side, path: InputPath, args) -> dict:
+    runs = {"streams": {str(w): [] for w in args.workers}, "one_thread": []}
+    if side.before is not None and has_before(path):
+        runs["one_thread_before"] = []
+    if side.one_core is not None and path.name in args.one_core:
+        runs["one_core"] = []
+    if side.default_workers is not None:
+        runs["default_workers"] = side.default_workers(path)
+    return runs
+
+
 def run_measurements(sides: list[Side], args, log) -> dict:
     """Every path x worker count x side, `--repeats` times, the sides' order alternating per repeat:
-    ``{path: {side: {"streams": {workers: [runs]}, "one_thread": [runs]}}}``."""
-    runs = {name: {side.name: {"streams": {str(w): [] for w in args.workers}, "one_thread": []}
+    ``{path: {side: {"streams": {workers: [runs]}, "one_thread": [runs], ...}}}``; the library's side also
+    has ``one_thread_before`` (`has_before` paths: measured beside ``one_thread``, their order alternating
+    too), ``one_core`` (the paths of ``--one_core``: after the path's streams) and ``default_workers``."""
+    runs = {name: {side.name: new_side_runs(side, PATHS[name], args)
                    for side in sides if side.name == "lgmm_jax" or PATHS[name].torchvision}
             for name in args.paths}
     for repeat in range(args.repeats):
@@ -734,8 +860,14 @@ def run_measurements(sides: list[Side], args, log) -> dict:
         for name in args.paths:
             path = PATHS[name]
             for side in order:
-                if side.name in runs[name]:
-                    runs[name][side.name]["one_thread"].append(measure_example(side, path, args))
+                if side.name not in runs[name]:
+                    continue
+                side_runs = runs[name][side.name]
+                kinds = ["one_thread"] + (["one_thread_before"] if "one_thread_before" in side_runs else [])
+                for kind in kinds if repeat % 2 == 0 else kinds[::-1]:
+                    result = measure_example(side, path, args, before=kind == "one_thread_before")
+                    side_runs[kind].append(result)
+                    log(f"repeat {repeat + 1}: {name} {side.name} {kind}: {result['images_per_s']} img/s")
             for workers in args.workers:
                 for side in order:
                     if side.name not in runs[name]:
@@ -744,6 +876,12 @@ def run_measurements(sides: list[Side], args, log) -> dict:
                     runs[name][side.name]["streams"][str(workers)].append(result)
                     log(f"repeat {repeat + 1}: {name} {side.name} workers={workers}: "
                         f"{result['images_per_s']} img/s")
+            for side in sides:
+                if "one_core" in runs[name].get(side.name, {}):
+                    result = side.one_core(path)
+                    runs[name][side.name]["one_core"].append(result)
+                    log(f"repeat {repeat + 1}: {name} {side.name} pinned to one CPU (workers="
+                        f"{result.get('workers')}): {result['images_per_s']} img/s {result.get('error', '')}")
     return runs
 
 
@@ -757,8 +895,22 @@ def median_rate(runs: list[dict]) -> float | None:
     return round(statistics.median(rates), 1) if rates else None
 
 
+def paired(numerators: list, denominators: list, of_medians: tuple) -> dict:
+    """A ratio of the medians ``of_medians`` = (numerator, denominator), and per repeat (the runs of one repeat
+    paired)."""
+    top, bottom = of_medians
+    return {"of_medians": round(top / bottom, 3) if top and bottom else None,
+            "per_repeat": [round(a / b, 3) for a, b in zip(numerators, denominators) if a and b]}
+
+
+def one_thread_summary(runs: list[dict]) -> dict:
+    return {"ms_per_example": [run["ms_per_example"] for run in runs],
+            "images_per_s": [run["images_per_s"] for run in runs], "median": median_rate(runs)}
+
+
 def summarise_side(side_runs: dict) -> dict:
-    """Per worker count: each repeat's rate, the median, per core and scaling; the one-thread rate."""
+    """Per worker count: each repeat's rate, the median, per core and scaling; the one-thread rate (and, where
+    measured, the one before issue 41 with now / before, and the one-core stream)."""
     one_thread = median_rate(side_runs["one_thread"])
     one_worker = median_rate(side_runs["streams"].get("1", []))
     workers = {}
@@ -768,16 +920,27 @@ def summarise_side(side_runs: dict) -> dict:
         entry = {"images_per_s": [run["images_per_s"] for run in runs], "median": rate,
                  "per_core": round(rate / cores, 1) if rate else None,
                  "scaling": round(rate / (cores * reference), 3) if rate and reference else None}
-        skipped = {run["skipped"] for run in runs if "skipped" in run}
-        if skipped:
-            entry["skipped"] = skipped.pop()
         workers[count] = entry
     output = next((run for runs in side_runs["streams"].values() for run in runs if "shape" in run), {})
-    return {"workers": workers,
-            "one_thread": {"ms_per_example": [run["ms_per_example"] for run in side_runs["one_thread"]],
-                           "images_per_s": [run["images_per_s"] for run in side_runs["one_thread"]],
-                           "median": one_thread},
-            "output": {"shape": output.get("shape"), "dtype": output.get("dtype")}}
+    summary = {"workers": workers, "one_thread": one_thread_summary(side_runs["one_thread"]),
+               "output": {"shape": output.get("shape"), "dtype": output.get("dtype")}}
+    if "one_thread_before" in side_runs:
+        summary["one_thread_before"] = before = one_thread_summary(side_runs["one_thread_before"])
+        now = summary["one_thread"]
+        summary["now_over_before"] = paired(now["images_per_s"], before["images_per_s"],
+                                            (now["median"], before["median"]))
+    if "one_core" in side_runs:
+        runs = side_runs["one_core"]
+        first = next((run for run in runs if run.get("images_per_s")), runs[0] if runs else {})
+        summary["one_core"] = {"images_per_s": [run["images_per_s"] for run in runs], "median": median_rate(runs),
+                               "workers": first.get("workers"), "threads": first.get("threads"),
+                               "cpus": first.get("cpus")}
+        problems = sorted({run.get("error") or run.get("skipped") for run in runs} - {None})
+        if problems:
+            summary["one_core"]["problems"] = problems
+    if "default_workers" in side_runs:
+        summary["default_workers"] = side_runs["default_workers"]
+    return summary
 
 
 def ratios(ours: dict, theirs: dict) -> dict:
@@ -836,6 +999,80 @@ def accelerator_cores(summary: dict) -> list[dict]:
     return rows
 
 
+# The ratios issue 41 asks for: (key, what, goal or None).
+ISSUE_GOALS = (
+    ("one_example_imagenet", "one example on one thread, imagenet: now / before", 2.0),
+    ("one_example_imagenet_swin", "one example on one thread, imagenet_swin: now / before", None),
+    ("train_cores_over_one_core", "imagenet training stream, defaults on this host / pinned to one CPU", 1.7),
+    ("train_over_torchvision", "imagenet training stream, defaults / torchvision ImageFolder+DataLoader, "
+                               "as many workers", 1.3),
+    ("swin_over_torchvision", "imagenet_swin training stream, defaults / torchvision's RandAugment pipeline, "
+                              "as many workers", 1.0),
+    ("eval_cores_over_one_core", "evaluation stream (imagenet), defaults on this host / pinned to one CPU", 1.7),
+)
+
+
+def default_stream(sides: dict) -> tuple[str, dict]:
+    """The worker count the library gives the path by default here, and the library's row at it ({} when
+    --workers did not measure it)."""
+    ours = sides["lgmm_jax"]
+    count = str(ours.get("default_workers", ""))
+    return count, ours["workers"].get(count, {})
+
+
+def issue_ratios(summary: dict, threads: int) -> dict:
+    """`ISSUE_GOALS`' ratios of this run: ``{key: {"what", "of_medians", "per_repeat", "goal", "met", "at"}}``
+    (``of_medians`` None and a ``missing`` note where a path or row was not measured)."""
+    result = {}
+    for key, what, goal in ISSUE_GOALS:
+        entry = {"what": what, "goal": goal, "of_medians": None, "per_repeat": []}
+        if key.startswith("one_example"):
+            name = key.removeprefix("one_example_")
+            ours = summary.get(name, {}).get("lgmm_jax", {})
+            ratio = ours.get("now_over_before")
+            if ratio is None:
+                entry["missing"] = f"path {name} not measured"
+            else:
+                entry.update(ratio, at="one example on one thread")
+        else:
+            name = {"swin_over_torchvision": "imagenet_swin",
+                    "eval_cores_over_one_core": "eval_imagenet"}.get(key, "imagenet")
+            sides = summary.get(name)
+            count, row = default_stream(sides) if sides else ("", {})
+            if not sides:
+                entry["missing"] = f"path {name} not measured"
+            elif not row:
+                entry["missing"] = f"{name}: the default worker count here ({count}) is not in --workers"
+            elif key.endswith("one_core"):
+                one = sides["lgmm_jax"].get("one_core")
+                if not one or not one["median"]:
+                    entry["missing"] = f"{name}: no one-core rate (--one_core; {(one or {}).get('problems')})"
+                else:
+                    entry.update(paired(row["images_per_s"], one["images_per_s"], (row["median"], one["median"])),
+                                 at=f"workers {count}, threads {threads} on {len(available_cpus())} cores / "
+                                    f"workers {one['workers']}, threads {one['threads']} on CPU {one['cpus']}")
+            else:
+                theirs = sides.get("torchvision", {}).get("workers", {}).get(count)
+                if not theirs or not theirs["median"]:
+                    entry["missing"] = f"{name}: no torchvision rate at {count} workers"
+                else:
+                    entry.update(paired(row["images_per_s"], theirs["images_per_s"],
+                                        (row["median"], theirs["median"])),
+                                 at=f"workers {count}, threads {threads} / DataLoader(num_workers={count})")
+        if entry.get("of_medians") is not None and goal is not None:
+            entry["met"] = entry["of_medians"] >= goal
+        result[key] = entry
+    return result
+
+
+def available_cpus() -> list[int]:
+    """The CPUs this process may run on (all of os.cpu_count() where there is no affinity)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
 def fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -843,7 +1080,8 @@ def fmt(value, digits: int = 1) -> str:
 def print_header(args, described: dict, torch_note: str, versions: dict) -> None:
     print(f"CPU: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {', '.join(f'{k} {v}' for k, v in versions.items())}")
-    print(f"batch {args.batch_size}, workers {args.workers}, threads {args.threads or 'default'}, "
+    print(f"batch {args.batch_size}, workers {args.workers}, threads {stream_threads(args)}"
+          f"{'' if args.threads else ' (the library default)'}, "
           f"{'%d batches' % args.batches if args.batches else '%g s' % args.seconds} per measurement after one "
           f"warm-up batch, {args.repeats} repeats (sides interleaved)")
     for name, d in described.items():
@@ -851,6 +1089,8 @@ def print_header(args, described: dict, torch_note: str, versions: dict) -> None
         extra = f", {d['stand_in']}" if "stand_in" in d else ""
         print(f"data {name}: {d['files']} files, {d['encoding']}, {sizes}, mean {d['mean_kib']} KiB, "
               f"read as {d['layout']}{extra}")
+    if args.one_core:
+        print(f"pinned to one CPU too: {', '.join(args.one_core)} (this process may run on CPUs {available_cpus()})")
     if torch_note:
         print(f"torchvision side skipped: {torch_note}")
     if "imagenet_swin" in args.paths and not torch_note:
@@ -859,7 +1099,7 @@ def print_header(args, described: dict, torch_note: str, versions: dict) -> None
     sys.stdout.flush()
 
 
-TABLE_COLUMNS = (("path", "<16"), ("side", "<12"), ("workers", ">7"), ("img/s (each repeat)", ">24"),
+TABLE_COLUMNS = (("path", "<16"), ("side", "<15"), ("workers", ">7"), ("img/s (each repeat)", ">24"),
                  ("median", ">8"), ("per core", ">9"), ("scaling", ">8"), ("ours/tv", ">8"))
 
 
@@ -869,8 +1109,13 @@ def table_row(*cells: str, note: str = "") -> str:
     return f"{line}   {note}" if note else line
 
 
+def rates_text(rates: list) -> str:
+    return " ".join(fmt(rate) for rate in rates)
+
+
 def print_table(summary: dict) -> None:
-    """Per path and side: the one-example-one-thread row ('1 thr'), then one row per worker count."""
+    """Per path and side: the one-example-one-thread row ('1 thr'; the library's transform before issue 41
+    below the library's where measured), one row per worker count, and the one-core row ('1 cpu')."""
     print("\n" + table_row(*(title for title, _ in TABLE_COLUMNS)))
     for name, sides in summary.items():
         ratios_ = sides.get("ours_over_torchvision", {})
@@ -881,21 +1126,46 @@ def print_table(summary: dict) -> None:
             ours = side_name == "lgmm_jax"
             one = side["one_thread"]
             ratio = fmt(ratios_.get("one_thread", {}).get("of_medians"), 3) if ours else ""
-            print(table_row(name, side_name, "1 thr", " ".join(fmt(r) for r in one["images_per_s"]),
-                            fmt(one["median"]), fmt(one["median"]), "", ratio,
+            print(table_row(name, side_name, "1 thr", rates_text(one["images_per_s"]), fmt(one["median"]),
+                            fmt(one["median"]), "", ratio,
                             note=f"({' '.join(fmt(ms, 2) for ms in one['ms_per_example'])} ms/example)"))
+            if "one_thread_before" in side:
+                before, gain = side["one_thread_before"], side["now_over_before"]
+                print(table_row(name, "lgmm_jax before", "1 thr", rates_text(before["images_per_s"]),
+                                fmt(before["median"]), fmt(before["median"]), "", "",
+                                note=f"({' '.join(fmt(ms, 2) for ms in before['ms_per_example'])} ms/example); "
+                                     f"now/before {fmt(gain['of_medians'], 2)} "
+                                     f"({' '.join(fmt(r, 2) for r in gain['per_repeat'])})"))
             for count, entry in side["workers"].items():
-                rates = "skipped" if entry.get("skipped") else " ".join(fmt(r) for r in entry["images_per_s"])
                 ratio = fmt(ratios_.get(count, {}).get("of_medians"), 3) if ours else ""
-                print(table_row(name, side_name, count, rates, fmt(entry["median"]), fmt(entry["per_core"]),
-                                fmt(entry["scaling"], 2), ratio))
+                default = " default" if ours and str(side.get("default_workers")) == count else ""
+                print(table_row(name, side_name, count, rates_text(entry["images_per_s"]), fmt(entry["median"]),
+                                fmt(entry["per_core"]), fmt(entry["scaling"], 2), ratio,
+                                note=f"(the library's{default} workers here)" if default else ""))
+            if "one_core" in side:
+                pinned = side["one_core"]
+                note = (f"(pinned to CPU {pinned['cpus']}: the library's default workers={pinned['workers']}, "
+                        f"threads={pinned['threads']})")
+                if pinned.get("problems"):
+                    note += f" {'; '.join(pinned['problems'])}"
+                print(table_row(name, side_name, "1 cpu", rates_text(pinned["images_per_s"]), fmt(pinned["median"]),
+                                fmt(pinned["median"]), "", "", note=note))
         shapes = [f"{side_name} {side['output']['shape']} {side['output']['dtype']}"
                   for side_name, side in sides.items() if side_name in SIDES]
         print(f"{'':16s} batches: {'; '.join(shapes)}")
-    skipped = {entry["skipped"] for sides in summary.values() for side_name in SIDES if side_name in sides
-               for entry in sides[side_name]["workers"].values() if "skipped" in entry}
-    for reason in skipped:
-        print(f"skipped: {reason}")
+
+
+def print_issue_ratios(ratios_: dict) -> None:
+    """`issue_ratios`, one line each: the ratio of the medians, per repeat, and the goal."""
+    print("\nIssue 41's ratios (this run's medians; each repeat's in brackets):")
+    for entry in ratios_.values():
+        if entry.get("of_medians") is None:
+            print(f"  {entry['what']}: - ({entry.get('missing', 'not measured')})")
+            continue
+        goal = "" if entry["goal"] is None else (f"; goal >= {entry['goal']}: "
+                                                 f"{'met' if entry['met'] else 'NOT met'}")
+        print(f"  {entry['what']}: {entry['of_medians']:.2f} "
+              f"({' '.join(f'{r:.2f}' for r in entry['per_repeat'])}) [{entry['at']}]{goal}")
 
 
 def cores_text(cores: list | None) -> str:
@@ -933,6 +1203,8 @@ def versions(torch_note: str) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.measure_one_core:
+        return one_core_child(args)
     started = time.perf_counter()
 
     def log(message: str) -> None:
@@ -956,16 +1228,18 @@ def main(argv=None) -> dict:
         if temporary:
             shutil.rmtree(workdir, ignore_errors=True)
     cores = accelerator_cores(summary)
+    issue = issue_ratios(summary, stream_threads(args))
     print_table(summary)
+    print_issue_ratios(issue)
     print_cores(cores)
     result = {
         "cpu_count": os.cpu_count(), "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "versions": found_versions, "torchvision_skipped": torch_note or None,
-        "settings": {"batch_size": args.batch_size, "workers": args.workers, "threads": args.threads,
+        "cpus": available_cpus(),
+        "settings": {"batch_size": args.batch_size, "workers": args.workers, "threads": stream_threads(args),
                      "torch_threads": args.torch_threads, "seconds": args.seconds, "batches": args.batches,
-                     "repeats": args.repeats,
-                     "paths": args.paths},
-        "data": described, "results": summary, "accelerator_cores": cores,
+                     "repeats": args.repeats, "paths": args.paths, "one_core": args.one_core},
+        "data": described, "results": summary, "issue_ratios": issue, "accelerator_cores": cores,
         "wall_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result))
