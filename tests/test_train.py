@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from configs import cifar10, cifar100
 from lgmm_jax.data import protocols
+from lgmm_jax import tasks
 from lgmm_jax.training import experiment, train
 from lgmm_jax.models.configured import create_model
 from lgmm_jax.ood import posthoc, scores
@@ -296,7 +297,8 @@ def test_softmax_label_smoothing_is_the_cross_entropy_of_smoothed_targets():
     train_state, shardings = state_lib.create_sharded_train_state(config, model, optimizer, (8, 8, 1), 6, mesh)
     batch = real_batches(config, 1)[0]
     variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
-    logits, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    images = train.network_images(batch, tasks.get(config).step_losses(config, 6))  # as the step takes them
+    logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], 6), 0.1)
     expected = float(np.mean(optax.softmax_cross_entropy(logits, targets)))
     step = train.make_train_step(config, model, optimizer, shardings, mesh, 6)

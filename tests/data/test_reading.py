@@ -202,7 +202,7 @@ def test_the_one_pass_crop_is_the_crop_of_the_full_decode_to_a_fraction_of_a_gre
 
 
 def test_the_imagenet_stream_of_a_folder_reads_windows_and_leaves_images_uint8(tmp_path):
-    from lgmm_jax.data.sources import get_source
+    from lgmm_jax.data.catalog import get_source
 
     for name in ("a", "b"):
         (tmp_path / "f" / name).mkdir(parents=True)

@@ -19,6 +19,7 @@ from lgmm_jax.data.seg_augment import NORMALIZATION, SegmentationTrainExample
 from lgmm_jax.data.sources import DatasetNotAvailableError
 from lgmm_jax.tasks.segmentation import evaluation
 from lgmm_jax.tasks.segmentation import task as segmentation_task
+from lgmm_jax.tasks.segmentation import data as segmentation_data
 from tests.subprocesses import one_line_error
 from tests.test_cli import compilation_cache, run_main
 
@@ -329,7 +330,7 @@ def test_options_are_checked_with_the_config():
     config = configs.default.get_config()
     config.task, config.model.encoder, config.protocol = "segmentation", "segformer_b0", ""
     segmentation_task.TASK.check_config(config)  # the defaults pass
-    assert segmentation_task.segfolder_options(config) == {
+    assert segmentation_data.segfolder_options(config) == {
         "img_suffix": ".jpg", "seg_map_suffix": ".png", "class_names": "", "reduce_zero_label": False}
     config.segfolder.img_suffix = ""
     with pytest.raises(ValueError, match="segfolder.img_suffix=''"):
@@ -347,7 +348,7 @@ def test_the_task_reads_the_options_of_the_config_it_is_given(tmp_path):
     config = configs.default.get_config()
     config.segfolder.img_suffix, config.segfolder.class_names = ".png", "names.txt"
     config.segfolder.reduce_zero_label = True
-    source = segmentation_task.TASK.data_source(f"segfolder={tmp_path}", "train", None, config)
+    source = segmentation_task.TASK.data_source(config, f"segfolder={tmp_path}", "train")
     np.testing.assert_array_equal(source[0]["label"], [[VOID, 0, 1, 2]])
 
 
