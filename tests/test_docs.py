@@ -17,6 +17,10 @@ e.g. `<!-- slow; run with: --config.num_train_steps=20 -->`:
                                (before its trailing `# comment`). For training commands that take minutes
                                to hours as written: with e.g. `--config.num_train_steps=20` they write the
                                same files, quickly. Nothing else is ever added to a command.
+    <!-- run with NAME: ARGS -->
+                               the same, for the block's `python -m lgmm_jax.main --config=configs/NAME.py`
+                               commands only (after the ARGS of `run with:`), e.g. evaluation settings that
+                               only that config's head takes.
     <!-- uses: NAME ... -->    the block starts from what an earlier command of the docs makes, copied
                                into its sandbox: `workdir` (Quick start's run, `python -m lgmm_jax.main
                                --workdir=workdir`, with --config.num_train_steps=20) or `exported` (its
@@ -79,6 +83,7 @@ class Block:
     not_run: str | None = None
     slow: bool = False
     run_with: str = ""
+    run_with_config: dict[str, str] = field(default_factory=dict)  # config name -> ARGS
     uses: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
     errors: list[str] = field(default_factory=list)
@@ -107,6 +112,8 @@ def parse_directives(block: Block, comment: str) -> None:
             block.slow = True
         elif name == "run with" and value:
             block.run_with = value
+        elif name.startswith("run with ") and value:
+            block.run_with_config[name.removeprefix("run with ").strip()] = value
         elif name == "uses" and value:
             block.uses = tuple(value.split())
         elif name == "needs" and value:
@@ -144,7 +151,7 @@ def blocks_to_run() -> list[Block]:
     """The blocks that run, a block repeated on another page (README's, in full in docs/) run once."""
     seen, found = set(), []
     for b in ALL_BLOCKS:
-        key = (b.language, b.code, b.slow, b.run_with, b.uses, b.needs)
+        key = (b.language, b.code, b.slow, b.run_with, tuple(b.run_with_config.items()), b.uses, b.needs)
         if b.language in LANGUAGES_RUN and b.not_run is None and key not in seen:
             seen.add(key)
             found.append(b)
@@ -187,13 +194,21 @@ def split_comment(line: str) -> tuple[str, str]:
     return line, ""
 
 
-def with_args(code: str, args: str) -> str:
-    """ARGS appended to every `python -m lgmm_jax.main` command, before its trailing comment."""
+def config_of(command: str) -> str | None:
+    """`--config=configs/NAME.py` -> NAME."""
+    found = re.search(r"--config=(?:\S*/)?(\w+)\.py", command)
+    return found.group(1) if found else None
+
+
+def with_args(code: str, args: str, per_config: dict[str, str] | None = None) -> str:
+    """ARGS appended to every `python -m lgmm_jax.main` command, and per_config[NAME] to those of
+    configs/NAME.py, before the command's trailing comment."""
     lines = code.split("\n")
     for group in logical_lines(code):
         if is_main_command(lines[group[0]]):
+            extra = (per_config or {}).get(config_of(" ".join(lines[i] for i in group)), "")
             command, comment = split_comment(lines[group[-1]])
-            lines[group[-1]] = f"{command} {args}{comment}"
+            lines[group[-1]] = f"{command}{' ' + args if args else ''}{' ' + extra if extra else ''}{comment}"
     return "\n".join(lines)
 
 
@@ -304,7 +319,7 @@ def test_block_runs(block: Block, tmp_path, inputs, made):
         if not os.path.exists(path):
             pytest.skip(f"{block.where} needs {path}")
     sandbox = sandbox_for(block, tmp_path, inputs, made)
-    code = with_args(block.code, block.run_with) if block.run_with else block.code
+    code = with_args(block.code, block.run_with, block.run_with_config)
     code = code.replace("/tmp/", f"{sandbox}/tmp/")
     timeout = SLOW_TIMEOUT_S if block.slow else QUICK_TIMEOUT_S
     if block.language == "bash":
@@ -328,8 +343,12 @@ def test_every_block_says_how_it_runs():
             problems.append(f"{b.where}: a directive on a block that is not bash or python")
         if b.run_with and not any(is_main_command(c) for c in commands(b.code)):
             problems.append(f"{b.where}: `run with` but no `python -m lgmm_jax.main` command")
-        if b.run_with and b.not_run is not None:
+        if (b.run_with or b.run_with_config) and b.not_run is not None:
             problems.append(f"{b.where}: `run with` on a block that is not run")
+        configs = {config_of(c) for c in commands(b.code) if is_main_command(c)}
+        for name in b.run_with_config:
+            if name not in configs:
+                problems.append(f"{b.where}: `run with {name}` but no `python -m lgmm_jax.main` of configs/{name}.py")
         if b.uses and not b.slow:
             problems.append(f"{b.where}: `uses` makes a training run: mark the block `slow`")
         for name in b.uses:
@@ -384,8 +403,8 @@ def test_run_with_appends_before_comments():
     code = ("python -m lgmm_jax.main --config=a.py \\\n    --workdir=W   # a run\n"
             "python -m lgmm_jax.export --workdir=W  # not a training run\n"
             "python -m lgmm_jax.main --config.known_classes=\"('a#b',)\"\n")
-    assert with_args(code, "--x=1") == (
-        "python -m lgmm_jax.main --config=a.py \\\n    --workdir=W --x=1   # a run\n"
+    assert with_args(code, "--x=1", {"a": "--y=2"}) == (
+        "python -m lgmm_jax.main --config=a.py \\\n    --workdir=W --x=1 --y=2   # a run\n"
         "python -m lgmm_jax.export --workdir=W  # not a training run\n"
         "python -m lgmm_jax.main --config.known_classes=\"('a#b',)\" --x=1\n")
 
@@ -452,12 +471,13 @@ PATH_IN_BACKTICKS = re.compile(r"`((?:lgmm_jax|tests|bench|configs|launch|docs|\
 
 
 def test_quoted_repository_paths_exist():
-    """`lgmm_jax/training/train.py` and the like name files of the repository as it is now."""
+    """`lgmm_jax/training/train.py` and the like name files of the repository as it is now (patterns and
+    upper-case placeholders aside)."""
     problems = []
     for page in PAGES:
         for path in PATH_IN_BACKTICKS.findall(page.read_text()):
-            if any(char in path for char in "*<>{}") or "..." in path:
-                continue
+            if any(char in path for char in "*<>{}") or "..." in path or re.search(r"(^|/)[A-Z][A-Z_]+(\.|/|$)", path):
+                continue  # a pattern or a placeholder (configs/NAME.py)
             if not (REPO / path.rstrip("/")).exists():
                 problems.append(f"{page.name}: `{path}`")
     assert not problems, "\n".join(problems)
