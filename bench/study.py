@@ -1,6 +1,6 @@
 """The real-data study: L-GMM against its softmax counterpart, and the paper's Table 7 ablations.
 
-    python bench/study.py                       # Fashion-MNIST, 10 epochs: the committed study (README)
+    python bench/study.py                       # Fashion-MNIST, 10 epochs: the committed study (docs/results.md)
     python bench/study.py --suite=digits        # the same on scikit-learn digits, in minutes
     python bench/study.py --only=lgmm,softmax --seeds=0 --no-ablations
     python bench/study.py --suite=scenes --only=lgmm,softmax,paper,gmmseg --no-ablations \

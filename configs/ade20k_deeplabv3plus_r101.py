@@ -14,7 +14,7 @@
 - Auxiliary FCN head on stage 3, loss weight 0.4 (both heads). L-GMM: 64-d latents, 8 components per
   class on ADE20K (GMMSeg's choice), 2000 remembered pixels per class (Appendix D's memory size).
 - Method: the paper's numbers for this model (Table 5) are Section 2's L-GMM, `--config.method=paper`;
-  the default `library` adds the library's departures (README "What the paper leaves open"), and
+  the default `library` adds the library's departures (docs/design.md "what the paper leaves open"), and
   `--config.method=gmmseg` trains GMMSeg's head and updates on the same model.
 - Starting point: mmseg's recipe loads the ImageNet ResNetV1c-101 (`open-mmlab://resnet101_v1c`, mmcls's
   `resnet101_v1c-e67eebb6.pth`) into the backbone; the heads start fresh. Pass the file (a .pth needs

@@ -19,7 +19,7 @@ B5 (84.7M parameters at 150 classes); --config.model.encoder=segformer_b2 etc. p
 - L-GMM: 64-d latents, 8 components per class on ADE20K (GMMSeg), 2000 remembered pixels per class; the
   Gaussians learn at the encoder's base rate.
 - Method: the paper's numbers for this model (Table 5) are Section 2's L-GMM, `--config.method=paper`;
-  the default `library` adds the library's departures (README "What the paper leaves open"), and
+  the default `library` adds the library's departures (docs/design.md "what the paper leaves open"), and
   `--config.method=gmmseg` trains GMMSeg's head and updates on the same model (GMMSeg's own ADE20K
   SegFormer-B5 number is this config with it: 8 components, 32,000 latents per queue).
 - Starting point: the ImageNet-1k MiT-B5 of SegFormer's release, `--config.init.weights=mit_b5.pth`

@@ -8,10 +8,10 @@ default), and a memory of 2000 latents per class (Appendix B.2).
 
 Where it departs from the paper, and why:
 - The library's method by default (`method=library`): M-steps for the Gaussians and L_D at temperature 10
-  (README "What the paper leaves open"); `--config.method=paper` runs Section 2 exactly as written.
+  (docs/design.md "what the paper leaves open"); `--config.method=paper` runs Section 2 exactly as written.
 - 5% of the training images are held out (`train[95%:]`) to set the rejection threshold; the paper does
   not say where its threshold comes from. The GMM's learning rate (0.01) is ours (the paper gives none).
-Data: TFDS `cifar10`, prepared once into --config.data_dir (see README). Unknown sets: SVHN and
+Data: TFDS `cifar10`, prepared once into --config.data_dir (see docs/data.md). Unknown sets: SVHN and
 CIFAR-100 from TFDS; Table 3's five sets (ODIN's TinyImageNet crop/resize, LSUN crop/resize, iSUN
 folders) are added when `--config.ood_folder_root` names the folder that holds them.
 """

@@ -16,7 +16,7 @@ Found and Road Anomaly unchanged.
   frames/*.jpg with frames/*.labels/labels_semantic.png). See lgmm_jax/data/segmentation.py.
 - L-GMM: 64-d latents, 5 components per class (GMMSeg), 2000 remembered pixels per class.
 - Method: the paper's numbers for this model (Table 5 and 6) are Section 2's L-GMM, `--config.method=paper`;
-  the default `library` adds the library's departures (README "What the paper leaves open"), and
+  the default `library` adds the library's departures (docs/design.md "what the paper leaves open"), and
   `--config.method=gmmseg` trains GMMSeg's head and updates on the same model (GMMSeg's 5
   components, as here).
 - Starting point: the ImageNet ResNetV1c-101 of mmseg's recipe, `--config.init.weights=

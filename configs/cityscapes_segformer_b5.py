@@ -12,7 +12,7 @@ mit_b5.pth` as configs/ade20k_segformer_b5.py says; a published Cityscapes SegFo
 --config.init.what=all.
 
 Method: the paper's numbers (Tables 5 and 6) are Section 2's L-GMM, `--config.method=paper`; the default
-`library` adds the library's departures (README "What the paper leaves open"), and `--config.method=gmmseg`
+`library` adds the library's departures (docs/design.md "what the paper leaves open"), and `--config.method=gmmseg`
 trains GMMSeg's head and updates on the same model.
 """
 

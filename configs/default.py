@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     # 'library': the settings below, with the library's two departures from the paper on (M-steps for
-    # the Gaussians, a tempered L_D; README "What the paper leaves open"). 'paper': Section 2 exactly as
+    # the Gaussians, a tempered L_D; docs/design.md "what the paper leaves open"). 'paper': Section 2 exactly as
     # written (gradient steps on L_G, Eq. 7 untempered, per-component scales, argmax assignments, no
     # re-seed, the whole memory bank, unnormalised latents); `lgmm_jax.training.experiment.paper_method_settings`
     # lists the keys it pins. 'gmmseg' (segmentation only): the per-pixel head and its updates as GMMSeg's
@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     # stream, the train step's loss, the evaluation and the report; everything else is shared.
     config.task = "classification"
 
-    # Start a new run from weights (lgmm_jax/training/initial_weights.py; README "Pretrained weights"): a published
+    # Start a new run from weights (lgmm_jax/training/initial_weights.py; docs/pretrained.md): a published
     # checkpoint file (.safetensors; .pth/.bin/.pt with `pip install -e '.[torch]'`) in a layout that
     # `lgmm_jax.pretrained` recognises, or the workdir or export of an earlier run of this library whose
     # encoder has this run's structure. 'backbone' loads the encoder (heads start fresh), 'all' every part
@@ -104,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.head = "lgmm"  # or 'softmax': the discriminative counterpart
     config.model.num_components = 3  # K, Section 2.2 / Table 7(d)
     config.model.latent_dim = 128  # D, Section 5.1
-    config.model.latent_normalization = "l2"  # l2, none, layernorm_l2 or l2_log_norm (README, "What the paper leaves open")
+    config.model.latent_normalization = "l2"  # l2, none, layernorm_l2 or l2_log_norm (docs/design.md, "what the paper leaves open")
     config.model.latent_norm_epsilon = 1e-6  # layernorm_l2's epsilon (segmenters; GMMSeg's PyTorch 1e-5)
     # Segmenters: the per-pixel projection to the latent, 'dense' (a 1x1 conv with bias) or 'conv_bn_relu'
     # (GMMSeg's ConvModule); and `class_norm`, a LayerNorm over the classes' log-likelihoods as the scores
@@ -120,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Appendix G does for the means; GMMSeg also fits its queues, but moves 0.001 of the way every 5
     # steps: method=gmmseg); 'gradient' takes optimiser steps on L_G (Section 2.2 as written). The M-steps keep up with a fast-moving encoder: on Fashion-MNIST (1 epoch, 3 seeds)
     # top-1 81.5 vs 79.9, AUROC 85 vs 82, 2.8 vs 1.7 components in use; after 10 epochs the two are level
-    # (88.2 vs 88.2, AUROC 85 vs 88 with a seed spread of 5; README "Results").
+    # (88.2 vs 88.2, AUROC 85 vs 88 with a seed spread of 5; docs/results.md).
     # ('gmmseg': GMMSeg's momentum updates from its queues, set by method=gmmseg.)
     config.model.gmm_update = "moment_matching"
     config.model.moment_rate = 0.5  # moment_matching: share of the way to the bank's fit per step
@@ -175,7 +175,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.responsibility_temperature = 1.0
     # L_D trains on softmax(log p(z|y) / T); T = 1 is Eq. 7 as written. On the unit sphere with the
     # scales at their floor, Eq. 7 is a cosine softmax of scale ~1/floor^2 = 400, which trains poorly;
-    # T = 10 (scale ~40) lifted top-1 by 5 points on Fashion-MNIST (README "Results").
+    # T = 10 (scale ~40) lifted top-1 by 5 points on Fashion-MNIST (docs/results.md).
     config.loss.discriminative_temperature = 10.0
     config.loss.assignment = "sinkhorn"  # balanced assignments; 'posterior' = argmax p(k|z,y)
     config.loss.sinkhorn_epsilon = 0.05

@@ -4,7 +4,7 @@ mmclassification's ImageNet ResNet recipe (`resnet50_8xb32_in1k`) as the paper r
 momentum 0.9, learning rate 0.1 (x0.1 at epochs 30, 60, 90), weight decay 1e-4, random resized crop 224
 and flip (evaluation: shorter side 256, centre crop 224), the last BatchNorm of each residual block
 initialised to zero (mmcls's ResNet default), memory 2000 per class. TFDS `imagenet2012` (prepare it
-from the official archives, see README); 1% of train is held out for the rejection threshold, the
+from the official archives, see docs/data.md); 1% of train is held out for the rejection threshold, the
 official validation set is the test set.
 
 Where it departs from mmcls and why:

@@ -2,7 +2,7 @@
 configs/osr_cifar10_6_4.py) at TinyImageNet's 64x64.
 
 TFDS has no TinyImageNet builder: prepare a TFDS dataset named `tiny_imagenet` with the label order
-lgmm_jax/data/protocols.py documents (README "Data"). CIFAR's augmentation (4-pixel padding, random crop,
+lgmm_jax/data/protocols.py documents (docs/data.md). CIFAR's augmentation (4-pixel padding, random crop,
 flip) and the CIFAR ResNet's 3x3 stem, as the open-set literature runs TinyImageNet.
 """
 

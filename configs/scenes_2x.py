@@ -16,7 +16,7 @@ study's testbed, not the quick one.
 Measured (softmax, seed 0, encoder from the 30-epoch `scenes_garments` run, test split mIoU): 16 epochs
 at 4e-3 give 39.4 at 64x64 (`configs/scenes.py` with those two keys) and 47.6 at 128x128 (this config
 at 16 epochs), for 3.4x the time. This config's 24 epochs, 3 seeds (`bench/study.py --suite=scenes_2x`):
-softmax 51.5 ± 1.0 mIoU, L-GMM (the library's method) 51.5 ± 0.8, `method=gmmseg` 52.5 ± 0.9; README's
+softmax 51.5 ± 1.0 mIoU, L-GMM (the library's method) 51.5 ± 0.8, `method=gmmseg` 52.5 ± 0.9; docs/segmentation.md's
 testbed section has their anomaly scores.
 """
 

@@ -8,7 +8,7 @@ recognized by applying a threshold to the probability", Section 2.2 after Eq. 7)
 * ``marginal``: ``log p(z) = logsumexp_y log p(z|y) - log C`` under the uniform class prior.
 * ``posterior``: the log-odds of ``max_y p(y|z)`` with ``p(y|z) = softmax_y(log p(z|y) / T)``, the class
   posterior that L_D trains (Eq. 7 at its temperature T): it reads how ambiguous z is between the known
-  classes, where the likelihood reads how far z is from all of them (README "Results": the near-OOD
+  classes, where the likelihood reads how far z is from all of them (docs/results.md: the near-OOD
   read-out).
 
 The discriminative counterpart is scored from its logits [B, C] (paper Table 3 and Table 10):
