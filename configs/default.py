@@ -104,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.head = "lgmm"  # or 'softmax': the discriminative counterpart
     config.model.num_components = 3  # K, Section 2.2 / Table 7(d)
     config.model.latent_dim = 128  # D, Section 5.1
-    config.model.latent_normalization = "l2"  # l2, none, layernorm_l2 or l2_log_norm (docs/design.md, "what the paper leaves open")
+    config.model.latent_normalization = "l2"  # l2, none, layernorm_l2 or l2_log_norm (docs/design.md)
     config.model.latent_norm_epsilon = 1e-6  # layernorm_l2's epsilon (segmenters; GMMSeg's PyTorch 1e-5)
     # Segmenters: the per-pixel projection to the latent, 'dense' (a 1x1 conv with bias) or 'conv_bn_relu'
     # (GMMSeg's ConvModule); and `class_norm`, a LayerNorm over the classes' log-likelihoods as the scores

@@ -31,7 +31,7 @@ TRAINING_MODES = ("collaborative", "generative_only")
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """What the paper leaves open, pinned down (docs/design.md, "what the paper leaves open"; defaults from bench/study.py's runs).
+    """What the paper leaves open, pinned down (docs/design.md; defaults from bench/study.py's runs).
 
     variant: "equations" (Eq. 4-7: logsumexp over components, L_one on responsibilities) or
       "appendix_g" (Algorithm 1: max over components, L_one pulls the means toward the L2-normalised

@@ -2,7 +2,7 @@
 
 Section 5.1 projects the backbone's features to a 128-dimensional latent with a 1x1 convolution. A 1x1
 convolution followed by global average pooling equals pooling followed by a Dense layer, so the projection
-here is a Dense layer on the pooled features. Latents are L2-normalised by default (docs/design.md, "what the paper leaves open":
+here is a Dense layer on the pooled features. Latents are L2-normalised by default (docs/design.md, "Latent normalisation":
 with raw latents their norm grows while the means lag behind, and unknown classes end up closer to the
 means than known ones).
 """
