@@ -47,9 +47,10 @@ ARGS_WITHOUT_DATA = (
     "--config.optimizer.learning_rate=0.005",
     "--config.optimizer.gmm_learning_rate=0.005",
     "--config.eval.figures=false",
-    # The head's own scores: the post-hoc read-outs fit covariances of 128-d features on ~100 training
-    # images here, ill-conditioned enough that 2 devices' rounding swaps a dozen pairs (tested elsewhere).
-    "--config.eval.scores=('likelihood', 'marginal', 'posterior')",
+    # The head's density scores: the post-hoc read-outs fit covariances of 128-d features on ~100 training
+    # images here, ill-conditioned enough that 2 devices' rounding swaps a dozen pairs, and after 30 steps the
+    # posterior is nearly flat (AUROC ~0.59), so rounding swaps pairs of its near-tied scores (seen: 6).
+    "--config.eval.scores=('likelihood', 'marginal')",
 )
 
 
