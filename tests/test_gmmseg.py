@@ -287,8 +287,7 @@ def test_gmmseg_steps_train_the_encoder_feed_the_queues_and_move_the_gaussians_e
     encode = jax.jit(lambda variables, images, key: model.apply(
         variables, images, True, method="encode", mutable=train.TRAIN_COLLECTIONS, rngs={"dropout": key})[0])
     for index in range(6):
-        local = next(stream)
-        local["mask"] = np.ones(len(local["label"]), bool)
+        local, _ = train.step_inputs(next(stream))  # as the trainer reads it
         before = jax.device_get(state)
         variables = jax.device_get(forward.model_variables(state))
         state, metrics = step(state, global_batch(local, mesh))

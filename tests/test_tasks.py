@@ -174,6 +174,6 @@ def test_no_module_cites_a_document_outside_the_repository_or_an_issue():
     citations = [f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
                  for path in PACKAGE.rglob("*.py")
                  for number, line in enumerate(path.read_text().splitlines(), 1)
-                 if re.search(r"DESIGN\.md|\bissue[ -]?#?\d", line, re.IGNORECASE)]
+                 if re.search(r"(?<!docs/)DESIGN\.md|\bissue[ -]?#?\d", line, re.IGNORECASE)]  # docs/ is the repository's
     assert not citations, "\n".join(citations)
 
