@@ -1,7 +1,7 @@
 """Forward + backward cost of the GMM density head against a linear softmax head, on the same latents.
 
 For each class count C the L-GMM head is timed as training runs it: one jitted `jax.value_and_grad` of
-`lgmm_jax.method.objective.lgmm_objective` (L_D + L_G, Eq. 5-7; its settings are `state.objective_config` of
+`lgmm_jax.method.objective.lgmm_objective` (L_D + L_G, Eq. 5-7; its settings are `heads.lgmm.objective_config` of
 configs/default.py, as in training) with respect to the latents z and the head's
 parameters (means, raw scales), with a full class-conditional memory bank of M latents per class that is
 updated in place (donated, as the train step donates its state). The counterpart is a `flax.linen.Dense(C)`
@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgmm_jax.method import losses, mixture
-from lgmm_jax.training import state
+from lgmm_jax.heads import lgmm as heads_lgmm
 from lgmm_jax.method.memory import MemoryBank, update_memory
 from lgmm_jax.models.gmm import GMMHead, component_log_prob, head_gaussians, log_likelihood
 from lgmm_jax.models.lgmm import l2_normalize
@@ -85,13 +85,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def training_objective(num_components: int) -> ObjectiveConfig:
-    """The objective exactly as training configures it: `state.objective_config` of configs/default.py."""
+    """The objective exactly as training configures it: `heads.lgmm.objective_config` of configs/default.py."""
     spec = importlib.util.spec_from_file_location("lgmm_default_config", DEFAULT_CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # configs/ is not an installed package: load it by path
     config = module.get_config()
     config.model.num_components = num_components
-    return state.objective_config(config)
+    return heads_lgmm.objective_config(config)
 
 
 def filled_bank(key, means: jax.Array, capacity: int) -> MemoryBank:

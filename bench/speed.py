@@ -1,7 +1,7 @@
 """Train-step and eval-step time of L-GMM against its softmax counterpart, and data-pipeline throughput.
 
 Everything is built the way training builds it: a config (`configs/default.py` with `model.encoder`,
-`model.head`, `batch_size`, `model.dtype` overridden), `models.configured.create_model`, `state.create_optimizer`,
+`model.head`, `batch_size`, `model.dtype` overridden), `heads.create_model`, `state.create_optimizer`,
 `state.create_sharded_train_state` and `train.make_train_step` (jitted, state donated, batch sharded over
 the mesh); the eval step is `forward.make_forward` (what evaluation runs on every batch). Each step is
 compiled once with `.lower(...).compile()`, which also gives XLA's FLOP count (`cost_analysis`).
@@ -60,7 +60,8 @@ import numpy as np
 
 from lgmm_jax.deploy import forward as forward_lib
 from lgmm_jax.training import state as state_lib, train
-from lgmm_jax.models.configured import DTYPES, create_model
+from lgmm_jax.heads import create_model
+from lgmm_jax.models.configured import DTYPES
 from lgmm_jax.models.resize import resize_bilinear
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource

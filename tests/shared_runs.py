@@ -98,7 +98,7 @@ def initial_parameters(config) -> dict:
     import jax
 
     from lgmm_jax.data import protocols
-    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.heads import create_model
     from lgmm_jax.runtime.sharding import make_mesh
     from lgmm_jax.training import experiment, state
 

@@ -50,7 +50,7 @@ CHECK_EVERY_CONFIG = textwrap.dedent("""
     import importlib, json, sys
     import jax
     from lgmm_jax.training import experiment
-    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.heads import create_model
     from lgmm_jax.data import settings
     from lgmm_jax.runtime.sharding import eval_batch_size, make_mesh
     from lgmm_jax.training.state import create_optimizer, create_train_state, state_shardings
@@ -204,7 +204,7 @@ def test_the_paper_segmentation_configs_train_on_appendix_d2s_crops(name):
 def test_the_paper_segformers_use_gmmsegs_decode_head(name):
     """GMMSeg's `SegformerGMMSegHead` (mmseg/models/decode_heads/segformer_gmmseg_head.py in its repository)
     projects each stage with a 1x1 ConvModule (conv, BatchNorm, ReLU), as mainline mmseg's SegformerHead."""
-    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.heads import create_model
 
     config = importlib.import_module(f"configs.{name}").get_config()
     model = create_model(config.model, 19)

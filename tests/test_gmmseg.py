@@ -24,7 +24,8 @@ from lgmm_jax.deploy import forward
 from lgmm_jax.method import gmmseg
 from lgmm_jax.training import experiment, train
 from lgmm_jax.method.memory import MemoryBank
-from lgmm_jax.models.configured import create_model
+from lgmm_jax.heads import base as head_base
+from lgmm_jax.heads import create_model
 from lgmm_jax.runtime.sharding import global_batch, make_mesh
 from lgmm_jax.training.state import create_optimizer, create_sharded_train_state, create_train_state, state_shardings
 from tests.test_tasks import tiny_config
@@ -285,7 +286,7 @@ def test_gmmseg_steps_train_the_encoder_feed_the_queues_and_move_the_gaussians_e
     step = train.make_train_step(config, model, optimizer, shardings, mesh, 8)
     stream = experiment.train_stream(config, protocol, source)
     encode = jax.jit(lambda variables, images, key: model.apply(
-        variables, images, True, method="encode", mutable=train.TRAIN_COLLECTIONS, rngs={"dropout": key})[0])
+        variables, images, True, method="encode", mutable=head_base.TRAIN_COLLECTIONS, rngs={"dropout": key})[0])
     for index in range(6):
         local, _ = train.step_inputs(next(stream))  # as the trainer reads it
         before = jax.device_get(state)
@@ -294,7 +295,7 @@ def test_gmmseg_steps_train_the_encoder_feed_the_queues_and_move_the_gaussians_e
         after = jax.device_get(state)
         assert np.isfinite(metrics["loss"])
         # The step's pixels, as the reference sees them: latents and scores of the training pass.
-        z = encode(variables, local["image"], train.step_key(before))
+        z = encode(variables, local["image"], head_base.step_key(before))
         rows = np.arange(z.shape[1]) * local["label"].shape[1] // z.shape[1]
         labels = local["label"][:, rows][:, :, rows].reshape(-1)
         flat_z = np.asarray(z, np.float64).reshape(-1, 64)

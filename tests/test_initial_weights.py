@@ -21,7 +21,7 @@ import configs.default
 from lgmm_jax.data import protocols
 from lgmm_jax.runtime import checkpointing, cli
 from lgmm_jax.training import experiment, initial_weights, restore, train
-from lgmm_jax.models.configured import create_model
+from lgmm_jax.heads import create_model
 from lgmm_jax.runtime.sharding import make_mesh
 from lgmm_jax.training.state import create_optimizer, create_train_state
 from tests.shared_runs import tiny_default_run

@@ -3,10 +3,12 @@
 Every `import` and `from ... import` of the package's modules is read with `ast` (those inside functions
 too: a lazy import is still a dependency; those under `if TYPE_CHECKING:` are not), and the graph is
 checked: no module imports itself back through others, each layer imports only the layers below it, no
-task module reaches the modules that pick the task, and the package root holds only the command lines.
+task module reaches the modules that pick the task, the package root holds only the command lines, and only
+the heads ask which head runs.
 """
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -22,9 +24,10 @@ LAYERS = {
     "pretrained": {"models"},
     "method": {"models"},
     "runtime": {"data"},
-    "deploy": {"models", "ood", "runtime", "data", "tasks"},  # an export loads through its task's exported.py
-    "tasks": {"data", "deploy", "method", "models", "ood", "runtime"},
-    "training": {"data", "deploy", "method", "models", "ood", "pretrained", "runtime", "tasks"},
+    "heads": {"data", "method", "models", "ood"},
+    "deploy": {"heads", "models", "ood", "runtime", "data", "tasks"},  # an export loads through its task's exported.py
+    "tasks": {"data", "deploy", "heads", "method", "models", "ood", "runtime"},
+    "training": {"data", "deploy", "heads", "method", "models", "ood", "pretrained", "runtime", "tasks"},
 }
 
 
@@ -138,3 +141,26 @@ def test_the_layout_the_docs_describe_is_the_tree():
         text = (REPO / document).read_text()
         missing = [name for name in LAYERS if f"{name}/" not in text]
         assert not missing, f"{document} does not describe {missing}"
+
+
+# Asking which head runs: what `heads/` answers for everyone else.
+ASKS_WHICH_HEAD = re.compile(r"head (==|!=)|gmm_update\(.*\) ==")
+
+
+def test_only_the_heads_ask_which_head_runs():
+    asking = [f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+              for path in sorted(PACKAGE.rglob("*.py")) if path.relative_to(PACKAGE).parts[0] != "heads"
+              for number, line in enumerate(path.read_text().splitlines(), 1) if ASKS_WHICH_HEAD.search(line)]
+    assert not asking, asking
+    inside = [path for path in (PACKAGE / "heads").glob("*.py") if ASKS_WHICH_HEAD.search(path.read_text())]
+    assert inside, "the pattern no longer finds the heads' own questions: it has gone stale"
+
+
+def test_the_task_interface_names_no_head():
+    """What a task gives the train steps (`StepLosses`) and the `Task` interface name no update rule: GMMSeg's
+    is the heads' (`heads/gmmseg.py`), fed by what the task says its examples are."""
+    from lgmm_jax.heads.base import StepLosses
+    from lgmm_jax.tasks.base import Task
+
+    members = list(StepLosses._fields) + [name for name in vars(Task) if not name.startswith("_")]
+    assert not [name for name in members if "gmmseg" in name.lower()], members

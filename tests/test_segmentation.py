@@ -17,7 +17,9 @@ from configs import scenes as scenes_config
 from lgmm_jax.runtime import checkpointing
 from lgmm_jax.training import experiment, restore
 from lgmm_jax.data import scenes
-from lgmm_jax.models.configured import create_model, initial_variables
+from lgmm_jax import heads
+from lgmm_jax.heads import create_model
+from lgmm_jax.models.configured import initial_variables
 from lgmm_jax.runtime.sharding import make_mesh
 from lgmm_jax.tasks.segmentation import evaluation as segmentation_evaluation
 from lgmm_jax.tasks.segmentation import forward as pixel_forward
@@ -141,7 +143,7 @@ def test_a_batch_of_different_sizes_scores_each_image_as_alone_and_padding_would
     mesh = make_mesh()
 
     def predict(settings, batch):
-        forward = pixel_forward.make_dense_forward(model, "softmax", mesh, settings)
+        forward = pixel_forward.make_dense_forward(model, mesh, settings)
         return pixel_forward.predict_dense(forward, variables, mesh, Fitted(), batch, [i.shape[:2] for i in batch],
                                            4, settings, scenes.NUM_CLASSES, ("maxlogit",))
 
@@ -159,7 +161,7 @@ def test_slide_with_a_window_covering_the_image_equals_whole(tiny_segmenter):
     config, model, variables = tiny_segmenter
     images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 64, 64, 3)), jnp.float32)
     def dense(settings):
-        maps_fn = lambda x: pixel_forward.network_maps(model, "softmax", variables, x, None)  # noqa: E731
+        maps_fn = lambda x: pixel_forward.network_maps(model, variables, x, None)  # noqa: E731
         return jax.jit(lambda x: pixel_forward.dense_maps(maps_fn, x, settings))(images)
 
     whole = dense(DenseSettings(inference="whole"))
@@ -228,7 +230,7 @@ def test_miou_of_the_accumulated_confusion_equals_a_direct_computation(tiny_segm
     mesh = make_mesh()
     settings = segmentation_evaluation.settings_of(config)
     predictor = segmentation_evaluation.Predictor(
-        forward=pixel_forward.make_dense_forward(model, "softmax", mesh, settings), variables=variables, mesh=mesh,
+        forward=pixel_forward.make_dense_forward(model, mesh, settings), variables=variables, mesh=mesh,
         fitted=Fitted(), batch_size=4, settings=settings, num_classes=scenes.NUM_CLASSES)
     result = segmentation_evaluation.closed_set(predictor, source, 255)
     predictions = np.stack([out["prediction"] for _, out in predictor.examples_and_outputs(source, "label", ())])
@@ -266,7 +268,7 @@ def test_decode_head_learning_rate_is_a_parameter_group():
     model = create_model(config.model, 8)
     params = jax.eval_shape(lambda: initial_variables(model, jax.random.PRNGKey(0), (64, 64, 3)))["params"]
     params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), params)
-    groups = parameter_groups(params, "lgmm", separate_decode_head=True)
+    groups = parameter_groups(params, heads.named("lgmm"), separate_decode_head=True)
     assert set(jax.tree.leaves(groups["decoder"]["decode_head"])) == {"decode_head"}
     assert set(jax.tree.leaves(groups["decoder"]["backbone"])) == {"encoder"}
     assert set(jax.tree.leaves(groups["projection"])) == {"decode_head"}

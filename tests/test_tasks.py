@@ -2,7 +2,7 @@
 outside it.
 
 For each task and head on a tiny config: the config check accepts the task's own model kind and refuses
-the other one; one jitted train step built from the task's losses (`tasks.base.StepLosses`) runs on a batch
+the other one; one jitted train step built from the task's losses (`heads.base.StepLosses`) runs on a batch
 of the task's own training stream and moves every parameter array the loss reaches, with a finite loss and
 an accuracy in [0, 1]. The references: the batch's labels (accuracy counted again from the step's own
 model outputs) and the parameters before the step.
@@ -32,7 +32,8 @@ from lgmm_jax.data import protocols
 from lgmm_jax.deploy import forward, inference
 from lgmm_jax.runtime import checkpointing
 from lgmm_jax.training import evaluation, experiment, train
-from lgmm_jax.models.configured import create_model
+from lgmm_jax.heads import base as head_base
+from lgmm_jax.heads import create_model
 from lgmm_jax.runtime.sharding import global_batch, make_mesh
 from lgmm_jax.training.state import create_optimizer, create_sharded_train_state
 from lgmm_jax.tasks.base import Task
@@ -64,7 +65,7 @@ def training_pass(model):
     """`model`'s training-mode outputs as a jitted function of (variables, images, dropout key): one
     compiled program instead of every operation dispatched on its own."""
     return jax.jit(lambda variables, images, key: model.apply(
-        variables, images, train=True, mutable=train.TRAIN_COLLECTIONS, rngs={"dropout": key})[0])
+        variables, images, train=True, mutable=head_base.TRAIN_COLLECTIONS, rngs={"dropout": key})[0])
 
 
 def test_every_registered_task_implements_the_interface():
@@ -102,7 +103,7 @@ def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
     local, _ = train.step_inputs(next(experiment.train_stream(config, protocol, source)))
     assert local["image"].shape == (8, *input_shape)
     before = jax.device_get(state.params)
-    variables, key = jax.device_get(forward.model_variables(state)), train.step_key(state)  # state is donated
+    variables, key = jax.device_get(forward.model_variables(state)), head_base.step_key(state)  # state is donated
     step = train.make_train_step(config, model, optimizer, shardings, mesh, num_classes)
     new_state, metrics = step(state, global_batch(local, mesh))
     metrics = jax.device_get(metrics)
@@ -111,7 +112,7 @@ def test_one_train_step_of_each_head_on_the_tasks_own_batches(task, head):
     assert all(jax.tree.leaves(moved)), [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(moved)
                                          if not m]
     # The step's accuracy, counted again from the class scores of the step's own (training-mode) pass.
-    images = train.network_images(local, tasks.get(config).step_losses(config, num_classes))  # as the step takes them
+    images = head_base.network_images(local, tasks.get(config).step_losses(config, num_classes))  # as the step takes them
     outputs = training_pass(model)(variables, images, key)
     class_scores = np.asarray(outputs[1] if isinstance(outputs, tuple) else outputs)  # a classifier's L-GMM: (z, scores)
     labels = local["label"]

@@ -14,7 +14,8 @@ from configs import cifar10, cifar100
 from lgmm_jax.data import protocols
 from lgmm_jax import tasks
 from lgmm_jax.training import experiment, train
-from lgmm_jax.models.configured import create_model
+from lgmm_jax.heads import base as head_base
+from lgmm_jax.heads import create_model
 from lgmm_jax.ood import posthoc, scores
 from tests.shared_runs import default_config, tiny_default_run, tiny_softmax_run
 
@@ -297,7 +298,7 @@ def test_softmax_label_smoothing_is_the_cross_entropy_of_smoothed_targets():
     train_state, shardings = state_lib.create_sharded_train_state(config, model, optimizer, (8, 8, 1), 6, mesh)
     batch = real_batches(config, 1)[0]
     variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
-    images = train.network_images(batch, tasks.get(config).step_losses(config, 6))  # as the step takes them
+    images = head_base.network_images(batch, tasks.get(config).step_losses(config, 6))  # as the step takes them
     logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], 6), 0.1)
     expected = float(np.mean(optax.softmax_cross_entropy(logits, targets)))

@@ -27,13 +27,13 @@ def check_output_is_free(output: str) -> None:
         )
 
 
-def choose_score(head: str, score_name: str | None, defaults: dict, deployable: dict, kind: str) -> str:
-    """The requested score, or the head's default (`defaults[head]`); one of `deployable[head]`. `kind`:
-    what is deployed, for the message ('model', 'segmenter')."""
-    score_name = score_name or defaults[head]
-    if score_name not in deployable[head]:
+def choose_score(head: str, score_name: str | None, default: str, deployable: tuple[str, ...], kind: str) -> str:
+    """The requested score, or the head's `default`; one of the head's `deployable` scores. `head`, `kind`:
+    its name and what is deployed, for the message ('model', 'segmenter')."""
+    score_name = score_name or default
+    if score_name not in deployable:
         raise ValueError(
-            f"--score={score_name} is not a score of a deployed {head} {kind}: use one of {', '.join(deployable[head])}"
+            f"--score={score_name} is not a score of a deployed {head} {kind}: use one of {', '.join(deployable)}"
         )
     return score_name
 

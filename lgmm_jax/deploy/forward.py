@@ -8,14 +8,15 @@ scores (higher = more in-distribution) and `predictions` into the class scores w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from lgmm_jax import heads
 from lgmm_jax.ood import fitting, posthoc, scores
 from lgmm_jax.runtime.sharding import batch_sharding, global_batch, replicated
 
@@ -32,27 +33,12 @@ def model_variables(state) -> dict:
 
 
 def make_forward(model, head: str, mesh, lgmm_features: bool = False):
-    """Jitted inference on a sharded batch: per-example outputs of the head.
-
-    L-GMM: `latent` z [B, D] and `class_log_likelihood` log p(z|y) [B, C] (Eq. 4), and with
-    `lgmm_features` the backbone's pooled `features` [B, F] (for post-hoc read-outs of its encoder);
-    softmax: `logits` [B, C] and the backbone's pooled `features` [B, F] (for Mahalanobis and the
-    feature-based post-hoc scores).
+    """Jitted inference on a sharded batch: per-example outputs of the head `head` (a `model.head` name;
+    `Head.inference_outputs`). L-GMM: `latent` z [B, D] and `class_log_likelihood` log p(z|y) [B, C] (Eq. 4),
+    and with `lgmm_features` the backbone's pooled `features` [B, F]; softmax: `logits` [B, C] and `features`.
     """
-
-    def forward(variables, images):
-        if head == "lgmm":
-            z, class_log_likelihood = model.apply(variables, images, train=False)
-            outputs = {"latent": z, "class_log_likelihood": class_log_likelihood}
-            if lgmm_features:
-                features = model.apply(variables, images, False, method=lambda m, x, t: m.features(x, t))
-                outputs["features"] = features.astype(jnp.float32)
-            return outputs
-        logits = model.apply(variables, images, train=False)
-        features = model.apply(variables, images, False, method=lambda m, x, t: m.backbone(x, t))
-        return {"logits": logits, "features": features.astype(jnp.float32)}
-
-    return jax.jit(forward, in_shardings=(replicated(mesh), batch_sharding(mesh)))
+    outputs_of = functools.partial(heads.named(head).inference_outputs, model, with_features=lgmm_features)
+    return jax.jit(outputs_of, in_shardings=(replicated(mesh), batch_sharding(mesh)))
 
 
 def gather(array) -> np.ndarray:
@@ -126,13 +112,12 @@ def score_table(outputs: dict, fitted: dict, chosen, posterior_temperature: floa
 
 
 def posterior_temperature_of(config) -> float:
-    """The temperature T of the model's class posterior softmax(predictions / T): for L-GMM L_D's, which
-    trained it; 1 for the softmax model, whose cross-entropy is untempered."""
-    if config.model.head != "lgmm":
-        return 1.0
-    return float(config.loss.get("discriminative_temperature", 1.0))
+    """The temperature T of the model's class posterior softmax(predictions / T) (`Head.posterior_temperature`:
+    for L-GMM L_D's, which trained it; 1 for the softmax model, whose cross-entropy is untempered)."""
+    return heads.get(config.model).posterior_temperature(config)
 
 
 def predictions(head: str, outputs: dict) -> np.ndarray:
-    """[N, C] class scores whose argmax is the predicted class: log p(z|y) (L-GMM) or the logits."""
-    return outputs["class_log_likelihood"] if head == "lgmm" else outputs["logits"]
+    """[N, C] class scores whose argmax is the predicted class (`Head.class_scores`): log p(z|y) (L-GMM) or
+    the logits."""
+    return heads.named(head).class_scores(outputs)

@@ -32,8 +32,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lgmm_jax import tasks
-from lgmm_jax.models.configured import create_model, initial_variables
+from lgmm_jax import heads, tasks
+from lgmm_jax.models.configured import initial_variables
 from lgmm_jax.ood import conformal
 from lgmm_jax.runtime.sharding import make_mesh, padded_batch_size, replicated
 
@@ -44,12 +44,6 @@ VARIABLES_DIR = "variables"
 CALIBRATION_FILES = ("calibration_scores.npy", "calibration_classes.npy")
 # Files without which an export cannot be loaded (orbax's tree metadata and its array index).
 REQUIRED_FILES = (MODEL_FILE, f"{VARIABLES_DIR}/_METADATA", f"{VARIABLES_DIR}/manifest.ocdbt")
-# The scores a deployed model can compute from one image alone (no fitted statistics), per head.
-DEPLOYABLE_SCORES = {
-    "lgmm": ("likelihood", "marginal", "posterior"),
-    "softmax": ("msp", "maxlogit", "energy"),
-}
-DEFAULT_SCORE = {"lgmm": "likelihood", "softmax": "msp"}
 
 
 class IncompleteExportError(FileNotFoundError):
@@ -183,14 +177,16 @@ class ExportedModel:
     calibration: Calibration | None
 
 
-def common_parts(description: dict, path: str, batch_size: int | None, deployable: dict) -> dict:
-    """The `ExportedModel` fields of an export whose model.json is `description` (variables restored)."""
+def common_parts(description: dict, path: str, batch_size: int | None, deployable) -> dict:
+    """The `ExportedModel` fields of an export whose model.json is `description` (variables restored);
+    `deployable(head)`: the scores an export of its kind computes (`Head.deployable_scores` or
+    `Head.deployable_pixel_scores`)."""
     config = ml_collections.ConfigDict(description["config"])
     head = description["head"]
-    if description["score"] not in deployable[head]:
-        raise ValueError(f"score {description['score']!r} of {path} is not one of {deployable[head]}")
+    if description["score"] not in deployable(heads.named(head)):
+        raise ValueError(f"score {description['score']!r} of {path} is not one of {deployable(heads.named(head))}")
     mesh = make_mesh()
-    module = create_model(config.model, description["num_classes"])
+    module = heads.create_model(config.model, description["num_classes"])
     return dict(
         label_names=list(description["label_names"]),
         threshold=float(description["threshold"]),

@@ -1,5 +1,5 @@
-"""A model from the `model` section of a run's config: what training, evaluation and an exported model's
-loader build, so that each rebuilds exactly the same structure."""
+"""The head-independent parts of a model built from the `model` section of a run's config (the encoder's
+options, the compute dtype, the initial variables); the model itself is the head's (`lgmm_jax.heads`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lgmm_jax.models.backbones import create_classifier
-from lgmm_jax.models.lgmm import create_lgmm
-from lgmm_jax.models.segmenter import SEGMENTER_NAMES, create_segmenter
+from lgmm_jax.models.segmenter import SEGMENTER_NAMES
 
-HEADS = ("lgmm", "softmax")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -55,51 +52,10 @@ def is_segmenter(encoder: str) -> bool:
     return encoder in SEGMENTER_NAMES
 
 
-def lgmm_head_options(model_config: ml_collections.ConfigDict) -> dict:
-    """The GMM head's attributes, the same for the classifier and the segmenter."""
-    return dict(
-        latent_normalization=model_config.latent_normalization,
-        init_scale=model_config.init_scale,
-        scale_floor=model_config.scale_floor,
-        share_scale=model_config.share_scale,
-        reduction="max" if model_config.get("variant", "equations") == "appendix_g" else "logsumexp",
-    )
-
-
-def create_segmentation_model(model_config: ml_collections.ConfigDict, num_classes: int):
-    """The segmenter `model.encoder` with `model.head`'s per-pixel head (`models.create_segmenter`)."""
-    if model_config.head not in HEADS:
-        raise ValueError(f"model.head={model_config.head!r} is not one of {HEADS}")
+def decoder_options(model_config: ml_collections.ConfigDict) -> dict:
+    """A segmenter's decoder attributes from `model.decoder` (lists as tuples), e.g. a SegFormer's widths."""
     decoder = model_config.get("decoder") or {}
-    decoder = {name: tuple(v) if isinstance(v, list) else v for name, v in dict(decoder).items()}
-    lgmm = dict(num_components=model_config.num_components, latent_dim=model_config.latent_dim,
-                latent_projection=model_config.get("latent_projection", "dense"),
-                latent_norm_epsilon=model_config.get("latent_norm_epsilon", 1e-6),
-                class_norm=model_config.get("class_norm", False),
-                **lgmm_head_options(model_config)) if model_config.head == "lgmm" else {}
-    return create_segmenter(model_config.encoder, num_classes, model_config.head,
-                            dtype=compute_dtype(model_config.dtype), decoder_kwargs=decoder, **lgmm)
-
-
-def create_model(model_config: ml_collections.ConfigDict, num_classes: int):
-    """The L-GMM model or its softmax counterpart, as `model_config.head` says: an image classifier, or a
-    segmenter when `model.encoder` names one."""
-    if is_segmenter(model_config.encoder):
-        return create_segmentation_model(model_config, num_classes)
-    dtype = compute_dtype(model_config.dtype)
-    if model_config.head == "lgmm":
-        return create_lgmm(
-            model_config.encoder,
-            num_classes,
-            model_config.num_components,
-            model_config.latent_dim,
-            dtype=dtype,
-            backbone_kwargs=backbone_options(model_config),
-            **lgmm_head_options(model_config),
-        )
-    if model_config.head == "softmax":
-        return create_classifier(model_config.encoder, num_classes, dtype=dtype, **backbone_options(model_config))
-    raise ValueError(f"model.head={model_config.head!r} is not one of {HEADS}")
+    return {name: tuple(v) if isinstance(v, list) else v for name, v in dict(decoder).items()}
 
 
 def initial_variables(model, key: jax.Array, image_shape: tuple[int, ...]) -> dict:

@@ -26,6 +26,7 @@ in training), 'mixture' for L-GMM. Training uses the 'dropout' rng (Dropout2d, D
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -176,8 +177,7 @@ def create_segmenter(
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     try:
         decoder = _DECODERS[name](num_classes, dtype=dtype, **(decoder_kwargs or {}))
-        if head == "softmax":
-            return SoftmaxSegmenter(decoder, num_classes, **head_kwargs)
-        return LGMMSegmenter(decoder, num_classes, dtype=dtype, **head_kwargs)
+        closing = {"softmax": SoftmaxSegmenter, "lgmm": functools.partial(LGMMSegmenter, dtype=dtype)}[head]
+        return closing(decoder, num_classes, **head_kwargs)
     except TypeError as error:
         raise ValueError(f"invalid option for segmenter {name!r} with head {head!r}: {error}") from None

@@ -2,7 +2,7 @@
 
 A task says what an example is and everything that follows from it that the method does not: which
 sources hold the data, how training batches are made, what shape the network takes, how a batch becomes
-each head's loss (`base.StepLosses`), how a trained model is evaluated, reported and exported, and how an
+each head's loss (`heads.base.StepLosses`), how a trained model is evaluated, reported and exported, and how an
 export loads again. The method itself (the objective, the memory bank, the mixture), the models, the
 train loop, checkpoints and sharding are shared and never ask which task runs.
 

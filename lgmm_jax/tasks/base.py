@@ -1,49 +1,22 @@
 """The interface every task implements (`lgmm_jax.tasks`).
 
-A task is an object with the methods of `Task`; its folder's `task` module exposes it as `TASK`. The train
-steps take a task's `StepLosses` and so never branch on the task: the L-GMM step runs the encoder and hands
-its latents to `lgmm_objective`, the softmax step runs the classifier and hands its logits to
-`softmax_loss`. Evaluation, export and the report likewise ask the task (`evaluate`, `write_outputs`,
+A task is an object with the methods of `Task`; its folder's `task` module exposes it as `TASK`. The heads'
+train steps take a task's `heads.base.StepLosses` and so never branch on the task: the L-GMM step runs the
+encoder and hands its latents to `lgmm_objective`, the softmax step runs the classifier and hands its logits
+to `softmax_loss`. Evaluation, export and the report likewise ask the task (`evaluate`, `write_outputs`,
 `summary_line`, `export_contents`); an export loads through the task's `exported` module.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import ml_collections
 
 from lgmm_jax.data import protocols
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol
-
-
-class StepLosses(NamedTuple):
-    """How a task's batch becomes each head's loss inside the jitted train step.
-
-    lgmm_objective(z, batch, head_params, log_weights, memory, objective, key) -> (total, outputs): the
-      collaborative objective (Eq. 5-7) of the batch's examples, `objective.ObjectiveOutputs` with it.
-    auxiliary_loss(updates, batch) -> scalar: the weighted loss of an auxiliary head the model wrote into
-      `updates` during the apply (0 when there is none); it trains the encoder only.
-    softmax_loss(logits, batch, targets, updates) -> scalar: the softmax counterpart's loss; `targets` are
-      the soft targets of a mixed batch (`mix`) or None.
-    accuracy(class_scores, batch) -> scalar: the share of the batch's examples whose argmax is their label.
-    mix(key, images, batch) -> (images, targets), or None: the softmax counterpart's batch recipe (Mixup /
-      CutMix / label smoothing) where the task has one.
-    gmmseg_objective(z, batch, head_params, class_logits, settings, scale_floor) -> (total,
-      `gmmseg.PixelOutputs`), or None: GMMSeg's loss where the task has `method=gmmseg`.
-    input_normalization: the `pipeline.Normalization` the steps apply on the devices to a batch whose
-      images arrive uint8 (`pipeline.normalize_on_device`); None where they arrive normalised.
-    """
-
-    lgmm_objective: Callable
-    auxiliary_loss: Callable
-    softmax_loss: Callable
-    accuracy: Callable
-    mix: Callable | None = None
-    gmmseg_objective: Callable | None = None
-    input_normalization: Any = None
+from lgmm_jax.heads.base import StepLosses
 
 
 class Task(abc.ABC):

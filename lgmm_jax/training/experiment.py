@@ -20,13 +20,13 @@ import os
 
 import ml_collections
 
-from lgmm_jax import tasks
+from lgmm_jax import heads, tasks
 from lgmm_jax.data import labelled, pipeline, settings
 from lgmm_jax.data.protocols import DataRef, OpenSetProtocol, get_protocol
 from lgmm_jax.data.sources import FOLDER_PREFIX, Source
-from lgmm_jax.models.configured import HEADS, compute_dtype
+from lgmm_jax.models.configured import compute_dtype
 from lgmm_jax.runtime.sharding import check_batch_size, eval_batch_size
-from lgmm_jax.training.state import create_optimizer, gmm_update, gmmseg_config
+from lgmm_jax.training.state import create_optimizer
 
 
 METHODS = ("library", "paper", "gmmseg")
@@ -114,12 +114,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
     task.check_config(config)
     check_batch_size(config.batch_size, num_devices, num_processes)
     eval_batch_size(config, num_devices)
-    create_optimizer(config, steps_per_epoch=1, total_steps=1)  # names of optimiser, schedule, GMM update
-    if gmm_update(config.model) == "gmmseg":
-        gmmseg_config(config)  # GMMSeg's numbers (config.segmentation.gmmseg), each refused by name
+    heads.get(config.model).check_config(config)  # model.head, model.gmm_update and the head's own settings
+    create_optimizer(config, steps_per_epoch=1, total_steps=1)  # names of optimiser and schedule
     compute_dtype(config.model.dtype)
-    if config.model.head not in HEADS:
-        raise ValueError(f"model.head={config.model.head!r} is not one of {HEADS}")
     return config
 
 

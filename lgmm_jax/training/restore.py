@@ -17,13 +17,13 @@ import jax
 import ml_collections
 from etils import epath
 
+from lgmm_jax import heads
 from lgmm_jax.data import protocols
 from lgmm_jax.deploy import forward
 from lgmm_jax.runtime import checkpointing
 from lgmm_jax.training import experiment
 from lgmm_jax.data.protocols import OpenSetProtocol
 from lgmm_jax.data.sources import Source
-from lgmm_jax.models.configured import create_model
 from lgmm_jax.training.state import create_optimizer, create_train_state, state_shardings
 
 
@@ -52,7 +52,7 @@ def configured_model(config: ml_collections.ConfigDict):
     train_source = experiment.data_source(protocol.dataset, protocol.train_split, config=config)
     num_classes = protocols.num_known_classes(protocol, train_source)
     input_shape = experiment.model_input_shape(config, protocol, train_source)
-    return protocol, train_source, num_classes, tuple(input_shape), create_model(config.model, num_classes)
+    return protocol, train_source, num_classes, tuple(input_shape), heads.create_model(config.model, num_classes)
 
 
 def restore_workdir(workdir: str, mesh, config: ml_collections.ConfigDict | None = None) -> TrainedModel:

@@ -15,14 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lgmm_jax.method.gmmseg import GMMSegConfig, create_queue
-from lgmm_jax.method.memory import MemoryBank, create_memory
+from lgmm_jax import heads
+from lgmm_jax.method.memory import MemoryBank
 from lgmm_jax.models.configured import initial_variables
-from lgmm_jax.method.objective import ObjectiveConfig
 from lgmm_jax.runtime.sharding import class_sharding, replicated
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-GMM_UPDATES = ("gradient", "moment_matching", "gmmseg")
 SCHEDULES = ("constant", "cosine", "step", "poly")
 
 
@@ -32,8 +30,9 @@ class TrainState:
 
     params: {"backbone", "projection", "head"} for L-GMM (theta = params["head"]), {"backbone",
       "classifier"} for the softmax counterpart. mixture: the counted weights {"head": {"log_weights"}}
-      ({} for softmax). memory: the class-conditional memory bank (None for softmax). rng: the run's
-      base key; each step folds its step number in.
+      ({} for softmax). memory: what the head carries besides its parameters (`Head.initial_memory`:
+      L-GMM's class-conditional memory bank, GMMSeg's queues; None for softmax). rng: the run's base key;
+      each step folds its step number in.
     """
 
     step: jax.Array
@@ -43,45 +42,6 @@ class TrainState:
     opt_state: Any
     memory: MemoryBank | None
     rng: jax.Array
-
-
-def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
-    """The collaborative objective's settings from `config.loss` and `config.model`."""
-    loss = config.loss
-    return ObjectiveConfig(
-        num_components=config.model.num_components,
-        scale_floor=config.model.scale_floor,
-        lambda_one=loss.lambda_one,
-        lambda_avg=loss.lambda_avg,
-        usage_distance=loss.usage_distance,
-        responsibility_temperature=loss.responsibility_temperature,
-        assignment=loss.assignment,
-        sinkhorn_epsilon=loss.sinkhorn_epsilon,
-        sinkhorn_iterations=loss.sinkhorn_iterations,
-        variant=config.model.variant,
-        training=loss.training,
-        bank_sample_size=loss.bank_sample_size,
-        discriminative_temperature=loss.get("discriminative_temperature", 1.0),
-    )
-
-
-def gmm_update(model_config) -> str:
-    """How the Gaussians learn: 'gradient' (optimiser steps on L_G), 'moment_matching' (M-steps toward the
-    memory bank's fit) or 'gmmseg' (GMMSeg's momentum updates from its queues, `lgmm_jax.method.gmmseg`)."""
-    update = model_config.get("gmm_update", "gradient")
-    if update not in GMM_UPDATES:
-        raise ValueError(f"model.gmm_update={update!r} is not one of {GMM_UPDATES}")
-    return update
-
-
-def gmm_moment_rate(model_config) -> float | None:
-    """The moment-matching rate, or None when the Gaussians learn otherwise (`gmm_update`)."""
-    return float(model_config.moment_rate) if gmm_update(model_config) == "moment_matching" else None
-
-
-def gmmseg_config(config: ml_collections.ConfigDict) -> GMMSegConfig:
-    """GMMSeg's numbers from `config.segmentation.gmmseg` (`lgmm_jax.method.gmmseg.GMMSegConfig`)."""
-    return GMMSegConfig(**config.segmentation.gmmseg.to_dict())
 
 
 def learning_rate_schedule(
@@ -171,15 +131,16 @@ def is_decode_head(path) -> bool:
     return keys[0] in CLOSING_MODULES or any(key in DECODER_HEAD_MODULES for key in keys)
 
 
-def parameter_groups(params, head: str, separate_decode_head: bool = False):
-    """The optimiser group of every parameter: 'gmm' for L-GMM's density head theta (`params["head"]`),
-    'decode_head' for a segmenter's decode head when it has its own learning rate
+def parameter_groups(params, head, separate_decode_head: bool = False):
+    """The optimiser group of every parameter: the `head`'s own group for its density head theta ('gmm',
+    `Head.optimizer_group`), 'decode_head' for a segmenter's decode head when it has its own learning rate
     (`separate_decode_head`, see `is_decode_head`), 'encoder' for everything else (phi), the softmax
     counterpart's classifier included."""
 
     def group(path, _) -> str:
-        if head == "lgmm" and getattr(path[0], "key", None) == "head":
-            return "gmm"
+        own = head.optimizer_group(path)
+        if own is not None:
+            return own
         if separate_decode_head and is_decode_head(path):
             return "decode_head"
         return "encoder"
@@ -198,7 +159,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
     opt = config.optimizer
     encoder_lr = learning_rate_schedule(opt, opt.learning_rate, steps_per_epoch, total_steps)
     gmm_lr = learning_rate_schedule(opt, opt.gmm_learning_rate, steps_per_epoch, total_steps)
-    gmm = base_optimizer(opt, gmm_lr, 0.0) if gmm_update(config.model) == "gradient" else optax.set_to_zero()
+    head = heads.get(config.model)
+    gmm = base_optimizer(opt, gmm_lr, 0.0) if head.gmm_takes_gradient(config.model) else optax.set_to_zero()
     transforms = {"encoder": encoder_optimizer(opt, encoder_lr), "gmm": gmm}
     multiplier = float(opt.get("decode_head_lr_mult", 1.0))
     if multiplier <= 0:
@@ -207,7 +169,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, to
     if separate:
         head_lr = learning_rate_schedule(opt, multiplier * opt.learning_rate, steps_per_epoch, total_steps)
         transforms["decode_head"] = encoder_optimizer(opt, head_lr)
-    labels = functools.partial(parameter_groups, head=config.model.head, separate_decode_head=separate)
+    labels = functools.partial(parameter_groups, head=head, separate_decode_head=separate)
     return optax.multi_transform(transforms, labels), encoder_lr
 
 
@@ -218,18 +180,13 @@ def create_train_state(
     image_shape: tuple[int, ...],
     num_classes: int,
 ) -> TrainState:
-    """A fresh state: initial parameters, uniform mixture weights, and for L-GMM an empty memory bank
-    (GMMSeg's queues of random unit vectors with `gmm_update='gmmseg'`)."""
+    """A fresh state: initial parameters, uniform mixture weights, and what the head carries besides them
+    (`Head.initial_memory`: L-GMM's empty memory bank, GMMSeg's queues of random unit vectors)."""
     key = jax.random.PRNGKey(config.seed)
     init_key, run_key = jax.random.split(key)
     variables = initial_variables(model, init_key, image_shape)
     params = variables["params"]
-    memory = None
-    if config.model.head == "lgmm" and gmm_update(config.model) == "gmmseg":
-        memory = create_queue(jax.random.fold_in(init_key, 1), num_classes, config.model.num_components,
-                              gmmseg_config(config).queue_size, config.model.latent_dim)
-    elif config.model.head == "lgmm":
-        memory = create_memory(num_classes, config.memory_size, config.model.latent_dim)
+    memory = heads.get(config.model).initial_memory(config, init_key, num_classes)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -1,19 +1,14 @@
 """Training: the jitted, sharded train steps and the loop with logging, checkpoints and final evaluation.
 
-The L-GMM step runs one encoder pass and one `jax.value_and_grad` of the collaborative objective
-(`lgmm_jax.method.objective`): dL_D/dphi reaches the encoder, dL_G/dtheta the Gaussians. The memory bank is
-updated inside the step and the mixture weights are re-counted from it after the gradient step.
-`method=gmmseg` has its own step (`gmmseg_train_step`): GMMSeg's losses, queues and momentum updates.
-
-Both steps serve every task (`lgmm_jax.tasks`): the config's task gives them its losses
-(`tasks.base.StepLosses`: an image or a labelled pixel as the example, an auxiliary head's loss, the
-softmax counterpart's batch recipe). The loop, checkpoints and evaluation are shared.
+The step is the config's head's (`lgmm_jax.heads`: L-GMM's collaborative step, GMMSeg's update, the softmax
+counterpart's), given the config's task's losses (`heads.base.StepLosses`: an image or a labelled pixel as
+the example, an auxiliary head's loss, the softmax counterpart's batch recipe). The loop, checkpoints and
+evaluation are shared by every head and task.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import time
@@ -22,19 +17,13 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import optax
 from etils import epath
 
-from lgmm_jax import tasks
+from lgmm_jax import heads, tasks
 from lgmm_jax.deploy import forward
-from lgmm_jax.method import gmmseg, losses
 from lgmm_jax.runtime import checkpointing
 from lgmm_jax.training import evaluation, experiment, initial_weights
 from lgmm_jax.data import labelled, pipeline, protocols
-from lgmm_jax.method.mixture import counted_log_weights, moment_matched_head, spherical_kmeans
-from lgmm_jax.models.gmm import uniform_log_weights
-from lgmm_jax.models.segmenter import auxiliary_logits
-from lgmm_jax.method.objective import ObjectiveConfig
 from lgmm_jax.runtime.sharding import (
     batch_sharding,
     global_batch,
@@ -42,17 +31,7 @@ from lgmm_jax.runtime.sharding import (
     memory_placement,
     replicated,
 )
-from lgmm_jax.models.configured import create_model
-from lgmm_jax.tasks.base import StepLosses
-from lgmm_jax.training.state import (
-    TrainState,
-    create_optimizer,
-    create_sharded_train_state,
-    gmm_moment_rate,
-    gmm_update,
-    gmmseg_config,
-    objective_config,
-)
+from lgmm_jax.training.state import create_optimizer, create_sharded_train_state
 
 
 def console(message: str) -> None:
@@ -63,184 +42,6 @@ def console(message: str) -> None:
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def step_key(state: TrainState) -> jax.Array:
-    """This step's randomness (dropout, drop-path): the run key folded with the step number."""
-    return jax.random.fold_in(state.rng, state.step)
-
-
-def encoder_variables(state: TrainState, params) -> dict:
-    return {"params": params, "batch_stats": state.batch_stats}
-
-
-# What a training apply may write: BatchNorm statistics, and a segmenter's auxiliary logits.
-TRAIN_COLLECTIONS = ["batch_stats", "auxiliary"]
-
-
-def network_images(batch: dict, task_losses: StepLosses) -> jax.Array:
-    """The batch's images as the network takes them: normalised here when they arrive uint8."""
-    if task_losses.input_normalization is None:
-        return batch["image"]
-    return pipeline.normalize_on_device(batch["image"], task_losses.input_normalization)
-
-
-def training_latents(model, state: TrainState, params, images: jax.Array):
-    """(latents z, mutable updates) of a training-mode encoder pass: what L-GMM's and GMMSeg's losses take."""
-    return model.apply(encoder_variables(state, params), images, train=True, method="encode",
-                       mutable=TRAIN_COLLECTIONS, rngs={"dropout": step_key(state)})
-
-
-def lgmm_train_step(
-    state: TrainState,
-    batch: dict,
-    *,
-    model,
-    optimizer: optax.GradientTransformation,
-    objective: ObjectiveConfig,
-    task_losses: StepLosses,
-    weight_ema: float,
-    moment_rate: float | None = None,
-) -> tuple[TrainState, dict]:
-    """One collaborative step (Section 2.1): encoder by L_D, Gaussians by L_G, weights by counting.
-
-    With `moment_rate` the Gaussians take no gradient step; they move that fraction of the way to the
-    maximum-likelihood fit of the memory bank instead (`mixture.moment_matched_head`). The task's
-    `task_losses` say what an example of the batch is (an image, or a labelled pixel).
-    """
-    log_weights = state.mixture["head"]["log_weights"]
-
-    def loss_fn(params):
-        z, updates = training_latents(model, state, params, network_images(batch, task_losses))
-        key = jax.random.fold_in(step_key(state), 1)
-        total, outputs = task_losses.lgmm_objective(
-            z, batch, params["head"], log_weights, state.memory, objective, key)
-        auxiliary = task_losses.auxiliary_loss(updates, batch)
-        return total + auxiliary, (outputs, updates, auxiliary)
-
-    (_, (outputs, updates, auxiliary)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, param_updates)
-    rows = outputs.classes  # only the classes of the batch are updated (`objective.batch_classes`)
-    if moment_rate is not None:
-        head = params["head"]
-        moved = moment_matched_head(
-            {name: value[rows] for name, value in head.items()},
-            outputs.bank_latents, outputs.bank_valid, outputs.bank_weights,
-            objective.scale_floor, moment_rate,
-        )
-        params = {**params, "head": {name: head[name].at[rows].set(moved[name]) for name in head}}
-    new_log_weights = log_weights.at[rows].set(
-        counted_log_weights(outputs.counts, outputs.class_present, log_weights[rows], ema_decay=weight_ema)
-    )
-    metrics = dict(outputs.terms)
-    if auxiliary_logits(updates) is not None:
-        metrics["auxiliary_loss"] = auxiliary
-    metrics["accuracy"] = task_losses.accuracy(outputs.class_log_likelihood, batch)
-    metrics["effective_components"] = losses.masked_mean(
-        losses.effective_components(outputs.hard_usage), outputs.class_present & outputs.distinct
-    )
-    new_state = state.replace(
-        step=state.step + 1,
-        params=params,
-        batch_stats=updates.get("batch_stats", state.batch_stats),
-        mixture={"head": {"log_weights": new_log_weights}},
-        opt_state=opt_state,
-        memory=outputs.memory,
-    )
-    return new_state, metrics
-
-
-def gmmseg_train_step(
-    state: TrainState,
-    batch: dict,
-    *,
-    model,
-    optimizer: optax.GradientTransformation,
-    settings: gmmseg.GMMSegConfig,
-    scale_floor: float,
-    task_losses: StepLosses,
-) -> tuple[TrainState, dict]:
-    """One step of GMMSeg (`lgmm_jax.method.gmmseg`): the encoder by the decode and component cross-entropies,
-    then the step's admitted pixels into the queues, and every `settings.update_interval` steps (the
-    first included, as GMMSeg's iteration counter starts at 0) the Gaussians of the batch's classes
-    moved toward their queues. The Gaussians take no gradient step."""
-
-    def loss_fn(params):
-        z, updates = training_latents(model, state, params, network_images(batch, task_losses))
-        class_logits = lambda scores: model.apply({"params": params}, scores, method="class_logits")  # noqa: E731
-        total, outputs = task_losses.gmmseg_objective(z, batch, params["head"], class_logits, settings, scale_floor)
-        auxiliary = task_losses.auxiliary_loss(updates, batch)
-        return total + auxiliary, (outputs, updates, auxiliary)
-
-    (_, (outputs, updates, auxiliary)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, param_updates)
-    queue = gmmseg.enqueue(state.memory, outputs.latents, outputs.groups, outputs.selected)
-    head = jax.lax.cond(
-        state.step % settings.update_interval == 0,
-        lambda: gmmseg.updated_head(params["head"], queue, outputs.classes, settings, scale_floor),
-        lambda: params["head"],
-    )
-    metrics = dict(outputs.terms)
-    if auxiliary_logits(updates) is not None:
-        metrics["auxiliary_loss"] = auxiliary
-    metrics["accuracy"] = task_losses.accuracy(outputs.class_logits, batch)
-    new_state = state.replace(
-        step=state.step + 1,
-        params={**params, "head": head},
-        batch_stats=updates.get("batch_stats", state.batch_stats),
-        opt_state=opt_state,
-        memory=queue,
-    )
-    return new_state, metrics
-
-
-def softmax_train_step(
-    state: TrainState, batch: dict, *, model, optimizer: optax.GradientTransformation, task_losses: StepLosses,
-) -> tuple[TrainState, dict]:
-    """The discriminative counterpart: the same encoder with a linear softmax head and the task's
-    cross-entropy. Where the task has a batch recipe (`task_losses.mix`) the images are mixed first and the
-    loss is taken against the soft targets; accuracy is still counted against the batch's labels."""
-    images, targets = network_images(batch, task_losses), None
-    if task_losses.mix is not None:
-        images, targets = task_losses.mix(jax.random.fold_in(step_key(state), 2), images, batch)
-
-    def loss_fn(params):
-        logits, updates = model.apply(
-            encoder_variables(state, params),
-            images,
-            train=True,
-            mutable=TRAIN_COLLECTIONS,
-            rngs={"dropout": step_key(state)},
-        )
-        return task_losses.softmax_loss(logits, batch, targets, updates), (logits, updates)
-
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    metrics = {"loss": loss, "accuracy": task_losses.accuracy(logits, batch)}
-    new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, param_updates),
-        batch_stats=updates.get("batch_stats", state.batch_stats),
-        opt_state=opt_state,
-    )
-    return new_state, metrics
-
-
-def reseed_means(state: TrainState, num_components: int) -> TrainState:
-    """Re-place each class's means by spherical k-means on its remembered latents; weights back to uniform.
-
-    Components that lost every latent come back where latents are (bench/study.py's runs: without it
-    they stay dead).
-    """
-    head = state.params["head"]
-    key = jax.random.fold_in(state.rng, -1 - state.step)
-    means = spherical_kmeans(key, state.memory, head["means"])
-    num_classes = means.shape[0]
-    params = {**state.params, "head": {**head, "means": means}}
-    mixture = {"head": {"log_weights": uniform_log_weights(num_classes, num_components)}}
-    return state.replace(params=params, mixture=mixture)
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -316,30 +117,10 @@ class MetricsWriter:
 
 
 def make_train_step(config, model, optimizer, shardings, mesh, num_classes: int):
-    """The jitted step for the configured head on the config's task's batches, state donated, batch
-    sharded over `data`."""
+    """The jitted step of the config's head on the config's task's batches, state donated, batch sharded
+    over `data`."""
     task_losses = tasks.get(config).step_losses(config, num_classes)
-    if config.model.head == "lgmm" and gmm_update(config.model) == "gmmseg":
-        step = functools.partial(
-            gmmseg_train_step,
-            model=model,
-            optimizer=optimizer,
-            settings=gmmseg_config(config),
-            scale_floor=config.model.scale_floor,
-            task_losses=task_losses,
-        )
-    elif config.model.head == "lgmm":
-        step = functools.partial(
-            lgmm_train_step,
-            model=model,
-            optimizer=optimizer,
-            objective=objective_config(config),
-            task_losses=task_losses,
-            weight_ema=config.loss.weight_ema,
-            moment_rate=gmm_moment_rate(config.model),
-        )
-    else:
-        step = functools.partial(softmax_train_step, model=model, optimizer=optimizer, task_losses=task_losses)
+    step = heads.get(config.model).train_step(config, model, optimizer, task_losses)
     return jax.jit(
         step,
         in_shardings=(shardings, batch_sharding(mesh)),
@@ -372,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         total_steps = total_train_steps(config, steps_per_epoch)
         image_shape = experiment.model_input_shape(config, protocol, train_source)
 
-        model = create_model(config.model, num_classes)
+        model = heads.create_model(config.model, num_classes)
         optimizer, learning_rate = create_optimizer(config, steps_per_epoch, total_steps)
         state, shardings = create_sharded_train_state(config, model, optimizer, image_shape, num_classes, mesh)
         train_iter = experiment.train_stream(config, protocol, train_source)
@@ -515,9 +296,9 @@ def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch,
     batch: the input pipeline's reading and the copy to the devices, beyond what the devices' work on the
     steps dispatched before hid (JAX dispatches a step and returns at once, so the next batch is read
     while the devices compute). Near 0: the devices are the limit; near 1: more workers would help."""
-    reseed_steps = {int(epoch * steps_per_epoch) for epoch in config.loss.get("reseed_epochs", ())}
-    is_lgmm = config.model.head == "lgmm"
-    reseed = jax.jit(reseed_means, static_argnums=1, out_shardings=shardings)
+    head = heads.get(config.model)
+    reseed_steps = head.reseed_steps(config, steps_per_epoch)
+    reseed = jax.jit(head.reseed, static_argnums=1, out_shardings=shardings)
     pending: list[tuple[int, dict]] = []
     replaced: dict[str, str] = {}
     input_wait = 0.0
@@ -532,7 +313,7 @@ def run_steps(config, state, start_step, end_step, total_steps, steps_per_epoch,
         state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics))
-        if is_lgmm and step in reseed_steps:
+        if step in reseed_steps:
             state = reseed(state, config.model.num_components)
         stop = preempted(step)  # once per step on every process: all of them agree on the step
         log_now = step % config.log_every_steps == 0 or step == total_steps

@@ -252,7 +252,7 @@ def _small_cnn_parameter_count(widths, num_classes):
 @pytest.mark.parametrize("widths", [(), (64, 128, 256), (16, 32)])
 def test_model_encoder_widths_sets_the_small_cnns_channels(widths):
     from configs import default
-    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.heads import create_model
 
     config = default.get_config()
     config.model.encoder, config.model.head, config.model.encoder_widths = "small_cnn", "softmax", widths
@@ -267,7 +267,7 @@ def test_model_encoder_widths_sets_the_small_cnns_channels(widths):
 
 def test_model_encoder_widths_is_refused_for_a_published_encoder():
     from configs import default
-    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.heads import create_model
 
     config = default.get_config()
     config.model.encoder, config.model.encoder_widths = "resnet18", (64, 128)

@@ -207,7 +207,7 @@ def test_bilinear_resize_with_align_corners_gives_pytorchs_known_values():
 def test_the_769_cityscapes_deeplab_recipe_resizes_with_aligned_corners_everywhere():
     import configs.cityscapes_deeplabv3plus_r101
     import configs.cityscapes_segformer_b5
-    from lgmm_jax.models.configured import create_model
+    from lgmm_jax.heads import create_model
     from lgmm_jax.tasks.segmentation import evaluation
     from lgmm_jax.tasks.segmentation.task import pixel_config
 

@@ -21,18 +21,15 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lgmm_jax import heads
 from lgmm_jax.deploy import forward
-from lgmm_jax.method import losses
 from lgmm_jax.data import images, pipeline, settings
 from lgmm_jax.data.protocols import OpenSetProtocol
 from lgmm_jax.data.sources import Source
-from lgmm_jax.method.mixture import labelled_log_prob
-from lgmm_jax.models.gmm import head_gaussians
 from lgmm_jax.ood import conformal, fitting, metrics, posthoc, scores
 from lgmm_jax.runtime.sharding import batch_sharding, replicated
 from lgmm_jax.data import protocols
@@ -47,11 +44,8 @@ ODIN_OOD_HELD_OUT = 1000
 
 
 def available_scores(config) -> tuple[str, ...]:
-    """The configured scores, or every score of the head."""
-    if config.model.head == "lgmm":
-        every = scores.LGMM_SCORES + posthoc.LGMM_POSTHOC_SCORES
-    else:
-        every = scores.SOFTMAX_SCORES + posthoc.POSTHOC_SCORES + posthoc.OOD_TUNED_SCORES
+    """The configured scores, or every score of the head (`Head.scores`)."""
+    every = heads.get(config.model).scores
     chosen = tuple(config.eval.scores) or every
     unknown = [name for name in chosen if name not in every]
     if unknown:
@@ -161,25 +155,6 @@ def conformal_check(validation_scores: dict, known_scores: dict, labels: np.ndar
     return {"alpha": alpha, "scores": checks}
 
 
-def component_usage(config, variables, outputs) -> dict[str, Any]:
-    """Per-class effective number of components (exp entropy of hard usage) on fresh test latents."""
-    num_components = config.model.num_components
-    means, scales = head_gaussians(variables["params"]["head"], config.model.scale_floor, num_components)
-    log_weights = variables["mixture"]["head"]["log_weights"]
-    labels = jnp.asarray(outputs["label"])
-    joint = labelled_log_prob(jnp.asarray(outputs["latent"]), labels, means, scales) + log_weights[labels]
-    hard = jax.nn.one_hot(jnp.argmax(joint, -1), num_components)
-    num_classes = means.shape[0]
-    usage = jax.ops.segment_sum(hard, labels, num_segments=num_classes)
-    usage = usage / jnp.maximum(jnp.sum(usage, -1, keepdims=True), 1.0)
-    effective = np.asarray(losses.effective_components(usage))
-    return {
-        "effective_components_per_class": effective.round(4).tolist(),
-        "mean_effective_components": float(effective.mean()),
-        "hard_usage_per_class": np.asarray(usage).round(4).tolist(),
-    }
-
-
 def check_unknown_image_shape(name: str, unknown: Source, known: Source, preset: str, resized: bool = False
                               ) -> None:
     """An unknown set must have the training images' shape (only the channels when the preset resizes or
@@ -233,8 +208,9 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
     validation = run(validation_source, known, extra=extra)
     if "kl_matching" in chosen:
         fitted["kl_templates"] = scores.fit_kl_templates(validation["logits"], validation["logits"].shape[1])
-    if head == "softmax":  # the final linear layer, which ViM, ReAct and ASH recompute logits through
-        fitted["classifier"] = (variables["params"]["classifier"]["kernel"], variables["params"]["classifier"]["bias"])
+    final_layer = heads.get(config.model).final_layer(variables["params"])
+    if final_layer is not None:  # the final linear layer, which ViM, ReAct and ASH recompute logits through
+        fitted["classifier"] = final_layer
     if "react" in chosen:  # OpenOOD clips at a percentile of held-out known activations
         fitted["react"] = posthoc.fit_react(validation["features"])
     if any(name in fitting.TRAINING_FITTED for name in chosen):
@@ -284,8 +260,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
         }
         results["open_set"][name]["num_examples"] = int(len(unknown["label"]))
         score_sets.unknown[name] = unknown_scores
-    if head == "lgmm":
-        results["components"] = component_usage(config, variables, known_test)
+    results.update(heads.get(config.model).evaluation_extras(config, variables, known_test))
     if left_out:
         results["scores_left_out"] = left_out
     excluded = excluded_files({"validation": validation_source, "test": test_source,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from lgmm_jax import heads
 from lgmm_jax.deploy import exporting, forward, inference, serving
 from lgmm_jax.data import pipeline, settings
 from lgmm_jax.tasks.classification.serving import serving_function
@@ -79,8 +80,8 @@ def describe(
 def export_contents(trained: TrainedModel, origin: dict, score_name: str | None, mesh, alpha: float,
                     calibration: str) -> exporting.ExportContents:
     """model.json's description, the calibration arrays and the StableHLO of a trained classifier."""
-    score_name = exporting.choose_score(trained.config.model.head, score_name, inference.DEFAULT_SCORE,
-                                        inference.DEPLOYABLE_SCORES, "model")
+    head = heads.get(trained.config.model)
+    score_name = exporting.choose_score(head.name, score_name, head.default_score, head.deployable_scores, "model")
     calibrated = exporting.calibration_of(*validation_scores(trained, score_name, mesh), calibration, alpha)
     description = describe(trained, origin, score_name, calibrated)
     input_shape = list(description["image_shape"])

@@ -16,7 +16,7 @@ import numpy as np
 from lgmm_jax.deploy import forward
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.sources import ArraySource, ListSource
-from lgmm_jax.deploy.inference import DEPLOYABLE_SCORES, ExportedModel, check_images, common_parts, decide
+from lgmm_jax.deploy.inference import ExportedModel, check_images, common_parts, decide
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -93,7 +93,7 @@ class Model(ExportedModel):
 
 def load(description: dict, path: str, batch_size: int | None) -> Model:
     """The `Model` of an export whose model.json is `description`."""
-    parts = common_parts(description, path, batch_size, DEPLOYABLE_SCORES)
+    parts = common_parts(description, path, batch_size, lambda head: head.deployable_scores)
     normalization = description["normalization"]
     return Model(
         **parts,

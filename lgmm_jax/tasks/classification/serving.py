@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from lgmm_jax import heads
 from lgmm_jax.ood import conformal, scores
 from lgmm_jax.deploy.serving import normalized
 
@@ -29,10 +31,10 @@ def conformal_counts(score: jax.Array, predicted: jax.Array, calibration_scores:
 
 def serving_function(module, variables, description: dict, calibration_scores, calibration_classes):
     """images uint8 [B, H, W, C] -> {label, score, p_value, known}, as `exported.Model.predict`."""
-    head, score_name = description["head"], description["score"]
-    normalization = description["normalization"]
-    temperature = float(description["config"]["loss"].get("discriminative_temperature", 1.0)) \
-        if head == "lgmm" else 1.0
+    score_name, normalization = description["score"], description["normalization"]
+    config = ml_collections.ConfigDict(description["config"])
+    head = heads.get(config.model)
+    temperature = head.posterior_temperature(config)
     known_labels = np.asarray(description["known_labels"], np.int32)
     calibration_scores = np.asarray(calibration_scores, np.float32)
     class_conditional = description["calibration"] == "class_conditional"
@@ -46,7 +48,7 @@ def serving_function(module, variables, description: dict, calibration_scores, c
     def serve(images):
         outputs = module.apply(variables, normalized(images, normalization["mean"], normalization["std"]),
                                train=False)
-        class_scores = (outputs[1] if head == "lgmm" else outputs).astype(jnp.float32)
+        class_scores = head.served_class_scores(outputs).astype(jnp.float32)
         predicted = jnp.argmax(class_scores, axis=-1)
         score = classifier_score(score_name, class_scores, temperature)
         counts = conformal_counts(score, predicted, calibration_scores, classes)

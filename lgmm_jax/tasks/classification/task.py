@@ -25,7 +25,8 @@ from lgmm_jax.data.settings import (
 )
 from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.method.objective import lgmm_objective
-from lgmm_jax.tasks.base import StepLosses, Task
+from lgmm_jax.heads.base import StepLosses
+from lgmm_jax.tasks.base import Task
 from lgmm_jax.tasks.classification import data, evaluation, export, report
 
 

@@ -8,7 +8,7 @@
 - Open set, on each unknown set's anomaly maps (0 known, 1 anomaly, 255 void): pixel AUROC, AP and FPR95
   with the anomaly as the positive class, all pixels of the set pooled, void dropped (the Fishyscapes
   benchmark; `ood.segmentation_metrics.AnomalyAccumulator`), for every score of the head
-  (`forward.PIXEL_SCORES`).
+  (`Head.pixel_scores`).
 - Statistics that scores need are fitted on training images (evaluation transform, the first
   `segmentation.fit_images`): SML's per-class mean / std of the max logit over labelled pixels predicted
   as the class, and Mahalanobis' class means and tied covariance of the decoder features of labelled
@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lgmm_jax import heads
 from lgmm_jax.deploy.forward import gather
 from lgmm_jax.ood import metrics, scores
 from lgmm_jax.ood.segmentation_metrics import AnomalyAccumulator, ConfusionAccumulator
@@ -51,7 +52,7 @@ ROC_POINTS = 201
 
 def chosen_scores(config) -> tuple[str, ...]:
     """The configured scores (`eval.scores`), or every pixel score of the head."""
-    every = pixel_forward.PIXEL_SCORES[config.model.head]
+    every = heads.get(config.model).pixel_scores
     chosen = tuple(config.eval.scores) or every
     unknown = [name for name in chosen if name not in every]
     if unknown:
@@ -149,7 +150,7 @@ def make_predictor(config, model, variables, mesh, train_source, chosen) -> Pred
     Mahalanobis) fitted on `train_source`."""
     settings = settings_of(config)
     predictor = Predictor(
-        forward=pixel_forward.make_dense_forward(model, config.model.head, mesh, settings),
+        forward=pixel_forward.make_dense_forward(model, mesh, settings),
         variables=variables,
         mesh=mesh,
         fitted=Fitted(),

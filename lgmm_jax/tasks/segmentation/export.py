@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from lgmm_jax import heads
 from lgmm_jax.deploy import exporting, inference, serving
 from lgmm_jax.tasks.segmentation import evaluation, forward
 from lgmm_jax.tasks.segmentation.serving import serving_function
@@ -29,7 +30,7 @@ def segmentation_calibration(trained: TrainedModel, score_name: str, mesh
     settings = evaluation.settings_of(config)
     first_size = forward.eval_image(source[0]["image"], settings).shape[:2]
     predictor = evaluation.Predictor(
-        forward=forward.make_dense_forward(trained.model, config.model.head, mesh, settings),
+        forward=forward.make_dense_forward(trained.model, mesh, settings),
         variables=trained.variables, mesh=mesh, fitted=forward.Fitted(),
         batch_size=eval_batch_size(config), settings=settings, num_classes=trained.num_classes,
     )
@@ -78,8 +79,9 @@ def describe_segmenter(trained: TrainedModel, origin: dict, score_name: str,
 def export_contents(trained: TrainedModel, origin: dict, score_name: str | None, mesh, alpha: float,
                     calibration: str) -> exporting.ExportContents:
     """model.json's description, the calibration pixels' scores and the StableHLO of a trained segmenter."""
-    score_name = exporting.choose_score(trained.config.model.head, score_name, forward.DEFAULT_PIXEL_SCORE,
-                                        forward.DEPLOYABLE_PIXEL_SCORES, "segmenter")
+    head = heads.get(trained.config.model)
+    score_name = exporting.choose_score(head.name, score_name, head.default_pixel_score, head.deployable_pixel_scores,
+                                        "segmenter")
     if calibration != "marginal":
         raise ValueError("--calibration=class_conditional is for classifiers: a segmenter's calibration "
                          "pixels are not exchangeable; use --calibration=marginal")

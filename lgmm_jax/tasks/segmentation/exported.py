@@ -57,7 +57,7 @@ class SegmentationModel(ExportedModel):
 
 def load(description: dict, path: str, batch_size: int | None) -> SegmentationModel:
     """The `SegmentationModel` of an export whose model.json is `description`."""
-    parts = common_parts(description, path, batch_size, forward.DEPLOYABLE_PIXEL_SCORES)
+    parts = common_parts(description, path, batch_size, lambda head: head.deployable_pixel_scores)
     dense, normalization = description["dense"], description["normalization"]
     settings = forward.DenseSettings(
         inference=dense["inference"], crop=tuple(dense["crop"]), stride=tuple(dense["stride"]),
@@ -65,5 +65,5 @@ def load(description: dict, path: str, batch_size: int | None) -> SegmentationMo
         mean=tuple(normalization["mean"]), std=tuple(normalization["std"]),
         align_corners=bool(dense.get("align_corners", False)),
     )
-    forward_fn = forward.make_dense_forward(parts["module"], parts["head"], parts["mesh"], settings)
+    forward_fn = forward.make_dense_forward(parts["module"], parts["mesh"], settings)
     return SegmentationModel(**parts, settings=settings, forward=forward_fn)

@@ -21,6 +21,7 @@ import os
 import numpy as np
 from etils import epath
 
+from lgmm_jax import heads
 from lgmm_jax.tasks import report
 
 ANOMALY_COLOURS = {0: (0, 0, 0), 1: (255, 255, 255), 255: (128, 128, 128)}
@@ -185,7 +186,7 @@ def compare(workdirs: list[str], output: str, scores_per_run: dict[str, tuple[st
                 pictures = [{"image": arrays["image"][i], "anomaly": arrays["anomaly"][i]} for i in range(len(arrays["image"]))]
                 columns = [("image", "image"), ("anomaly (GT)", "anomaly")]
             head = results["head"]
-            default = ("likelihood",) if head == "lgmm" else ("msp",)
+            default = (heads.named(head).default_pixel_score,)
             chosen = (scores_per_run or {}).get(workdir, default)
             tag = f"{index}:{head}"
             for i, picture in enumerate(pictures):

@@ -50,10 +50,8 @@ from lgmm_jax.models.resize import corner_aligned_resize, resize_bilinear
 from lgmm_jax.ood import scores
 from lgmm_jax.runtime.sharding import batch_sharding, replicated
 
-PIXEL_SCORES = {"lgmm": ("likelihood",), "softmax": ("msp", "maxlogit", "entropy", "sml", "mahalanobis")}
-# Scores a deployed model computes from one image alone (no statistics fitted on training pixels).
-DEPLOYABLE_PIXEL_SCORES = {"lgmm": ("likelihood",), "softmax": ("msp", "maxlogit", "entropy")}
-DEFAULT_PIXEL_SCORE = {"lgmm": "likelihood", "softmax": "msp"}
+# Every pixel score `score_maps` computes (each head offers some of them: `Head.pixel_scores`).
+PIXEL_SCORES = ("likelihood", "maxlogit", "msp", "entropy", "sml", "mahalanobis")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +160,7 @@ def window_spans(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
     return spans
 
 
-def network_maps(model, head: str, variables, images, mahalanobis) -> jax.Array:
+def network_maps(model, variables, images, mahalanobis) -> jax.Array:
     """[B, h, w, C (+1)] at 1/4 resolution: the class scores, and the Mahalanobis score of the decoder
     features as a last channel when `mahalanobis` (class means, precision) is given (softmax only). An
     L-GMM segmenter with `class_norm` (GMMSeg's head) gives the class logits the prediction takes and
@@ -196,11 +194,11 @@ def dense_maps(maps_fn, images: jax.Array, settings: DenseSettings) -> jax.Array
     return total / count[None, :, :, None]
 
 
-def make_dense_forward(model, head: str, mesh, settings: DenseSettings):
+def make_dense_forward(model, mesh, settings: DenseSettings):
     """Jitted (variables, mahalanobis or None, images [B, H, W, 3] sharded over `data`) -> dense maps."""
 
     def forward(variables, mahalanobis, images):
-        maps_fn = functools.partial(network_maps, model, head, variables, mahalanobis=mahalanobis)
+        maps_fn = functools.partial(network_maps, model, variables, mahalanobis=mahalanobis)
         return dense_maps(maps_fn, images, settings)
 
     return jax.jit(forward, in_shardings=(replicated(mesh), replicated(mesh), batch_sharding(mesh)))

@@ -16,7 +16,7 @@ from lgmm_jax.tasks.segmentation import forward
 def serving_function(module, variables, description: dict, settings: forward.DenseSettings):
     """images uint8 [B, H, W, 3] -> per-pixel {label, score, known}, as `exported.SegmentationModel.predict`
     on images of the export's size."""
-    head, score_name = description["head"], description["score"]
+    score_name = description["score"]
     num_classes, threshold = int(description["num_classes"]), np.float32(description["threshold"])
 
     def serve(images):
@@ -25,7 +25,7 @@ def serving_function(module, variables, description: dict, settings: forward.Den
         padded = [divisor * math.ceil(side / divisor) for side in (height, width)]
         inputs = normalized(images, settings.mean, settings.std)
         inputs = jnp.pad(inputs, ((0, 0), (0, padded[0] - height), (0, padded[1] - width), (0, 0)))
-        maps_fn = lambda x: forward.network_maps(module, head, variables, x, None)  # noqa: E731
+        maps_fn = lambda x: forward.network_maps(module, variables, x, None)  # noqa: E731
         maps = forward.dense_maps(maps_fn, inputs, settings)[:, :height, :width]
         score = forward.score_maps(maps, num_classes, (score_name,), forward.Fitted())[score_name]
         return {"label": jnp.argmax(maps[..., :num_classes], axis=-1).astype(jnp.int32), "score": score,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lgmm_jax.method import gmmseg, losses
+from lgmm_jax.method import losses
 from lgmm_jax.tasks import report as lgmm_report
 from lgmm_jax.data import pipeline
 from lgmm_jax.data.seg_augment import NORMALIZATION, SegmentationTrainExample
@@ -27,7 +27,8 @@ from lgmm_jax.models.configured import is_segmenter
 from lgmm_jax.models.resize import resize_labels_nearest
 from lgmm_jax.models.segmenter import auxiliary_logits
 from lgmm_jax.method.objective import PixelConfig, pixel_lgmm_objective
-from lgmm_jax.tasks.base import StepLosses, Task
+from lgmm_jax.heads.base import StepLosses
+from lgmm_jax.tasks.base import Task
 from lgmm_jax.tasks.segmentation import data, evaluation, export, figures, report
 from lgmm_jax.tasks.segmentation.forward import decoder_align_corners
 
@@ -73,12 +74,6 @@ def check_segmentation_keys(config: ml_collections.ConfigDict) -> None:
 
 def batch_objective(pixels: PixelConfig, z, batch, head_params, log_weights, memory, objective, key):
     return pixel_lgmm_objective(z, batch["label"], head_params, log_weights, memory, objective, key, pixels)
-
-
-def gmmseg_objective(pixels: PixelConfig, z, batch, head_params, class_logits, settings, scale_floor):
-    return gmmseg.pixel_objective(z, batch["label"], head_params, class_logits, settings, scale_floor=scale_floor,
-                                  void_label=pixels.void_label, avg_non_ignore=pixels.avg_non_ignore,
-                                  align_corners=pixels.align_corners)
 
 
 def auxiliary_loss(pixels: PixelConfig, weight: float, updates, batch) -> jax.Array:
@@ -156,7 +151,7 @@ class SegmentationTask(Task):
             auxiliary_loss=functools.partial(auxiliary_loss, pixels, weight),
             softmax_loss=functools.partial(cross_entropy, pixels, weight),
             accuracy=functools.partial(pixel_accuracy, pixels),
-            gmmseg_objective=functools.partial(gmmseg_objective, pixels),
+            pixels=pixels,
         )
 
     def own_split_name(self, ref) -> str:
