@@ -67,6 +67,7 @@ SLOWEST_FIRST = (
     "tests/test_segmentation.py",  # ~110
     "tests/test_folder_config.py",  # ~100: a ResNet-50 step from a weights file (slow: ~80)
     "tests/test_own_images.py",  # ~90: three CLI runs on a folder of image files (slow: ~60)
+    "tests/test_heads.py",  # ~140: every (task, head, method) one step, evaluated, exported (slow: ~105)
     "tests/data/test_segfolder.py",  # ~80: a segmentation run on a segfolder (slow: ~60)
     "tests/test_pretrained.py",  # ~90
     "tests/test_train.py",  # ~85
