@@ -40,7 +40,7 @@ and again (`eval_repeats`), so that it outlasts the window. "One example on one 
 per-example transform (decode and the preset's transform: the library's `TrainExample` as its stream uses
 it, `EvalExample` or `SegmentationTrainExample`, torchvision's dataset item) in a loop, torch limited to one
 thread; for imagenet and imagenet_swin a second row, "lgmm_jax before", times what `TrainExample` computed
-before issue 41's change (`before_example`: the whole file decoded with `images.read_image`,
+before issue 41's change (`before_example`: the whole file decoded as `images.read_image` did then, `decoded_before`,
 `augment.random_resized_crop` of that array, the flip, imagenet_swin's RandAugment and erasing, and the
 normalisation to float32 on the host), measured beside it in each repeat, with now / before.
 
@@ -93,13 +93,13 @@ from typing import Callable, Iterator
 
 import ml_collections
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # configs/ is not an installed package (as bench/speed.py)
     sys.path.insert(0, str(REPOSITORY))
 
-from lgmm_jax.data import augment, catalog, images, labelled, pipeline, settings  # noqa: E402
+from lgmm_jax.data import augment, catalog, labelled, pipeline, settings  # noqa: E402
 from lgmm_jax.data.seg_augment import NORMALIZATION as SEGMENTATION_NORMALIZATION  # noqa: E402
 from lgmm_jax.data.seg_augment import SegmentationTrainExample  # noqa: E402
 from lgmm_jax.data.catalog import get_segmentation_source  # noqa: E402
@@ -561,16 +561,23 @@ def has_before(path: InputPath) -> bool:
     return path.kind == "train" and pipeline.resizes_to_network_input(path.preset)
 
 
+def decoded_before(path: str) -> np.ndarray:
+    """`images.read_image` as it was before issue 41 (RGB files): pillow's ``exif_transpose`` and ``convert``,
+    each a copy of the whole picture, then the array."""
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
+
+
 def before_example(path: InputPath, source) -> Callable[[int, np.random.Generator], dict]:
     """What the library's training transform computed per example before issue 41's change (commit 863dd68):
-    the whole file decoded (`images.read_image`), the random resized crop of that array
+    the whole file decoded as it was then (`decoded_before`), the random resized crop of that array
     (`augment.random_resized_crop`, the preset's resampling), the flip, imagenet_swin's RandAugment and
     erasing (`pipeline.swin_after_crop`), then the normalisation to float32 on the host."""
     normalization = pipeline.get_normalization(path.normalization, source)
     resample = pipeline.RESIZE_RESAMPLING[path.preset]
 
     def transform(index: int, rng: np.random.Generator) -> dict:
-        image = images.read_image(source.path(index))
+        image = decoded_before(source.path(index))
         image = augment.random_resized_crop(image, pipeline.IMAGENET_TRAIN_SIZE, rng, resample=resample)
         image = augment.random_horizontal_flip(image, rng)
         if path.preset == "imagenet_swin":

@@ -73,13 +73,23 @@ def file_channels(path: str) -> int | None:
         return None
 
 
+# The EXIF orientation tag, and its values that turn or mirror the stored picture (1 leaves it as it is).
+ORIENTATION_TAG = 0x0112
+TURNING_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def oriented_picture(image: Image.Image, channels: int) -> Image.Image:
+    """``image`` with its EXIF orientation applied, in mode L (``channels`` 1) or RGB (3). Neither step copies
+    the decoded pixels where it changes nothing (no turning orientation tag; the mode already right), as
+    pillow's ``exif_transpose`` and ``convert`` would: two copies of the whole picture per file saved."""
+    if image.getexif().get(ORIENTATION_TAG) in TURNING_ORIENTATIONS:
+        image = ImageOps.exif_transpose(image)
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
 def _decoded(image: Image.Image, channels: int) -> np.ndarray:
-    image = ImageOps.exif_transpose(image)
-    if channels == 1:
-        image = image.convert("L")
-    else:
-        image = image.convert("RGB")
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.asarray(oriented_picture(image, channels), dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
 
 
@@ -139,13 +149,13 @@ def read_image_window(path: str, channels: int, choose_window, size: int, resamp
     `read_image` does.
     """
     with decoding(path), Image.open(path) as image:
-        swapped = image.getexif().get(0x0112) in SWAPPING_ORIENTATIONS
+        swapped = image.getexif().get(ORIENTATION_TAG) in SWAPPING_ORIENTATIONS
         height, width = (image.width, image.height) if swapped else (image.height, image.width)
         top, left, h, w = choose_window(height, width)
         factor = draft_factor(h, w, size)
         if factor > 1 and image.format == "JPEG":
             image.draft(image.mode, (-(-image.width // factor), -(-image.height // factor)))
-        picture = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
+        picture = oriented_picture(image, channels)
         scale_y, scale_x = picture.height / height, picture.width / width
         box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
         array = np.asarray(picture.resize((size, size), resample, box=box), dtype=np.uint8)
