@@ -183,8 +183,9 @@ def common_parts(description: dict, path: str, batch_size: int | None, deployabl
     `Head.deployable_pixel_scores`)."""
     config = ml_collections.ConfigDict(description["config"])
     head = description["head"]
-    if description["score"] not in deployable(heads.named(head)):
-        raise ValueError(f"score {description['score']!r} of {path} is not one of {deployable(heads.named(head))}")
+    scores = deployable(heads.named(head))
+    if description["score"] not in scores:
+        raise ValueError(f"score {description['score']!r} of {path} is not one of {scores}")
     mesh = make_mesh()
     module = heads.create_model(config.model, description["num_classes"])
     return dict(

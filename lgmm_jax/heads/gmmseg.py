@@ -82,9 +82,6 @@ class GMMSegHead(LGMMHead):
                              "model.gmm_update, or a segmenter with task='segmentation'")
         gmmseg_config(config)
 
-    def gmm_takes_gradient(self, model_config):
-        return False
-
     def initial_memory(self, config, key, num_classes):
         """GMMSeg's queues of random unit vectors (`gmmseg.create_queue`)."""
         return create_queue(jax.random.fold_in(key, 1), num_classes, config.model.num_components,

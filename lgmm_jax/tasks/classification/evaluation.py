@@ -174,7 +174,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
     """Every number of results.json for a classifier's variables (see the module docstring), and every
     example's score (`ScoreSets`, what the plots and scores.npz are drawn from). `unknown_names`: the
     results.json key of each of the protocol's unknown sets."""
-    head = config.model.head
+    head, picked = config.model.head, heads.get(config.model)
     chosen = available_scores(config)
     forward_fn = forward.make_forward(model, head, mesh,
                                       lgmm_features=any(name.endswith("_features") for name in chosen))
@@ -208,7 +208,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
     validation = run(validation_source, known, extra=extra)
     if "kl_matching" in chosen:
         fitted["kl_templates"] = scores.fit_kl_templates(validation["logits"], validation["logits"].shape[1])
-    final_layer = heads.get(config.model).final_layer(variables["params"])
+    final_layer = picked.final_layer(variables["params"])
     if final_layer is not None:  # the final linear layer, which ViM, ReAct and ASH recompute logits through
         fitted["classifier"] = final_layer
     if "react" in chosen:  # OpenOOD clips at a percentile of held-out known activations
@@ -260,7 +260,7 @@ def evaluate(config, model, variables, protocol: OpenSetProtocol, mesh, unknown_
         }
         results["open_set"][name]["num_examples"] = int(len(unknown["label"]))
         score_sets.unknown[name] = unknown_scores
-    results.update(heads.get(config.model).evaluation_extras(config, variables, known_test))
+    results.update(picked.evaluation_extras(config, variables, known_test))
     if left_out:
         results["scores_left_out"] = left_out
     excluded = excluded_files({"validation": validation_source, "test": test_source,
